@@ -1,0 +1,723 @@
+#!/usr/bin/env python3
+"""lognet: log every network connection on a host, with the process that owns it.
+
+lognet polls psutil.net_connections() every few seconds and appends a line for
+each connection it has not seen before (or whose status changed) to
+connections.log, and the command line of each process that owns one to
+processes.log. Both files are in the W3C extended log style:
+
+    #Version: 1.0
+    #Date: 2026-11-27 07:30:00
+    #Fields: timestamp prot laddr lport raddr rport status upid
+    2026-11-27|07:30:00 TCP 127.0.0.1 8080 - - LISTEN python3|4242|1795763232.73
+    2026-11-27|07:30:03 TCP 10.0.0.5 40100 93.184.215.14 443 ESTABLISHED curl|4300|1795763235.10
+
+    #Version: 1.0
+    #Date: 2026-11-27 07:30:00
+    #Fields: timestamp upid [command_line with parameters]
+    2026-11-27|07:30:00 python3|4242|1795763232.73 ['python3', '-m', 'http.server', '8080']
+
+Usage: lognet.py [-i SECONDS] [-p {tcp,udp}] [-ipv {4,6}] [-clog FILE] [-plog FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import functools
+import ipaddress
+import os
+import select
+import signal
+import socket
+import stat
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Callable, NamedTuple
+
+try:
+    import psutil
+except ImportError:  # the one runtime dependency: say how to get it instead of a traceback
+    sys.exit("lognet: error: the psutil module is missing; install it with: python3 -m pip install psutil")
+
+__version__ = "1.0.0"
+
+
+##############################################################################
+# Constants
+##############################################################################
+
+DEFAULT_INTERVAL = 3.0
+DEFAULT_LOG_DIR = "/var/log/netlog"
+DEFAULT_CONNECTIONS_LOG = DEFAULT_LOG_DIR + "/connections.log"
+DEFAULT_PROCESSES_LOG = DEFAULT_LOG_DIR + "/processes.log"
+LOG_DIR_MODE = 0o750
+LOG_FILE_MODE = 0o640  # command lines can carry secrets
+
+CONNECTION_FIELDS = ("timestamp", "prot", "laddr", "lport", "raddr", "rport", "status", "upid")
+PROCESS_FIELDS = ("timestamp", "upid", "[command_line with parameters]")
+
+# The narrowest psutil kind for each (ip_version, protocol) the filters allow.
+KINDS = {
+    (None, None): "inet", (4, None): "inet4", (6, None): "inet6",
+    (None, "tcp"): "tcp", (4, "tcp"): "tcp4", (6, "tcp"): "tcp6",
+    (None, "udp"): "udp", (4, "udp"): "udp4", (6, "udp"): "udp6",
+}
+PROTOCOLS = {socket.SOCK_STREAM: "TCP", socket.SOCK_DGRAM: "UDP"}
+
+# RFC 1918. IPv6 addresses are private to --omit-privnet-conns only when they
+# are these addresses written as IPv4-mapped (::ffff:10.1.2.3).
+PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+
+MAX_PENDING_LINES = 100_000  # per log, held while the log cannot be written
+PROCESS_PRUNE_SECONDS = 60.0  # how often cached processes that have exited are forgotten
+
+
+##############################################################################
+# Errors
+##############################################################################
+
+class LognetError(Exception):
+    """A runtime error that ends lognet with a one-line message and status 1."""
+
+
+def warn(message: str, level: str = "warning") -> None:
+    """Print one 'lognet: warning: …' (or error) line on stderr."""
+    print(f"lognet: {level}: {message}", file=sys.stderr, flush=True)
+
+
+##############################################################################
+# Data types
+##############################################################################
+
+class ProcessInfo(NamedTuple):
+    """What lognet knows of one process; create_time makes a reused pid a new process."""
+
+    pid: int
+    name: str | None
+    create_time: float | None
+    cmdline: tuple[str, ...] | None
+
+
+class Config(NamedTuple):
+    """The settings of one run, resolved from the command line."""
+
+    interval: float = DEFAULT_INTERVAL
+    count: int | None = None
+    kind: str = "inet"
+    omit_self_conns: bool = False
+    omit_privnet_conns: bool = False
+    connections_log: str = DEFAULT_CONNECTIONS_LOG
+    processes_log: str = DEFAULT_PROCESSES_LOG
+    utc: bool = False
+
+
+def connection_id(conn) -> tuple:
+    """The identity of a psutil sconn: everything but its status."""
+    return (conn.pid, conn.fd, conn.family, conn.type, conn.laddr, conn.raddr)
+
+
+##############################################################################
+# Snapshot source: the only code that calls psutil
+##############################################################################
+
+class PsutilSource:
+    """Lists connections and looks up their processes, caching each process once."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._processes: dict[int, ProcessInfo] = {}
+        self._clock = clock
+        self._next_prune = clock() + PROCESS_PRUNE_SECONDS
+
+    def connections(self, kind: str) -> list:
+        """Return psutil's sconn tuples for kind."""
+        try:
+            return psutil.net_connections(kind)
+        except psutil.AccessDenied as exc:
+            # macOS and some BSDs list other processes' sockets only for root.
+            raise LognetError(f"listing connections needs more privileges on this system ({exc})") from None
+
+    def processes(self, pids: Iterable[int]) -> tuple[dict[int, ProcessInfo], list[ProcessInfo]]:
+        """Return the process behind each pid that owns a newly seen connection,
+        and those of them that lognet had not seen before.
+
+        The cache is checked against a fresh create_time, so a reused pid is
+        looked up again instead of inheriting the old process's name.
+        """
+        found, new = {}, []
+        for pid in sorted(pids):
+            cached = self._processes.get(pid)
+            info = found[pid] = self._look_up(pid, cached)
+            if info is not cached:
+                self._processes[pid] = info
+                new.append(info)
+        self._prune()
+        return found, new
+
+    def _look_up(self, pid: int, cached: ProcessInfo | None) -> ProcessInfo:
+        try:
+            process = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            # The process exited after net_connections() saw its socket; keep what we knew.
+            return cached or ProcessInfo(pid, None, None, None)
+        try:
+            create_time = process.create_time()
+        except psutil.Error:
+            # AccessDenied or ZombieProcess: the pid is still real, its start time unknown.
+            create_time = None
+        if cached is not None and cached.create_time == create_time:
+            return cached
+        with process.oneshot():
+            name = _read(process.name)
+            cmdline = _read(process.cmdline)
+        return ProcessInfo(pid, name, create_time, tuple(cmdline) if cmdline is not None else None)
+
+    def _prune(self) -> None:
+        # Forget processes that have exited, so the cache is bounded by the live ones.
+        if self._clock() < self._next_prune:
+            return
+        self._next_prune = self._clock() + PROCESS_PRUNE_SECONDS
+        alive = set(psutil.pids())
+        for pid in self._processes.keys() - alive:
+            del self._processes[pid]
+
+
+def _read(attribute: Callable):
+    """Call one psutil.Process getter; None when the process is gone or hidden."""
+    try:
+        return attribute()
+    except psutil.Error:
+        # NoSuchProcess, ZombieProcess (cmdline of a zombie) and AccessDenied all
+        # just mean this detail is unknown: the line is still written, with "-".
+        return None
+
+
+##############################################################################
+# Filters: pure predicates
+##############################################################################
+
+@functools.lru_cache(maxsize=4096)
+def is_private_address(ip: str) -> bool:
+    """True for an RFC 1918 address, also when IPv4-mapped: '::ffff:10.1.2.3' -> True."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if address.version == 6:
+        address = address.ipv4_mapped
+        if address is None:
+            return False
+    return any(address in network for network in PRIVATE_NETWORKS)
+
+
+def has_remote_address(conn) -> bool:
+    """True when the connection has a peer (not a listener or an unconnected UDP socket)."""
+    return bool(conn.raddr)
+
+
+def has_public_remote_address(conn) -> bool:
+    """True unless the peer's address is in a private network."""
+    return not (conn.raddr and is_private_address(conn.raddr[0]))
+
+
+def build_filter(config: Config) -> Callable[[object], bool]:
+    """Return one predicate that keeps a connection when every active filter keeps it."""
+    predicates = []
+    if config.omit_self_conns:
+        predicates.append(has_remote_address)
+    if config.omit_privnet_conns:
+        predicates.append(has_public_remote_address)
+    return lambda conn: all(keep(conn) for keep in predicates)
+
+
+##############################################################################
+# Tracker: what is new since the last poll
+##############################################################################
+
+class Tracker:
+    """Remembers the live connections and reports what opened, changed and closed.
+
+    The whole snapshot is diffed as a set of psutil tuples, in C; only the
+    connections that differ are looked at one by one. Closed connections are
+    forgotten, so memory follows the live set, never the history.
+    """
+
+    def __init__(self):
+        self.live: frozenset = frozenset()
+
+    def update(self, connections: Iterable) -> tuple[list, list, list]:
+        """Return (opened, changed, closed) sconn lists since the previous update."""
+        current = frozenset(connections)
+        added = current - self.live
+        removed = self.live - current
+        self.live = current
+        if not added and not removed:
+            return [], [], []
+        before = {connection_id(conn): conn for conn in removed}
+        opened, changed = [], []
+        for conn in added:
+            (changed if before.pop(connection_id(conn), None) is not None else opened).append(conn)
+        return opened, changed, list(before.values())
+
+
+def sort_connections(connections: Iterable) -> list:
+    """Order connections by owner, then address, so that a poll's lines read in a stable order."""
+    return sorted(connections, key=lambda c: (c.pid is not None, c.pid or 0, c.laddr, c.raddr, c.fd))
+
+
+##############################################################################
+# Formatters: pure functions from records to lines
+##############################################################################
+
+_PLAIN = frozenset("\\ |")  # ASCII characters that always need an escape in a field
+
+
+def escape_field(text: str | None) -> str:
+    r"""Make text one space-free, printable token; None or '' becomes '-'.
+
+    Backslash becomes '\\'; space, '|', control characters and undecodable
+    bytes become '\xNN'; other unprintable characters become '\uNNNN':
+    'Web Content' -> 'Web\x20Content', 'a|b\n' -> 'a\x7cb\x0a'.
+    """
+    if not text:
+        return "-"
+    if text == "-":
+        return "\\x2d"  # a literal '-' must not read as "missing"
+    if text.isprintable() and _PLAIN.isdisjoint(text):
+        return text
+    return "".join(_escape_char(char) for char in text)
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if char == "\\":
+        return "\\\\"
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, kept by surrogateescape
+        return f"\\x{code - 0xDC00:02x}"
+    if char in _PLAIN or code < 0x20 or code == 0x7F:
+        return f"\\x{code:02x}"
+    if char.isprintable():
+        return char
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def format_field(value) -> str:
+    """One log field: '-' for a missing value, else the escaped text."""
+    return "-" if value is None else escape_field(str(value))
+
+
+def format_create_time(create_time: float | None) -> str:
+    """create_time with two decimals, as psutil's clock-tick precision gives it."""
+    return "-" if create_time is None else f"{create_time:.2f}"
+
+
+def format_upid(process: ProcessInfo | None) -> str:
+    """The unique process id 'name|pid|create_time', or '-' for an unknown owner."""
+    if process is None:
+        return "-"
+    return f"{escape_field(process.name)}|{process.pid}|{format_create_time(process.create_time)}"
+
+
+def format_timestamp(epoch: float, utc: bool = False) -> str:
+    """'YYYY-MM-DD|HH:MM:SS' in local time, or UTC."""
+    return time.strftime("%Y-%m-%d|%H:%M:%S", time.gmtime(epoch) if utc else time.localtime(epoch))
+
+
+def format_connection(conn, process: ProcessInfo | None, timestamp: str) -> str:
+    """One connections.log line: eight space-separated fields."""
+    laddr, raddr = conn.laddr, conn.raddr
+    return " ".join((
+        timestamp,
+        PROTOCOLS.get(conn.type, "-"),
+        format_field(laddr[0] if laddr else None),
+        format_field(laddr[1] if laddr else None),
+        format_field(raddr[0] if raddr else None),
+        format_field(raddr[1] if raddr else None),
+        format_field(conn.status),
+        format_upid(process),
+    ))
+
+
+def format_process(process: ProcessInfo, timestamp: str) -> str:
+    """One processes.log line; the command line keeps Python's list form, which is one line."""
+    cmdline = str(list(process.cmdline)) if process.cmdline else "-"
+    return f"{timestamp} {format_upid(process)} {cmdline}"
+
+
+def format_header(fields: Iterable[str], epoch: float, utc: bool = False) -> list[str]:
+    """The W3C directive lines that open a log."""
+    date = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch) if utc else time.localtime(epoch))
+    return ["#Version: 1.0", f"#Date: {date}", "#Fields: " + " ".join(fields)]
+
+
+##############################################################################
+# Sinks: the only code that owns file handles
+##############################################################################
+
+class LogFile:
+    """An append-only log that survives rotation, truncation and write errors.
+
+    Each poll's lines go out in one write. A line that cannot be written is
+    held (up to MAX_PENDING_LINES) and written later, in order, after a
+    #Remark that says how many were late or dropped.
+    """
+
+    def __init__(self, path: str, fields: tuple[str, ...], *, utc: bool = False,
+                 now: Callable[[], float] = time.time):
+        self.path = path
+        self.fields = fields
+        self.utc = utc
+        self.now = now
+        self.fd: int | None = None
+        self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of what fd points at
+        self.end = 0  # size of a regular file after our last write, to notice copytruncate
+        self.needs_header = True
+        self.pending: deque[str] = deque()
+        self.dropped = 0
+        self.failure: str | None = None  # why the current failure episode began
+        self.failure_since = ""
+
+    def open(self) -> None:
+        """Open (or create, mode 0640) the log for appending; OSError if impossible."""
+        if os.path.isdir(self.path):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.path)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
+        self.close()
+        self.fd = fd
+        st = os.fstat(fd)
+        self.identity = (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+        self.end = st.st_size
+        self.needs_header = True
+
+    def close(self) -> None:
+        """Close the file; held lines stay held."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def write(self, lines: list[str]) -> None:
+        """Append lines (and any held ones) in one write; hold them all if that fails."""
+        self.pending.extend(lines)
+        overflow = len(self.pending) - MAX_PENDING_LINES
+        for _ in range(max(0, overflow)):
+            self.pending.popleft()
+        self.dropped += max(0, overflow)
+        held = len(self.pending) - len(lines)
+        try:
+            self._follow_path()
+            if not (self.pending or self.needs_header or self.dropped):
+                return
+            out = format_header(self.fields, self.now(), self.utc) if self.needs_header else []
+            if self.failure is not None:
+                out.append(self._remark(max(0, held)))
+            out.extend(self.pending)
+            self._write_all(("\n".join(out) + "\n").encode("utf-8", "backslashreplace"))
+        except OSError as exc:
+            if self.failure is None:
+                self.failure = exc.strerror or str(exc)
+                self.failure_since = format_timestamp(self.now(), self.utc)
+                warn(f"cannot write {self.path}: {self.failure}; holding its lines until writing works again",
+                     "error")
+            return
+        if self.failure is not None:
+            warn(f"writing {self.path} works again; {max(0, held)} held lines written, {self.dropped} dropped")
+        self.pending.clear()
+        self.needs_header = False
+        self.dropped = 0
+        self.failure = None
+
+    def _remark(self, late: int) -> str:
+        remark = f"#Remark: {late} lines below are late: writing failed ({self.failure}) since {self.failure_since}"
+        if self.dropped:
+            remark += f"; {self.dropped} lines were dropped"
+        return remark
+
+    def _follow_path(self) -> None:
+        # Reopen when the path now names another file (mv, logrotate's create)
+        # or none (rm); write a fresh header after a truncation (copytruncate).
+        if self.fd is None:
+            self.open()
+        if self.identity is None:
+            return  # a device or pipe, such as /dev/full or /dev/null
+        try:
+            st = os.stat(self.path)
+            moved = (st.st_dev, st.st_ino) != self.identity
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            self.open()
+        elif os.fstat(self.fd).st_size < self.end:
+            self.end = 0
+            self.needs_header = True
+
+    def _write_all(self, data: bytes) -> None:
+        start = self.end
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self.fd, data[written:])
+        except OSError:
+            if written and self.identity is not None:
+                # A half line must not stay behind: cut back to the last whole write.
+                try:
+                    os.ftruncate(self.fd, start)
+                except OSError:
+                    pass  # the bytes stay; the whole batch is written again anyway
+            raise
+        self.end = start + written
+
+
+##############################################################################
+# Log paths
+##############################################################################
+
+def fallback_log_dir() -> str:
+    """The per-user folder used when the default folder cannot be written."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "lognet")
+
+
+def open_logs(config: Config, defaulted: tuple[bool, bool]) -> tuple[LogFile, LogFile]:
+    """Open both logs. A default path falls back to the per-user folder with one warning;
+    a path the user gave is never replaced: it opens, or LognetError."""
+    logs = [LogFile(config.connections_log, CONNECTION_FIELDS, utc=config.utc),
+            LogFile(config.processes_log, PROCESS_FIELDS, utc=config.utc)]
+    fallback_reason = None
+    for log, is_default in zip(logs, defaulted):
+        try:
+            if is_default:
+                os.makedirs(os.path.dirname(log.path), mode=LOG_DIR_MODE, exist_ok=True)
+            log.open()
+            continue
+        except OSError as exc:
+            if not is_default:
+                raise LognetError(f"cannot open log {log.path}: {exc.strerror}") from None
+            fallback_reason = fallback_reason or f"{os.path.dirname(log.path)}: {exc.strerror}"
+        log.path = os.path.join(fallback_log_dir(), os.path.basename(log.path))
+        try:
+            os.makedirs(os.path.dirname(log.path), mode=LOG_DIR_MODE, exist_ok=True)
+            log.open()
+        except OSError as exc:
+            raise LognetError(f"cannot open log {log.path}: {exc.strerror}") from None
+    if fallback_reason:
+        warn(f"cannot write the default log folder ({fallback_reason}); logging to {fallback_log_dir()} instead")
+    return logs[0], logs[1]
+
+
+##############################################################################
+# The loop
+##############################################################################
+
+class Signals:
+    """Turns SIGTERM/SIGINT into a stop and SIGHUP into a reopen, waking any sleep."""
+
+    def __init__(self):
+        self.stop = False
+        self.reopen = False
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+
+    def install(self) -> None:
+        """Route the signals here; a signal during sleep() ends the sleep at once."""
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._on_hangup)
+
+    def _on_stop(self, signum, frame) -> None:
+        self.stop = True
+
+    def _on_hangup(self, signum, frame) -> None:
+        self.reopen = True
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep up to seconds, or until a signal arrives."""
+        readable, _, _ = select.select([self._wake_r], [], [], max(0.0, seconds))
+        if readable:
+            try:
+                os.read(self._wake_r, 512)
+            except BlockingIOError:
+                pass  # another reader drained it: the wake-up already happened
+
+
+class Poller:
+    """One poll: snapshot, diff, filter, look up owners, format, write."""
+
+    def __init__(self, config: Config, source: PsutilSource, connections_log: LogFile,
+                 processes_log: LogFile, now: Callable[[], float] = time.time):
+        self.config = config
+        self.source = source
+        self.connections_log = connections_log
+        self.processes_log = processes_log
+        self.now = now
+        self.tracker = Tracker()
+        self.wanted = build_filter(config)
+
+    def poll(self) -> int:
+        """Run one poll and return the number of connection lines it wrote."""
+        opened, changed, _closed = self.tracker.update(self.source.connections(self.config.kind))
+        to_log = [conn for conn in sort_connections(opened + changed) if self.wanted(conn)]
+        owners, new_processes = self.source.processes({conn.pid for conn in to_log if conn.pid is not None})
+        timestamp = format_timestamp(self.now(), self.config.utc)
+        connection_lines = [format_connection(conn, owners.get(conn.pid), timestamp) for conn in to_log]
+        # processes.log first, so a reader of a new connection line finds its command line.
+        self.processes_log.write([format_process(process, timestamp) for process in new_processes])
+        self.connections_log.write(connection_lines)
+        return len(connection_lines)
+
+    def reopen(self) -> None:
+        """Reopen both logs (SIGHUP after logrotate)."""
+        for log in (self.processes_log, self.connections_log):
+            try:
+                log.open()
+            except OSError:
+                pass  # the next write reports the failure once and holds the lines
+
+    def close(self) -> None:
+        """Close both logs."""
+        self.processes_log.close()
+        self.connections_log.close()
+
+
+def run(config: Config, poller: Poller, *, signals: Signals | None = None,
+        clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] | None = None) -> int:
+    """Poll on a fixed monotonic schedule until count polls are done or a stop signal; return polls run."""
+    signals = signals or Signals()
+    sleep = sleep or signals.sleep
+    polls = 0
+    deadline = clock()
+    while not signals.stop:
+        if signals.reopen:
+            signals.reopen = False
+            poller.reopen()
+        poller.poll()
+        polls += 1
+        if config.count is not None and polls >= config.count:
+            break
+        deadline += config.interval
+        if clock() > deadline:
+            deadline = clock()  # a poll overran the interval: start the schedule afresh, skip no sleep debt
+        while not signals.stop and (remaining := deadline - clock()) > 0:
+            sleep(remaining)
+    return polls
+
+
+##############################################################################
+# Command line
+##############################################################################
+
+EXAMPLES = """\
+examples:
+  lognet -i 1 -p tcp                 # poll TCP connections every second
+  lognet -ipv 4 --omit-privnet-conns # IPv4 only, leave out peers in 10/8, 172.16/12, 192.168/16
+  lognet -clog ./c.log -plog ./p.log # write the logs here instead of /var/log/netlog
+  lognet -n 10 -i 0.2                # take 10 polls, 0.2 s apart, then exit
+  tail -f /var/log/netlog/connections.log   # watch it live
+  # crontab -e (as root):
+  @reboot /usr/bin/python3 /opt/lognet/lognet.py -i 1 >>/var/log/netlog/lognet.err 2>&1
+"""
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
+    return value
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (exit 2) instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; the original's short options keep their spelling."""
+    parser = ArgumentParser(
+        prog="lognet",
+        description="Log every network connection on this host, with the process that owns it.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-i", "--interval", type=positive_float, default=DEFAULT_INTERVAL, metavar="I",
+                        help="interval (in seconds) for connection enumeration (default: 3s)")
+    parser.add_argument("-clog", "--connections-log", metavar="CLOG",
+                        help=f"output file for connections log (default: {DEFAULT_CONNECTIONS_LOG})")
+    parser.add_argument("-plog", "--processes-log", metavar="PLOG",
+                        help=f"output file for processes list (default: {DEFAULT_PROCESSES_LOG})")
+    parser.add_argument("-ipv", "--ip-version", type=int, choices=(4, 6),
+                        help="filters by internet protocol version (if omitted, it includes both)")
+    parser.add_argument("-p", "--protocol", choices=("udp", "tcp"),
+                        help="filters by protocol (if omitted, it includes both)")
+    parser.add_argument("--omit-self-conns", action="store_true",
+                        help="omits connections without remote address")
+    parser.add_argument("--omit-privnet-conns", action="store_true",
+                        help="omits connections to private networks (RFC 1918, also IPv4-mapped IPv6)")
+    parser.add_argument("-n", "--count", type=positive_int, metavar="N",
+                        help="stop after N polls and exit 0 (default: run until stopped)")
+    parser.add_argument("--utc", action="store_true", help="timestamps in UTC instead of local time")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Config, tuple[bool, bool]]:
+    """Parse argv into a Config, and which of the two log paths are defaults."""
+    args = build_parser().parse_args(argv)
+    config = Config(
+        interval=args.interval,
+        count=args.count,
+        kind=KINDS[(args.ip_version, args.protocol)],
+        omit_self_conns=args.omit_self_conns,
+        omit_privnet_conns=args.omit_privnet_conns,
+        connections_log=args.connections_log or DEFAULT_CONNECTIONS_LOG,
+        processes_log=args.processes_log or DEFAULT_PROCESSES_LOG,
+        utc=args.utc,
+    )
+    return config, (args.connections_log is None, args.processes_log is None)
+
+
+##############################################################################
+# main
+##############################################################################
+
+def main(argv: list[str] | None = None) -> int:
+    """Run lognet from the command line; return the exit status."""
+    config, defaulted = parse_args(argv)
+    signals = Signals()
+    signals.install()
+    try:
+        connections_log, processes_log = open_logs(config, defaulted)
+        poller = Poller(config, PsutilSource(), connections_log, processes_log)
+        try:
+            run(config, poller, signals=signals)
+        finally:
+            poller.close()
+    except LognetError as exc:
+        print(f"lognet: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Shared fixtures: psutil-like tuples for unit tests, real processes for integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGNET = ROOT / "lognet.py"
+HOLDER = Path(__file__).resolve().parent / "holder.py"
+
+# psutil's own shapes, built here rather than imported from its private modules.
+addr = namedtuple("addr", "ip port")
+sconn = namedtuple("sconn", "fd family type laddr raddr status pid")
+
+
+def make_conn(laddr=("127.0.0.1", 8080), raddr=(), status="LISTEN", pid=100, fd=3,
+              family=socket.AF_INET, type=socket.SOCK_STREAM):
+    """A psutil-like sconn; raddr=() means no peer, as psutil reports it."""
+    return sconn(fd, family, type, addr(*laddr), addr(*raddr) if raddr else (), status, pid)
+
+
+def require_root(why: str) -> None:
+    """Skip where root is missing, but never on CI, which runs as root."""
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI runs as root, yet this test is not root: {why}")
+    pytest.skip(f"needs root: {why}")
+
+
+def upid_of(pid: int, name: str) -> str:
+    """The upid lognet should write for a live process, from psutil's create_time."""
+    return f"{name}|{pid}|{psutil.Process(pid).create_time():.2f}"
+
+
+def read_lines(path) -> list[str]:
+    return Path(path).read_text(encoding="utf-8").splitlines()
+
+
+def data_lines(path) -> list[str]:
+    """The log's lines without W3C directives."""
+    return [line for line in read_lines(path) if not line.startswith("#")]
+
+
+def wait_for(predicate, timeout=15.0, step=0.05):
+    """Poll predicate until it returns something true, for at most timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def lognet_command(*args) -> list[str]:
+    return [sys.executable, str(LOGNET), *map(str, args)]
+
+
+def run_lognet(*args, timeout=60, **kwargs) -> subprocess.CompletedProcess:
+    """Run lognet.py to completion and capture its output."""
+    return subprocess.run(lognet_command(*args), capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+class Holder:
+    """A running tests/holder.py and the ports it printed."""
+
+    def __init__(self, args, prefix=()):
+        self.proc = subprocess.Popen([*prefix, sys.executable, str(HOLDER), *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"holder did not start: {args}")
+        self.info = json.loads(line)
+        self.pid = self.info["pid"]
+        self.cmdline = [sys.executable, str(HOLDER), *args]
+
+    def send(self, command: str) -> str:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=5)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def holder():
+    """Factory: start a holder process with the given arguments; all are stopped afterwards."""
+    started = []
+
+    def start(*args, prefix=()):
+        started.append(Holder([str(a) for a in args], prefix=prefix))
+        return started[-1]
+
+    yield start
+    for h in started:
+        h.stop()
+
+
+@pytest.fixture
+def tcp_pair():
+    """A real established TCP pair on loopback: (listener, client, server)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    yield listener, client, server
+    for s in (client, server, listener):
+        s.close()

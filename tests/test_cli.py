@@ -1,0 +1,74 @@
+"""The command line, run as a real subprocess."""
+
+import pytest
+
+import lognet
+from conftest import run_lognet
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-i", "0"], "argument -i/--interval: must be above 0: '0'"),
+    (["-i", "-1"], "argument -i/--interval: must be above 0: '-1'"),
+    (["-i", "x"], "argument -i/--interval: not a number: 'x'"),
+    (["-i", "nan"], "argument -i/--interval: must be above 0: 'nan'"),
+    (["-i", "inf"], "argument -i/--interval: must be above 0: 'inf'"),
+    (["-ipv", "5"], "argument -ipv/--ip-version: invalid choice: 5 (choose from 4, 6)"),
+    (["-ipv", "x"], "argument -ipv/--ip-version: invalid int value: 'x'"),
+    (["-p", "icmp"], "argument -p/--protocol: invalid choice: 'icmp' (choose from 'udp', 'tcp')"),
+    (["-n", "0"], "argument -n/--count: must be 1 or more: '0'"),
+    (["-n", "1.5"], "argument -n/--count: not a whole number: '1.5'"),
+    (["--interval"], "argument -i/--interval: expected one argument"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_value_is_one_line_and_exit_2(argv, message):
+    result = run_lognet(*argv, "-clog", "/nonexistent/c.log", "-plog", "/nonexistent/p.log")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == f"lognet: error: {message} (see lognet --help)\n"
+
+
+def test_help_shows_original_options_and_examples():
+    result = run_lognet("--help")
+    assert result.returncode == 0
+    out = result.stdout
+    for option in ("-i I, --interval I", "-clog CLOG, --connections-log CLOG", "-plog PLOG, --processes-log PLOG",
+                   "-ipv {4,6}, --ip-version {4,6}", "-p {udp,tcp}, --protocol {udp,tcp}", "--omit-self-conns",
+                   "--omit-privnet-conns", "-n N, --count N", "--utc", "--version"):
+        assert option in out, option
+    assert "lognet -i 1 -p tcp" in out
+    assert "@reboot" in out
+    assert "tail -f /var/log/netlog/connections.log" in out
+
+
+def test_version():
+    result = run_lognet("--version")
+    assert (result.returncode, result.stdout) == (0, f"lognet {lognet.__version__}\n")
+
+
+def test_defaults_match_the_original():
+    config, defaulted = lognet.parse_args([])
+    assert config.interval == 3.0
+    assert config.connections_log == "/var/log/netlog/connections.log"
+    assert config.processes_log == "/var/log/netlog/processes.log"
+    assert config.kind == "inet" and config.count is None
+    assert defaulted == (True, True)
+
+
+def test_original_short_spellings_parse():
+    config, defaulted = lognet.parse_args(["-i", "0.5", "-clog", "c", "-plog", "p", "-ipv", "6", "-p", "udp",
+                                           "--omit-self-conns", "--omit-privnet-conns"])
+    assert config == lognet.Config(interval=0.5, kind="udp6", omit_self_conns=True, omit_privnet_conns=True,
+                                   connections_log="c", processes_log="p")
+    assert defaulted == (False, False)
+
+
+def test_unwritable_user_path_exits_1_with_one_line(tmp_path):
+    result = run_lognet("-n", "1", "-clog", tmp_path / "missing" / "c.log", "-plog", tmp_path / "p.log")
+    assert result.returncode == 1
+    assert result.stderr == f"lognet: error: cannot open log {tmp_path}/missing/c.log: No such file or directory\n"
+
+
+def test_log_path_that_is_a_folder_exits_1(tmp_path):
+    result = run_lognet("-n", "1", "-clog", tmp_path / "c.log", "-plog", tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == f"lognet: error: cannot open log {tmp_path}: Is a directory\n"

@@ -1,0 +1,97 @@
+"""Golden lines for the formatters and the escape rule."""
+
+import socket
+
+import pytest
+
+import lognet
+from conftest import make_conn
+
+TS = "2026-11-27|07:30:00"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("python3", "python3"),
+    ("Web Content", "Web\\x20Content"),
+    ("a|b", "a\\x7cb"),
+    ("line\nbreak", "line\\x0abreak"),
+    ("tab\there", "tab\\x09here"),
+    ("\x1b[31mred", "\\x1b[31mred"),
+    ("back\\slash", "back\\\\slash"),
+    ("bad\udcffbyte", "bad\\xffbyte"),  # b"bad\xffbyte" as psutil decodes it (surrogateescape)
+    ("caf\u00e9", "caf\u00e9"),
+    ("c1\x85ctl", "c1\\u0085ctl"),
+    ("sep\u2028x", "sep\\u2028x"),
+    ("-", "\\x2d"),
+    ("", "-"),
+    (None, "-"),
+])
+def test_escape_field(text, expected):
+    assert lognet.escape_field(text) == expected
+
+
+def test_escaped_field_never_splits():
+    hostile = "a b|c\nd\re\x00f\x7f\udc80 \u2029"
+    escaped = lognet.escape_field(hostile)
+    assert escaped == "a\\x20b\\x7cc\\x0ad\\x0de\\x00f\\x7f\\x80\\x20\\u2029"
+    assert escaped.split() == [escaped]
+
+
+def test_format_connection_established():
+    conn = make_conn(("192.168.1.210", 40100), ("104.244.42.66", 443), "ESTABLISHED", pid=5545)
+    process = lognet.ProcessInfo(5545, "vivaldi-bin", 1658892385.62, ("/opt/vivaldi/vivaldi-bin",))
+    assert lognet.format_connection(conn, process, TS) == (
+        "2026-11-27|07:30:00 TCP 192.168.1.210 40100 104.244.42.66 443 ESTABLISHED vivaldi-bin|5545|1658892385.62")
+
+
+def test_format_connection_listen_and_udp_use_dashes():
+    listen = make_conn(("::", 17500), family=socket.AF_INET6, pid=4312)
+    udp = make_conn(("0.0.0.0", 5353), status="NONE", type=socket.SOCK_DGRAM, pid=4312)
+    process = lognet.ProcessInfo(4312, "dropbox", 1658892270.25, None)
+    assert lognet.format_connection(listen, process, TS) == (
+        "2026-11-27|07:30:00 TCP :: 17500 - - LISTEN dropbox|4312|1658892270.25")
+    assert lognet.format_connection(udp, process, TS) == (
+        "2026-11-27|07:30:00 UDP 0.0.0.0 5353 - - NONE dropbox|4312|1658892270.25")
+
+
+def test_unknown_owner_is_a_dash_never_lognet():
+    conn = make_conn(("127.0.0.1", 5000), ("127.0.0.1", 6000), "TIME_WAIT", pid=None, fd=-1)
+    assert lognet.format_connection(conn, None, TS) == (
+        "2026-11-27|07:30:00 TCP 127.0.0.1 5000 127.0.0.1 6000 TIME_WAIT -")
+
+
+def test_upid_of_vanished_process_keeps_pid():
+    assert lognet.format_upid(lognet.ProcessInfo(77, None, None, None)) == "-|77|-"
+
+
+def test_connection_line_with_hostile_name_has_eight_fields():
+    conn = make_conn(("127.0.0.1", 5000), ("127.0.0.1", 6000), "ESTABLISHED", pid=9)
+    process = lognet.ProcessInfo(9, "Web Content\n2026-11-27|00:00:00 TCP", 1.5, None)
+    line = lognet.format_connection(conn, process, TS)
+    assert "\n" not in line
+    assert line.split(" ") == ["2026-11-27|07:30:00", "TCP", "127.0.0.1", "5000", "127.0.0.1", "6000", "ESTABLISHED",
+                               "Web\\x20Content\\x0a2026-11-27\\x7c00:00:00\\x20TCP|9|1.50"]
+
+
+def test_format_process_keeps_python_list_form_on_one_line():
+    process = lognet.ProcessInfo(39817, "python3", 1658985795.47, ("python3", "lognet/lognet.py", "x\n#Fields: y"))
+    assert lognet.format_process(process, TS) == (
+        "2026-11-27|07:30:00 python3|39817|1658985795.47 ['python3', 'lognet/lognet.py', 'x\\n#Fields: y']")
+
+
+def test_format_process_without_command_line():
+    process = lognet.ProcessInfo(2, "kthreadd", 100.0, ())
+    assert lognet.format_process(process, TS) == "2026-11-27|07:30:00 kthreadd|2|100.00 -"
+
+
+def test_format_header_names_the_fields():
+    epoch = 1795763232.0  # 2026-11-27 07:07:12 UTC
+    assert lognet.format_header(lognet.CONNECTION_FIELDS, epoch, utc=True) == [
+        "#Version: 1.0", "#Date: 2026-11-27 07:07:12",
+        "#Fields: timestamp prot laddr lport raddr rport status upid"]
+    assert lognet.format_header(lognet.PROCESS_FIELDS, epoch, utc=True)[2] == (
+        "#Fields: timestamp upid [command_line with parameters]")
+
+
+def test_format_timestamp_utc():
+    assert lognet.format_timestamp(1795763232.9, utc=True) == "2026-11-27|07:07:12"

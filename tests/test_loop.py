@@ -1,0 +1,128 @@
+"""The poll loop with a scripted source and a fake clock."""
+
+import socket
+
+import lognet
+from conftest import data_lines, make_conn
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+
+
+class ScriptedSource:
+    """Returns one prepared snapshot per poll; a poll can cost clock time."""
+
+    def __init__(self, snapshots, processes, clock=None, cost=0.0):
+        self.snapshots = list(snapshots)
+        self.known = processes
+        self.clock, self.cost = clock, cost
+        self.kinds = []
+        self.looked_up = []
+        self.seen = set()
+
+    def connections(self, kind):
+        self.kinds.append(kind)
+        if self.clock:
+            self.clock.now += self.cost
+        return self.snapshots.pop(0)
+
+    def processes(self, pids):
+        self.looked_up.append(sorted(pids))
+        found = {pid: self.known[pid] for pid in pids}
+        new = [found[pid] for pid in sorted(pids) if pid not in self.seen]
+        self.seen.update(pids)
+        return found, new
+
+
+PROC = lognet.ProcessInfo(10, "srv", 1000.0, ("srv", "--port", "80"))
+LISTEN = make_conn(("127.0.0.1", 80), pid=10, fd=3)
+ESTAB = make_conn(("127.0.0.1", 80), ("127.0.0.1", 5000), "ESTABLISHED", pid=10, fd=4)
+TIME_WAIT = make_conn(("127.0.0.1", 80), ("127.0.0.1", 5000), "TIME_WAIT", pid=None, fd=-1)
+PRIVATE = make_conn(("127.0.0.1", 81), ("10.0.0.1", 443), "ESTABLISHED", pid=10, fd=5)
+
+
+def make_poller(tmp_path, source, **kw):
+    config = lognet.Config(connections_log=str(tmp_path / "c.log"), processes_log=str(tmp_path / "p.log"), **kw)
+    logs = lognet.open_logs(config, (False, False))
+    return config, lognet.Poller(config, source, *logs, now=lambda: 1795763232.0)
+
+
+def test_loop_logs_new_and_changed_once(tmp_path):
+    clock = FakeClock()
+    source = ScriptedSource([[LISTEN], [LISTEN, ESTAB], [LISTEN, ESTAB], [LISTEN, TIME_WAIT]], {10: PROC})
+    config, poller = make_poller(tmp_path, source, count=4, interval=2.0, utc=True)
+    assert lognet.run(config, poller, clock=clock, sleep=clock.sleep) == 4
+    poller.close()
+    ts = "2026-11-27|07:07:12"
+    assert data_lines(tmp_path / "c.log") == [
+        f"{ts} TCP 127.0.0.1 80 - - LISTEN srv|10|1000.00",
+        f"{ts} TCP 127.0.0.1 80 127.0.0.1 5000 ESTABLISHED srv|10|1000.00",
+        f"{ts} TCP 127.0.0.1 80 127.0.0.1 5000 TIME_WAIT -",
+    ]
+    assert data_lines(tmp_path / "p.log") == [f"{ts} srv|10|1000.00 ['srv', '--port', '80']"]
+    assert source.looked_up == [[10], [10], [], []]  # only owners of lines, never an unknown owner
+    assert clock.sleeps == [2.0, 2.0, 2.0]  # no sleep after the last poll
+
+
+def test_sleep_targets_a_monotonic_deadline(tmp_path):
+    clock = FakeClock()
+    source = ScriptedSource([[LISTEN]] * 3, {10: PROC}, clock=clock, cost=0.5)
+    config, poller = make_poller(tmp_path, source, count=3, interval=2.0)
+    lognet.run(config, poller, clock=clock, sleep=clock.sleep)
+    assert clock.sleeps == [1.5, 1.5]
+
+
+def test_overrunning_poll_does_not_build_sleep_debt(tmp_path):
+    clock = FakeClock()
+    source = ScriptedSource([[LISTEN]] * 3, {10: PROC}, clock=clock, cost=3.0)
+    config, poller = make_poller(tmp_path, source, count=3, interval=2.0)
+    lognet.run(config, poller, clock=clock, sleep=clock.sleep)
+    assert clock.sleeps == []
+
+
+def test_filters_apply_to_logged_lines(tmp_path):
+    clock = FakeClock()
+    source = ScriptedSource([[LISTEN, ESTAB, PRIVATE]], {10: PROC})
+    config, poller = make_poller(tmp_path, source, count=1, omit_self_conns=True, omit_privnet_conns=True,
+                                 kind="tcp4")
+    lognet.run(config, poller, clock=clock, sleep=clock.sleep)
+    poller.close()
+    lines = data_lines(tmp_path / "c.log")
+    assert [line.split(" ")[1:] for line in lines] == [
+        ["TCP", "127.0.0.1", "80", "127.0.0.1", "5000", "ESTABLISHED", "srv|10|1000.00"]]
+    assert source.kinds == ["tcp4"]
+
+
+def test_stop_signal_ends_after_the_current_poll(tmp_path):
+    clock = FakeClock()
+    signals = lognet.Signals()
+    source = ScriptedSource([[LISTEN]] * 5, {10: PROC})
+    config, poller = make_poller(tmp_path, source, interval=1.0)
+
+    def sleep(seconds):
+        clock.sleep(seconds)
+        if len(clock.sleeps) == 2:
+            signals.stop = True
+
+    assert lognet.run(config, poller, signals=signals, clock=clock, sleep=sleep) == 2
+    assert len(source.kinds) == 2
+
+
+def test_udp_lines(tmp_path):
+    clock = FakeClock()
+    udp = make_conn(("::1", 53), status="NONE", type=socket.SOCK_DGRAM, family=socket.AF_INET6, pid=10, fd=7)
+    source = ScriptedSource([[udp]], {10: PROC})
+    config, poller = make_poller(tmp_path, source, count=1, utc=True)
+    lognet.run(config, poller, clock=clock, sleep=clock.sleep)
+    poller.close()
+    assert data_lines(tmp_path / "c.log") == ["2026-11-27|07:07:12 UDP ::1 53 - - NONE srv|10|1000.00"]
