@@ -159,8 +159,9 @@ class PsutilSource:
     def _look_up(self, pid: int, cached: ProcessInfo | None) -> ProcessInfo:
         try:
             process = psutil.Process(pid)
-        except psutil.NoSuchProcess:
-            # The process exited after net_connections() saw its socket; keep what we knew.
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            # It exited after net_connections() saw its socket, or it is hidden from us
+            # (hidepid=2): log it with what we knew, or with its pid alone.
             return cached or ProcessInfo(pid, None, None, None)
         try:
             create_time = process.create_time()

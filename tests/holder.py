@@ -1,7 +1,8 @@
 """A process that holds real loopback sockets for lognet's integration tests.
 
 It prints one JSON line with its pid and ports, then obeys commands on stdin,
-one per line: "close" closes the client end of the TCP pair, "quit" exits.
+one per line: "close" closes the client end of the TCP pair, "open" opens another
+pair and prints its client port, "quit" exits.
 It exits by itself after --timeout seconds, so a failed test leaves nothing behind.
 """
 
@@ -65,6 +66,10 @@ def main() -> int:
         if command == "close":
             client.close()
             print("closed", flush=True)
+        elif command == "open":
+            extra.append(socket.create_connection((args.host, port)))
+            extra.append(listener.accept()[0])
+            print(extra[-2].getsockname()[1], flush=True)
         elif command in ("quit", ""):
             break
     return 0

@@ -1,0 +1,367 @@
+"""Faults provoked for real: dying processes, pid reuse, other users, signals,
+rotation, full disks, hostile process names and command lines."""
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import lognet
+from conftest import HOLDER, LOGNET, ROOT, data_lines, lognet_command, read_lines, require_root, upid_of, wait_for
+
+CONNECTION_HEADER = ["#Version: 1.0", "#Fields: timestamp prot laddr lport raddr rport status upid"]
+
+
+def header_at(lines, i):
+    """True when lines[i:i+3] is a W3C header block."""
+    return (lines[i] == "#Version: 1.0" and lines[i + 1].startswith("#Date: ")
+            and lines[i + 2].startswith("#Fields: "))
+
+
+def assert_well_formed(path):
+    """A header first, then whole lines: 8 fields each, or a complete header block."""
+    raw = Path(path).read_bytes()
+    assert raw.endswith(b"\n"), f"{path} ends in a half line"
+    lines = raw.decode("utf-8").splitlines()
+    assert header_at(lines, 0)
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("#Version"):
+            assert header_at(lines, i)
+            i += 3
+            continue
+        assert lines[i].startswith("#Remark: ") or len(lines[i].split(" ")) == 8, lines[i]
+        i += 1
+    return lines
+
+
+def require_tool(name, package):
+    if shutil.which(name):
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is missing on CI: tests/install-deps.sh installs {package}")
+    pytest.skip(f"{name} not installed (Debian package {package}; tests/install-deps.sh installs it)")
+
+
+class Lognet:
+    """lognet.py running in the background, its stderr in a file."""
+
+    def __init__(self, tmp_path, *args, clog=None, plog=None):
+        self.clog = Path(clog or tmp_path / "connections.log")
+        self.plog = Path(plog or tmp_path / "processes.log")
+        self.errfile = tmp_path / "lognet.err"
+        with open(self.errfile, "w") as err:
+            self.proc = subprocess.Popen(lognet_command(*args, "-clog", self.clog, "-plog", self.plog),
+                                         stdout=subprocess.DEVNULL, stderr=err)
+
+    @property
+    def stderr(self):
+        return self.errfile.read_text()
+
+    def stop(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def background(tmp_path):
+    started = []
+
+    def start(*args, **kw):
+        started.append(Lognet(tmp_path, *args, **kw))
+        return started[-1]
+
+    yield start
+    for ln in started:
+        ln.kill()
+
+
+# ---------------------------------------------------------------- races
+
+def test_process_that_exited_is_logged_with_its_pid_alone():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: the pid names nothing now
+    found, new = lognet.PsutilSource().processes([child.pid])
+    assert found == {child.pid: lognet.ProcessInfo(child.pid, None, None, None)}
+    assert lognet.format_upid(found[child.pid]) == f"-|{child.pid}|-"
+
+
+def test_zombie_is_logged_with_name_and_start_time_but_no_command_line():
+    child = subprocess.Popen([sys.executable, "-c", "import ctypes; ctypes.CDLL(None).prctl(15, b'lnzombie')"])
+    try:
+        wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE)
+        found, _ = lognet.PsutilSource().processes([child.pid])
+        info = found[child.pid]
+        assert (info.name, info.cmdline) == ("lnzombie", None)
+        assert info.create_time == psutil.Process(child.pid).create_time()
+        assert lognet.format_process(info, "T") == f"T lnzombie|{child.pid}|{info.create_time:.2f} -"
+    finally:
+        child.wait()
+
+
+FLASHER = """
+import os, socket, sys, time
+listener = socket.create_server(("127.0.0.1", 0))
+port = listener.getsockname()[1]
+deadline = time.monotonic() + 20
+for _ in range(int(sys.argv[1])):
+    if time.monotonic() > deadline:
+        break
+    pid = os.fork()
+    if pid == 0:
+        s = socket.create_connection(("127.0.0.1", port))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    listener.accept()[0].close()
+print(port)
+"""
+
+
+def test_processes_dying_under_lognet_never_stop_it(tmp_path, background):
+    ln = background("-i", "0.005", "-p", "tcp")
+    wait_for(lambda: ln.clog.exists())
+    flasher = subprocess.run([sys.executable, "-c", FLASHER, "400"], capture_output=True, text=True, timeout=60)
+    assert flasher.returncode == 0
+    port = flasher.stdout.strip()
+    assert ln.stop() == 0
+    assert ln.stderr == ""
+    lines = assert_well_formed(ln.clog)
+    ours = [line for line in lines if f" 127.0.0.1 {port} " in line]
+    # Each child lived for a moment only: whatever lognet caught is attributed to a pid or to nobody.
+    for line in ours:
+        upid = line.split(" ")[7]
+        assert upid == "-" or upid.split("|")[1].isdigit(), line
+
+
+def test_reused_pid_is_a_new_upid(tmp_path):
+    require_root("a private pid namespace (unshare -p) and ns_last_pid")
+    clog, plog = tmp_path / "c.log", tmp_path / "p.log"
+    result = subprocess.run(["unshare", "-p", "-f", "--mount-proc", sys.executable,
+                             str(ROOT / "tests" / "reuse_driver.py"), str(clog), str(plog)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["returncode"] == 0
+    a, b = report["holders"]
+    assert a["pid"] == b["pid"], "the namespace did not hand out the same pid twice"
+    pid = a["pid"]
+    processes = [line.split(" ")[1] for line in data_lines(plog) if f"|{pid}|" in line]
+    assert [upid.split("|")[0] for upid in processes] == ["lnreuseA", "lnreuseB"]
+    assert processes[0] != processes[1]
+    owners = {line.split(" ")[3]: line.split(" ")[7] for line in data_lines(clog) if line.endswith(" LISTEN " +
+              line.split(" ")[7]) and line.split(" ")[7] != "-"}
+    assert owners[str(a["port"])] == processes[0]
+    assert owners[str(b["port"])] == processes[1]
+
+
+# ---------------------------------------------------------------- another user
+
+def test_unprivileged_run_hides_other_users_owners_and_falls_back(holder):
+    require_root("setpriv to drop to the user nobody")
+    python = "/usr/bin/python3"
+    probe = subprocess.run([python, "-c", "import psutil"], capture_output=True)
+    if probe.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail("python3-psutil is missing on CI: tests/install-deps.sh installs it")
+        pytest.skip("the system python3 has no psutil (Debian package python3-psutil)")
+    # nobody cannot read root's home, so lognet runs from a copy in a world-readable folder
+    home = Path(tempfile.mkdtemp(prefix="lognet-nobody-", dir="/tmp"))
+    try:
+        os.chmod(home, 0o755)
+        shutil.copy(LOGNET, home / "lognet.py")
+        shutil.copy(HOLDER, home / "holder.py")
+        os.chown(home, 65534, 65534)
+        mine = holder("--name", "lnroot")
+        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+        theirs = holder("--name", "lnnobody", prefix=drop)  # same holder, run as nobody
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_STATE_HOME": str(home / "state")}
+        result = subprocess.run([*drop, python, str(home / "lognet.py"), "-n", "2", "-i", "0.2", "-p", "tcp"],
+                                capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode == 0
+        assert result.stderr == ("lognet: warning: cannot write the default log folder (/var/log/netlog: "
+                                 f"Permission denied); logging to {home}/state/lognet instead\n")
+        clog = home / "state" / "lognet" / "connections.log"
+        assert stat.S_IMODE(os.stat(clog).st_mode) == 0o640
+        lines = data_lines(clog)
+        root_listen = [line.split(" ")[7] for line in lines if f" {mine.info['port']} - - LISTEN " in line]
+        nobody_listen = [line.split(" ")[7] for line in lines if f" {theirs.info['port']} - - LISTEN " in line]
+        assert root_listen == ["-"]
+        assert nobody_listen == [upid_of(theirs.pid, "lnnobody")]
+    finally:
+        shutil.rmtree(home)
+
+
+# ---------------------------------------------------------------- signals
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_flushes_and_exits_0(tmp_path, holder, background, sig):
+    h = holder("--name", "lnsignal")
+    ln = background("-i", "0.05")
+    wait_for(lambda: ln.clog.exists() and f" {h.info['port']} - - LISTEN " in ln.clog.read_text())
+    assert ln.stop(sig) == 0
+    assert ln.stderr == ""
+    assert_well_formed(ln.clog)
+    assert f"|{h.pid}|" in ln.plog.read_text()
+
+
+LOGROTATE = {
+    "create-hup": "create 0640\n  sharedscripts\n  postrotate\n    kill -HUP {pid}\n  endscript",
+    "create": "create 0640",
+    "copytruncate": "copytruncate",
+}
+
+
+@pytest.mark.parametrize("mode", LOGROTATE)
+def test_logrotate_leaves_well_formed_logs(tmp_path, holder, background, mode):
+    require_tool("logrotate", "logrotate")
+    h = holder("--name", "lnrotate")
+    ln = background("-i", "0.1", "-p", "tcp")
+    wait_for(lambda: ln.clog.exists() and f" {h.info['port']} - - LISTEN " in ln.clog.read_text())
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(f"{ln.clog} {ln.plog} {{\n  rotate 2\n  {LOGROTATE[mode].format(pid=ln.proc.pid)}\n}}\n")
+    rotated = subprocess.run(["logrotate", "-f", "-s", str(tmp_path / "state"), str(conf)],
+                             capture_output=True, text=True, timeout=60)
+    assert rotated.returncode == 0, rotated.stderr
+    new_port = h.send("open")
+    wait_for(lambda: f" {new_port} 127.0.0.1 {h.info['port']} ESTABLISHED " in ln.clog.read_text())
+    assert ln.stop() == 0
+    assert ln.stderr == ""
+    old = assert_well_formed(Path(f"{ln.clog}.1"))
+    assert any(f" {h.info['port']} - - LISTEN " in line for line in old)
+    new = assert_well_formed(ln.clog)
+    assert not any(f" {h.info['port']} - - LISTEN " in line for line in new)
+    upid, port = upid_of(h.pid, "lnrotate"), str(h.info["port"])
+    assert sorted(line.split(" ")[1:] for line in new if f" {new_port} " in line) == sorted([
+        ["TCP", "127.0.0.1", new_port, "127.0.0.1", port, "ESTABLISHED", upid],
+        ["TCP", "127.0.0.1", port, "127.0.0.1", new_port, "ESTABLISHED", upid]])
+
+
+def test_moved_log_is_followed_by_a_fresh_file(tmp_path, holder, background):
+    h = holder("--name", "lnmove")
+    ln = background("-i", "0.1", "-p", "tcp")
+    wait_for(lambda: ln.clog.exists() and f" {h.info['port']} - - LISTEN " in ln.clog.read_text())
+    os.rename(ln.clog, tmp_path / "moved.log")
+    new_port = h.send("open")
+    wait_for(lambda: ln.clog.exists() and f" {new_port} " in ln.clog.read_text())
+    assert ln.stop() == 0
+    new = assert_well_formed(ln.clog)
+    assert len([line for line in new if f" {new_port} " in line]) == 2  # both ends of the new pair
+    assert stat.S_IMODE(os.stat(ln.clog).st_mode) == 0o640
+
+
+# ---------------------------------------------------------------- write failures
+
+def test_dev_full_reports_once_and_keeps_polling(tmp_path, holder):
+    holder("--name", "lnfull")
+    result = subprocess.run(lognet_command("-i", "0.05", "-n", "20", "-clog", "/dev/full",
+                                           "-plog", tmp_path / "p.log"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stderr == ("lognet: error: cannot write /dev/full: No space left on device; "
+                             "holding its lines until writing works again\n")
+    assert "lnfull|" in (tmp_path / "p.log").read_text()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    require_root("mounting a size-limited tmpfs")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_full_filesystem_holds_lines_and_writes_them_late_in_order(tmp_path, holder, background, small_filesystem):
+    filler = small_filesystem / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for _ in range(1000):
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass  # full, as wanted
+    finally:
+        os.close(fd)
+    ln = background("-i", "0.1", "-p", "tcp", clog=small_filesystem / "c.log")
+    wait_for(lambda: "cannot write" in ln.stderr)
+    h = holder("--name", "lnlate")
+    first = h.send("open")
+    time.sleep(0.5)
+    second = h.send("open")
+    time.sleep(0.5)
+    filler.unlink()
+    wait_for(lambda: f" {second} " in ln.clog.read_text())
+    assert ln.stop() == 0
+    lines = assert_well_formed(ln.clog)
+    assert lines[3].startswith("#Remark: ")
+    assert "lines below are late: writing failed (No space left on device) since " in lines[3]
+    late = int(lines[3].split(" ")[1])
+    assert late >= 4
+    assert ln.stderr.splitlines() == [
+        f"lognet: error: cannot write {ln.clog}: No space left on device; holding its lines until writing works again",
+        f"lognet: warning: writing {ln.clog} works again; {late} held lines written, 0 dropped",
+    ]
+    assert "dropped" not in lines[3]
+    ours = [line.split(" ")[3] for line in lines if f"|{h.pid}|" in line and " ESTABLISHED " in line]
+    port = str(h.info["port"])
+    # the two pairs opened while the disk was full, in the order they were seen: client end, then server end
+    assert [p for p in ours if p in (first, second)] == [first, second]
+    assert ours.count(port) == 3  # the server ends of the first pair, and of the two late pairs
+
+
+# ---------------------------------------------------------------- hostile input
+
+HOSTILE_NAMES = {
+    "a b": "a\\x20b",
+    "x\\ny": "x\\x0ay",
+    "p|q": "p\\x7cq",
+    "\\x1b[31mred": "\\x1b[31mred",
+    "\\xffbyte": "\\xffbyte",
+}
+FORGED = "2026-01-01|00:00:00 TCP 6.6.6.6 1 6.6.6.6 2 ESTABLISHED evil|1|1.00"
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_hostile_process_cannot_forge_a_line(tmp_path, holder, name):
+    tags = ["x\n#Fields: timestamp forged", "y\n" + FORGED, "z\t\x1b[2K"]
+    h = holder("--name", name, *tags)
+    clog, plog = tmp_path / "c.log", tmp_path / "p.log"
+    result = subprocess.run(lognet_command("-n", "1", "-p", "tcp", "-clog", clog, "-plog", plog),
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    upid = f"{HOSTILE_NAMES[name]}|{h.pid}|{psutil.Process(h.pid).create_time():.2f}"
+    for path in (clog, plog):
+        lines = read_lines(path)
+        assert lines[2].startswith("#Fields: timestamp ") and "forged" not in lines[2]
+        assert [line for line in lines if line.startswith("#")] == lines[:3]
+        assert not any(line.startswith(FORGED[:10]) for line in lines)
+    ours = [line.split(" ") for line in data_lines(clog) if f"|{h.pid}|" in line]
+    assert len(ours) == 3 and all(len(fields) == 8 and fields[7] == upid for fields in ours)
+    assert [line.split(" ", 2)[1:] for line in data_lines(plog) if f"|{h.pid}|" in line] == [[upid, repr(h.cmdline)]]
+
+
+# ---------------------------------------------------------------- bad user input
+
+def test_log_on_read_only_filesystem_exits_1(tmp_path):
+    require_root("a private mount namespace with a read-only tmpfs")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = f'mount -t tmpfs -o ro tmpfs {ro} && exec "$@"'
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh",
+                             *lognet_command("-n", "1", "-clog", ro / "c.log", "-plog", tmp_path / "p.log")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == f"lognet: error: cannot open log {ro}/c.log: Read-only file system\n"
