@@ -251,12 +251,13 @@ class Tracker:
     def update(self, connections: Iterable) -> tuple[list, list, list]:
         """Return (opened, changed, closed) sconn lists since the previous update."""
         current = frozenset(connections)
-        added = current - self.live
-        removed = self.live - current
+        # One pass that compares each tuple once; what differs is few, and split after.
+        differ = current ^ self.live
         self.live = current
-        if not added and not removed:
+        if not differ:
             return [], [], []
-        before = {connection_id(conn): conn for conn in removed}
+        added = [conn for conn in differ if conn in current]
+        before = {connection_id(conn): conn for conn in differ if conn not in current}
         opened, changed = [], []
         for conn in added:
             (changed if before.pop(connection_id(conn), None) is not None else opened).append(conn)

@@ -1,0 +1,299 @@
+"""lognet's benchmark: what a poll costs against psutil's own call, whether that
+stays flat as connections come and go, which connections a poll catches, and
+the shortest interval lognet sustains. All load is on 127.0.0.1.
+
+    python3 tests/benchmark.py [--processes 50] [--pairs 1000] [--json FILE]
+
+It prints a table and writes the same figures as JSON. It is not part of the
+test suite: timings on a shared machine are figures to read, not assertions.
+Costs are CPU seconds (user + system) of the process doing the work; A and B
+runs are interleaved (A B A B ...) so that machine noise falls on both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from load import Load  # noqa: E402
+
+import lognet  # noqa: E402
+
+LOGNET = HERE.parent / "lognet.py"
+CLI_POLLS = 40
+RAW = "import psutil, sys\nfor _ in range(int(sys.argv[2])): psutil.net_connections(sys.argv[1])\n"
+
+
+def run_cpu(argv: list[str]) -> tuple[float, float]:
+    """Run argv to completion; return its (CPU seconds, wall seconds)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv} exited {proc.returncode}")
+    return usage.ru_utime + usage.ru_stime, time.perf_counter() - start
+
+
+def lognet_argv(tmp: Path, *args) -> list[str]:
+    return [sys.executable, str(LOGNET), *map(str, args), "-clog", str(tmp / "c.log"), "-plog", str(tmp / "p.log")]
+
+
+def cli_overhead(tmp: Path, kind_args: list[str], kind: str, polls: int, rounds: int) -> dict:
+    """Per-poll CPU of the real CLI against a script that calls psutil as often.
+
+    Each side runs once with `polls` polls and once with 1; the difference,
+    divided by polls - 1, leaves out interpreter start-up and the first poll,
+    which logs every live connection once."""
+    lognet_costs, raw_costs = [], []
+    raw = [sys.executable, "-c", RAW, kind]
+    for _ in range(rounds):
+        many, _ = run_cpu(lognet_argv(tmp, "-n", polls, "-i", "0.001", *kind_args))
+        one, _ = run_cpu(lognet_argv(tmp, "-n", 1, *kind_args))
+        lognet_costs.append((many - one) / (polls - 1))
+        many, _ = run_cpu(raw + [str(polls)])
+        one, _ = run_cpu(raw + ["1"])
+        raw_costs.append((many - one) / (polls - 1))
+    lognet_ms, raw_ms = statistics.median(lognet_costs) * 1e3, statistics.median(raw_costs) * 1e3
+    return {"lognet_ms": lognet_ms, "raw_ms": raw_ms, "ratio": lognet_ms / raw_ms}
+
+
+class TimedSource(lognet.PsutilSource):
+    """The real source, noting the CPU time of each net_connections() call."""
+
+    def connections(self, kind):
+        start = time.process_time()
+        try:
+            return super().connections(kind)
+        finally:
+            self.last_call = time.process_time() - start
+
+
+class InProcess:
+    """lognet's Poller with the real psutil source, writing to real files."""
+
+    def __init__(self, tmp: Path, kind: str):
+        self.kind = kind
+        config = lognet.Config(kind=kind, connections_log=str(tmp / "inproc-c.log"),
+                               processes_log=str(tmp / "inproc-p.log"))
+        logs = lognet.open_logs(config, (False, False))
+        self.source = TimedSource()
+        self.poller = lognet.Poller(config, self.source, *logs)
+        self.lines = self.poller.poll()  # the first poll logs every live connection
+
+    def poll(self) -> int:
+        lines = self.poller.poll()
+        self.lines += lines
+        return lines
+
+    def overhead(self, rounds: int) -> dict:
+        """Interleave raw psutil calls (A) and whole polls (B): CPU and wall medians.
+
+        Also, within each poll B, lognet's own CPU beside the psutil call it made:
+        `own_ratio` is (poll) / (its psutil call), free of the noise between calls."""
+        a_cpu, b_cpu, b_wall, inner = [], [], [], []
+        for _ in range(rounds):
+            t = time.process_time()
+            psutil.net_connections(self.kind)
+            a_cpu.append(time.process_time() - t)
+            t, w = time.process_time(), time.perf_counter()
+            self.poll()
+            b_cpu.append(time.process_time() - t)
+            b_wall.append(time.perf_counter() - w)
+            inner.append(self.source.last_call)
+        raw_ms, poll_ms = statistics.median(a_cpu) * 1e3, statistics.median(b_cpu) * 1e3
+        own_ms = statistics.median(b - i for b, i in zip(b_cpu, inner)) * 1e3
+        inner_ms = statistics.median(inner) * 1e3
+        return {"raw_ms": raw_ms, "lognet_ms": poll_ms, "ratio": poll_ms / raw_ms, "own_ms": own_ms,
+                "own_ratio": (inner_ms + own_ms) / inner_ms, "poll_wall_ms": statistics.median(b_wall) * 1e3}
+
+
+def rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def flatness(tmp: Path, inproc: InProcess, checkpoints: list[int], rounds: int, max_seconds: float) -> list[dict]:
+    """Churn connections until the in-process poller has seen each checkpoint's
+    number come and go; there, pause the churn and measure ratio and RSS."""
+    load = Load()
+    cli = subprocess.Popen(lognet_argv(tmp / "cli", "-i", "0.05", "-p", "tcp"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    churner = load.start("churn", "--rate", 1500, "--lifetimes", "0.3", "--seconds", max_seconds)
+    results = []
+    start, base = time.monotonic(), inproc.lines
+    try:
+        for target in checkpoints:
+            while inproc.lines - base < target and time.monotonic() - start < max_seconds:
+                inproc.poll()
+            # Pause the churn, and the CLI lognet, so that only A and B run while measured.
+            for proc in (churner, cli):
+                proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.5)
+            inproc.poll()
+            figures = inproc.overhead(rounds)
+            figures.update(churned=inproc.lines - base, inproc_rss_mb=rss_mb(os.getpid()),
+                           cli_rss_mb=rss_mb(cli.pid), cli_lines=sum(1 for _ in open(tmp / "cli" / "c.log")),
+                           seconds=time.monotonic() - start)
+            results.append(figures)
+            for proc in (churner, cli):
+                proc.send_signal(signal.SIGCONT)
+    finally:
+        for proc in (churner, cli):
+            proc.send_signal(signal.SIGCONT)
+        cli.terminate()
+        cli.wait(timeout=30)
+        load.stop()
+    return results
+
+
+def capture(tmp: Path, interval: float, multiples: list[float], per_lifetime: int) -> list[dict]:
+    """Run the CLI at interval while a churner opens connections of known lifetimes;
+    return the share of each lifetime that lognet logged with the churner's pid."""
+    load = Load()
+    record = tmp / "churn.txt"
+    lifetimes = [round(m * interval, 4) for m in multiples]
+    rate = 4 / interval  # four arrivals an interval on average, at random phases
+    seconds = per_lifetime * len(lifetimes) / rate + max(lifetimes) + 1
+    (tmp / "cap").mkdir(exist_ok=True)
+    cli = subprocess.Popen(lognet_argv(tmp / "cap", "-i", interval, "-p", "tcp"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    churner = load.start("churn", "--rate", rate, "--lifetimes", ",".join(map(str, lifetimes)),
+                         "--seconds", seconds, "--record", record)
+    churner.wait(timeout=seconds + 60)
+    time.sleep(2 * interval)
+    cli.terminate()
+    cli.wait(timeout=30)
+    load.stop()
+    seen, seen_any = set(), set()
+    for line in lognet_lines(tmp / "cap" / "c.log"):
+        fields = line.split(" ")
+        seen_any.add(fields[3])
+        if fields[7] != "-" and fields[7].split("|")[1] == str(churner.pid):
+            seen.add(fields[3])
+    records = [line.split() for line in open(record)]
+    once = {port for port, n in Counter(r[0] for r in records).items() if n == 1}  # a port used twice is ambiguous
+    results = []
+    for multiple, lifetime in zip(multiples, lifetimes):
+        ports = [r[0] for r in records if float(r[1]) == lifetime and r[0] in once]
+        results.append({"lifetime_intervals": multiple, "lifetime_s": lifetime, "connections": len(ports),
+                        "captured_with_process": sum(p in seen for p in ports) / len(ports),
+                        "captured_any_owner": sum(p in seen_any for p in ports) / len(ports)})
+    return results
+
+
+def lognet_lines(path: Path):
+    with open(path) as f:
+        return [line.rstrip("\n") for line in f if not line.startswith("#")]
+
+
+def sustained(tmp: Path, interval: float, polls: int) -> dict:
+    """Wall time of the CLI doing polls at interval, against the schedule's polls - 1 intervals."""
+    _, one = run_cpu(lognet_argv(tmp, "-n", 1, "-p", "tcp"))
+    cpu, wall = run_cpu(lognet_argv(tmp, "-n", polls, "-i", interval, "-p", "tcp"))
+    return {"interval_s": interval, "polls": polls, "schedule_s": (polls - 1) * interval,
+            "wall_minus_startup_s": wall - one, "cpu_s": cpu}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--processes", type=int, default=50, help="processes holding the load (default 50)")
+    parser.add_argument("--pairs", type=int, default=1000, help="established TCP pairs in all (default 1000: "
+                        "2,000 connections)")
+    parser.add_argument("--rounds", type=int, default=11, help="interleaved CLI rounds (default 11)")
+    parser.add_argument("--churn", default="20000,100000", help="flatness checkpoints (default 20000,100000)")
+    parser.add_argument("--interval", type=float, default=0.2, help="capture interval (default 0.2)")
+    parser.add_argument("--json", default="benchmark.json", help="where the figures go (default benchmark.json)")
+    args = parser.parse_args()
+
+    load = Load()
+    report: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                "psutil": psutil.__version__, "lognet": lognet.__version__,
+                                "kernel": platform.release(), "cpu": platform.processor() or platform.machine()}}
+    with tempfile.TemporaryDirectory(prefix="lognet-bench-") as name:
+        tmp = Path(name)
+        (tmp / "cli").mkdir()
+        try:
+            load.hold(args.processes, args.pairs // args.processes)
+            connections = len(psutil.net_connections("inet"))
+            report["load"] = {"processes": args.processes, "connections_inet": connections}
+            print(f"load: {args.processes} processes, {connections} inet connections on this host", flush=True)
+
+            report["cli"] = {kind: cli_overhead(tmp, kind_args, kind, CLI_POLLS, args.rounds)
+                             for kind, kind_args in (("inet", []), ("tcp4", ["-ipv", "4", "-p", "tcp"]))}
+            inproc = InProcess(tmp, "inet")
+            report["inprocess"] = inproc.overhead(101)
+            report["flatness"] = flatness(tmp, inproc, [int(x) for x in args.churn.split(",")], 101, 600)
+            report["capture"] = capture(tmp, args.interval, [0.5, 1, 2, 5], 100)
+            report["sustained"] = sustained(tmp, 0.2, 51)
+        finally:
+            load.stop()
+
+    print_report(report)
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nfigures written to {args.json}")
+    return 0
+
+
+def print_report(r: dict) -> None:
+    print()
+    print(f"machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, psutil {r['machine']['psutil']}, "
+          f"kernel {r['machine']['kernel']}; load: {r['load']['processes']} processes, "
+          f"{r['load']['connections_inet']} connections")
+    print()
+    print("| measure | lognet ms/poll | psutil ms/call | ratio (A/B) | lognet's own ms/poll | ratio (own) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for kind, f in r["cli"].items():
+        print(f"| CLI `-n {CLI_POLLS}`, kind {kind} | {f['lognet_ms']:.2f} | {f['raw_ms']:.2f} | "
+              f"{f['ratio']:.3f} | | |")
+    rows = [("in-process poll, kind inet", r["inprocess"])]
+    rows += [(f"in-process, {f['churned']:,} connections came and went", f) for f in r["flatness"]]
+    for label, f in rows:
+        print(f"| {label} | {f['lognet_ms']:.2f} | {f['raw_ms']:.2f} | {f['ratio']:.3f} | {f['own_ms']:.3f} | "
+              f"{f['own_ratio']:.4f} |")
+    print()
+    print("| churned (in-process) | in-process RSS MB | CLI lognet RSS MB | CLI lines | seconds |")
+    print("|---:|---:|---:|---:|---:|")
+    for f in r["flatness"]:
+        print(f"| {f['churned']:,} | {f['inproc_rss_mb']:.1f} | {f['cli_rss_mb']:.1f} | {f['cli_lines']:,} | "
+              f"{f['seconds']:.0f} |")
+    if len(r["flatness"]) >= 2:
+        first, last = r["flatness"][0], r["flatness"][-1]
+        print(f"RSS growth from {first['churned']:,} to {last['churned']:,}: CLI "
+              f"{last['cli_rss_mb'] - first['cli_rss_mb']:+.2f} MB, in-process "
+              f"{last['inproc_rss_mb'] - first['inproc_rss_mb']:+.2f} MB")
+    print()
+    print("| lifetime | connections | logged with their process | logged at all |")
+    print("|---|---:|---:|---:|")
+    for f in r["capture"]:
+        print(f"| {f['lifetime_intervals']}x interval ({f['lifetime_s']} s) | {f['connections']} | "
+              f"{f['captured_with_process']:.0%} | {f['captured_any_owner']:.0%} |")
+    print()
+    poll_ms = r["inprocess"]["poll_wall_ms"]
+    s = r["sustained"]
+    cpu_share = r["cli"]["inet"]["lognet_ms"] / 1e3 / lognet.DEFAULT_INTERVAL
+    print(f"one poll (wall, median): {poll_ms:.1f} ms, so the shortest interval with the poll under half of it "
+          f"is {2 * poll_ms / 1e3:.3f} s")
+    print(f"CLI at -i {s['interval_s']}: {s['polls']} polls took {s['wall_minus_startup_s']:.2f} s after start-up, "
+          f"for a schedule of {s['schedule_s']:.2f} s")
+    print(f"CPU at the default interval ({lognet.DEFAULT_INTERVAL:g} s): {cpu_share:.2%} of one core")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

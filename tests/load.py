@@ -1,0 +1,155 @@
+"""Loopback load for lognet's benchmark and soak runs. Every socket is on 127.0.0.1.
+
+    python3 tests/load.py hold PAIRS [--seconds S]
+        a listener, PAIRS established TCP pairs (both ends here) and one UDP socket;
+        prints "ready" and holds them until stdin closes or S seconds pass.
+    python3 tests/load.py churn --rate R --lifetimes 0.1,0.5 --seconds S [--record FILE]
+        opens R connections a second (Poisson arrivals), each closed after the next lifetime in the
+        cycle (with SO_LINGER 0, so no TIME_WAIT is left), each from its own client
+        port while fewer than 20,000 were opened; FILE gets one line per
+        connection: "client_port lifetime opened closed".
+
+The helpers below start these as subprocesses and stop them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import random
+import select
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LINGER_RESET = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT piles up on loopback
+MAX_CHURN = 2_000_000  # connections one churner opens at the most
+
+
+def hold(pairs: int, seconds: float) -> None:
+    listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    keep = [listener]
+    for _ in range(pairs):
+        keep.append(socket.create_connection(listener.getsockname()))
+        keep.append(listener.accept()[0])
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    keep.append(udp)
+    print("ready", flush=True)
+    select.select([sys.stdin], [], [], seconds)
+
+
+def close_reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+    sock.close()
+
+
+FIRST_CLIENT_PORT, CLIENT_PORTS = 10000, 20000  # below Linux's ephemeral range (32768 and up)
+
+
+def connect_from_unique_port(address, n: int) -> socket.socket:
+    """Connect from a client port no earlier connection of this run used, so that a
+    log line names one connection only; a port that is taken is skipped."""
+    for offset in range(CLIENT_PORTS):
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            client.bind(("127.0.0.1", FIRST_CLIENT_PORT + (n + offset) % CLIENT_PORTS))
+            client.connect(address)
+            return client
+        except OSError:
+            client.close()
+    raise RuntimeError("no free client port")
+
+
+def churn(rate: float, lifetimes: list[float], seconds: float, record: str | None) -> None:
+    listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    out = open(record, "w") if record else None
+    cycle = itertools.cycle(lifetimes)
+    arrivals = random.Random(1)  # Poisson arrivals: no phase lock with a poller's fixed interval
+    live: list = []  # heap of (close_at, n, client, server, lifetime, opened)
+    start = time.monotonic()
+    next_open = start
+    opened_count = 0
+    print("ready", flush=True)
+    while opened_count < MAX_CHURN and time.monotonic() - start < seconds:
+        now = time.monotonic()
+        while live and live[0][0] <= now:
+            _, _, client, server, lifetime, opened = heapq.heappop(live)
+            port = client.getsockname()[1]
+            close_reset(client)
+            server.close()
+            if out:
+                out.write(f"{port} {lifetime} {opened:.4f} {time.time():.4f}\n")
+        if next_open > now:
+            time.sleep(min(next_open, live[0][0]) - now if live else next_open - now)
+            continue
+        lifetime = next(cycle)
+        client = connect_from_unique_port(listener.getsockname(), opened_count)
+        server = listener.accept()[0]
+        heapq.heappush(live, (time.monotonic() + lifetime, opened_count, client, server, lifetime, time.time()))
+        opened_count += 1
+        # after a pause (SIGSTOP) start afresh rather than open the backlog in a burst
+        next_open = max(next_open, time.monotonic() - 1) + arrivals.expovariate(rate)
+    for _, _, client, server, _, _ in live:  # cut short by the end of the run: not recorded
+        close_reset(client)
+        server.close()
+    if out:
+        out.close()
+
+
+class Load:
+    """Started load processes; stop() ends them all."""
+
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, *args) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, str(HERE / "load.py"), *map(str, args)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"load.py {args} did not start")
+        self.procs.append(proc)
+        return proc
+
+    def hold(self, processes: int, pairs_each: int, seconds: float = 3600) -> None:
+        for _ in range(processes):
+            self.start("hold", pairs_each, "--seconds", seconds)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.stdin.close()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.procs.clear()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    h = sub.add_parser("hold")
+    h.add_argument("pairs", type=int)
+    h.add_argument("--seconds", type=float, default=3600)
+    c = sub.add_parser("churn")
+    c.add_argument("--rate", type=float, required=True)
+    c.add_argument("--lifetimes", default="0.2")
+    c.add_argument("--seconds", type=float, required=True)
+    c.add_argument("--record")
+    args = parser.parse_args()
+    if args.command == "hold":
+        hold(args.pairs, args.seconds)
+    else:
+        churn(args.rate, [float(x) for x in args.lifetimes.split(",")], args.seconds, args.record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
