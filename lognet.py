@@ -23,9 +23,11 @@ Usage: lognet.py [-i SECONDS] [-p {tcp,udp}] [-ipv {4,6}] [-clog FILE] [-plog FI
 from __future__ import annotations
 
 import argparse
+import datetime
 import errno
 import functools
 import ipaddress
+import json
 import os
 import select
 import signal
@@ -66,13 +68,23 @@ KINDS = {
     (None, "udp"): "udp", (4, "udp"): "udp4", (6, "udp"): "udp6",
 }
 PROTOCOLS = {socket.SOCK_STREAM: "TCP", socket.SOCK_DGRAM: "UDP"}
+FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
 
 # RFC 1918. IPv6 addresses are private to --omit-privnet-conns only when they
 # are these addresses written as IPv4-mapped (::ffff:10.1.2.3).
 PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 
+SYSLOG_FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
+    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, **{f"local{n}": 16 + n for n in range(8)},
+}
+SYSLOG_INFO = 6  # every event has severity "informational"
+SYSLOG_TIMEOUT = 5.0  # seconds a syslog send may block a poll
+DEFAULT_SYSLOG = "/dev/log"
+
 MAX_PENDING_LINES = 100_000  # per log, held while the log cannot be written
 PROCESS_PRUNE_SECONDS = 60.0  # how often cached processes that have exited are forgotten
+STATUS_SECONDS = 1.0  # the status line is redrawn at most this often
 
 
 ##############################################################################
@@ -85,7 +97,8 @@ class LognetError(Exception):
 
 def warn(message: str, level: str = "warning") -> None:
     """Print one 'lognet: warning: …' (or error) line on stderr."""
-    print(f"lognet: {level}: {message}", file=sys.stderr, flush=True)
+    clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # over a status line, if one is shown
+    print(f"{clear}lognet: {level}: {message}", file=sys.stderr, flush=True)
 
 
 ##############################################################################
@@ -99,6 +112,8 @@ class ProcessInfo(NamedTuple):
     name: str | None
     create_time: float | None
     cmdline: tuple[str, ...] | None
+    exe: str | None = None
+    username: str | None = None
 
 
 class Config(NamedTuple):
@@ -112,6 +127,10 @@ class Config(NamedTuple):
     connections_log: str = DEFAULT_CONNECTIONS_LOG
     processes_log: str = DEFAULT_PROCESSES_LOG
     utc: bool = False
+    format: str = "w3c"
+    syslog: tuple[str, str] | None = None  # (transport, address): ("unix", "/dev/log"), ("udp", "host:514")
+    syslog_facility: str = "daemon"
+    quiet: bool = False
 
 
 def connection_id(conn) -> tuple:
@@ -173,7 +192,9 @@ class PsutilSource:
         with process.oneshot():
             name = _read(process.name)
             cmdline = _read(process.cmdline)
-        return ProcessInfo(pid, name, create_time, tuple(cmdline) if cmdline is not None else None)
+            exe = _read(process.exe) or None  # '' for kernel threads
+            username = _read(process.username)
+        return ProcessInfo(pid, name, create_time, tuple(cmdline) if cmdline is not None else None, exe, username)
 
     def _prune(self) -> None:
         # Forget processes that have exited, so the cache is bounded by the live ones.
@@ -354,87 +375,204 @@ def format_header(fields: Iterable[str], epoch: float, utc: bool = False) -> lis
     return ["#Version: 1.0", f"#Date: {date}", "#Fields: " + " ".join(fields)]
 
 
+def format_iso_timestamp(epoch: float, utc: bool = False) -> str:
+    """ISO 8601 with milliseconds and the UTC offset: '2026-11-27T07:12:01.123+00:00'."""
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    return (moment if utc else moment.astimezone()).isoformat(timespec="milliseconds")
+
+
+def to_json(record: dict) -> str:
+    """One JSON line; ASCII only, so every byte a process supplied survives as an escape."""
+    return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+
+
+def connection_record(conn, process: ProcessInfo | None, timestamp: str) -> dict:
+    """The JSON Lines object of a connection; None (null) for what is missing."""
+    laddr, raddr = conn.laddr, conn.raddr
+    return {
+        "ts": timestamp,
+        "prot": PROTOCOLS.get(conn.type),
+        "family": FAMILIES.get(conn.family),
+        "laddr": laddr[0] if laddr else None,
+        "lport": laddr[1] if laddr else None,
+        "raddr": raddr[0] if raddr else None,
+        "rport": raddr[1] if raddr else None,
+        "status": conn.status,
+        "pid": conn.pid,
+        "name": process.name if process else None,
+        "create_time": process.create_time if process else None,
+        "upid": format_upid(process) if process else None,
+    }
+
+
+def process_record(process: ProcessInfo, timestamp: str) -> dict:
+    """The JSON Lines object of a process; cmdline is an array of its arguments."""
+    return {
+        "ts": timestamp,
+        "upid": format_upid(process),
+        "pid": process.pid,
+        "name": process.name,
+        "create_time": process.create_time,
+        "cmdline": list(process.cmdline) if process.cmdline is not None else None,
+        "exe": process.exe,
+        "username": process.username,
+    }
+
+
+class W3CFormat:
+    """The original's format: directive headers, space-separated fields, '-' for missing."""
+
+    name = "w3c"
+
+    def __init__(self, utc: bool = False):
+        self.utc = utc
+
+    def timestamp(self, epoch: float) -> str:
+        return format_timestamp(epoch, self.utc)
+
+    def header(self, fields: Iterable[str], epoch: float) -> list[str]:
+        return format_header(fields, epoch, self.utc)
+
+    def connection(self, conn, process: ProcessInfo | None, timestamp: str) -> str:
+        return format_connection(conn, process, timestamp)
+
+    def process(self, process: ProcessInfo, timestamp: str) -> str:
+        return format_process(process, timestamp)
+
+    def remark(self, text: str, epoch: float) -> str:
+        return f"#Remark: {text}"
+
+
+class JsonLinesFormat(W3CFormat):
+    """One JSON object per line, no header; null for missing."""
+
+    name = "jsonl"
+
+    def timestamp(self, epoch: float) -> str:
+        return format_iso_timestamp(epoch, self.utc)
+
+    def header(self, fields: Iterable[str], epoch: float) -> list[str]:
+        return []
+
+    def connection(self, conn, process: ProcessInfo | None, timestamp: str) -> str:
+        return to_json(connection_record(conn, process, timestamp))
+
+    def process(self, process: ProcessInfo, timestamp: str) -> str:
+        return to_json(process_record(process, timestamp))
+
+    def remark(self, text: str, epoch: float) -> str:
+        return to_json({"ts": self.timestamp(epoch), "event": "remark", "remark": text})
+
+
+FORMATS = {f.name: f for f in (W3CFormat, JsonLinesFormat)}
+
+
 ##############################################################################
 # Sinks: the only code that owns file handles
 ##############################################################################
 
-class LogFile:
-    """An append-only log that survives rotation, truncation and write errors.
+class OutputClosed(Exception):
+    """The reader of standard output went away (lognet -clog - | head): end quietly."""
 
-    Each poll's lines go out in one write. A line that cannot be written is
-    held (up to MAX_PENDING_LINES) and written later, in order, after a
-    #Remark that says how many were late or dropped.
+
+class Sink:
+    """Delivers each poll's lines in one go.
+
+    While delivery fails, the lines are held (up to MAX_PENDING_LINES, the
+    oldest dropped first) and delivered later, in order, after a remark that
+    says how many were late or dropped. One error is printed per failure episode.
     """
 
-    def __init__(self, path: str, fields: tuple[str, ...], *, utc: bool = False,
-                 now: Callable[[], float] = time.time):
-        self.path = path
-        self.fields = fields
-        self.utc = utc
+    def __init__(self, name: str, fmt: W3CFormat, now: Callable[[], float] = time.time):
+        self.name = name
+        self.format = fmt
         self.now = now
-        self.fd: int | None = None
-        self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of what fd points at
-        self.end = 0  # size of a regular file after our last write, to notice copytruncate
-        self.needs_header = True
         self.pending: deque[str] = deque()
         self.dropped = 0
         self.failure: str | None = None  # why the current failure episode began
         self.failure_since = ""
 
-    def open(self) -> None:
-        """Open (or create, mode 0640) the log for appending; OSError if impossible."""
-        if os.path.isdir(self.path):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.path)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
-        self.close()
-        self.fd = fd
-        st = os.fstat(fd)
-        self.identity = (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
-        self.end = st.st_size
-        self.needs_header = True
-
-    def close(self) -> None:
-        """Close the file; held lines stay held."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
     def write(self, lines: list[str]) -> None:
-        """Append lines (and any held ones) in one write; hold them all if that fails."""
+        """Deliver lines, after any held ones; hold them all if that fails."""
         self.pending.extend(lines)
         overflow = len(self.pending) - MAX_PENDING_LINES
         for _ in range(max(0, overflow)):
             self.pending.popleft()
         self.dropped += max(0, overflow)
-        held = len(self.pending) - len(lines)
+        held = max(0, len(self.pending) - len(lines))
         try:
-            self._follow_path()
-            if not (self.pending or self.needs_header or self.dropped):
-                return
-            out = format_header(self.fields, self.now(), self.utc) if self.needs_header else []
-            if self.failure is not None:
-                out.append(self._remark(max(0, held)))
-            out.extend(self.pending)
-            self._write_all(("\n".join(out) + "\n").encode("utf-8", "backslashreplace"))
+            self._deliver(self._remark(held))
         except OSError as exc:
             if self.failure is None:
                 self.failure = exc.strerror or str(exc)
-                self.failure_since = format_timestamp(self.now(), self.utc)
-                warn(f"cannot write {self.path}: {self.failure}; holding its lines until writing works again",
+                self.failure_since = format_timestamp(self.now(), self.format.utc)
+                warn(f"cannot write {self.name}: {self.failure}; holding its lines until writing works again",
                      "error")
             return
         if self.failure is not None:
-            warn(f"writing {self.path} works again; {max(0, held)} held lines written, {self.dropped} dropped")
+            warn(f"writing {self.name} works again; {held} held lines written, {self.dropped} dropped")
         self.pending.clear()
-        self.needs_header = False
         self.dropped = 0
         self.failure = None
 
-    def _remark(self, late: int) -> str:
-        remark = f"#Remark: {late} lines below are late: writing failed ({self.failure}) since {self.failure_since}"
+    def _remark(self, held: int) -> list[str]:
+        if self.failure is None:
+            return []
+        text = f"{held} lines below are late: writing failed ({self.failure}) since {self.failure_since}"
         if self.dropped:
-            remark += f"; {self.dropped} lines were dropped"
-        return remark
+            text += f"; {self.dropped} lines were dropped"
+        return [self.format.remark(text, self.now())]
+
+    def _deliver(self, lead: list[str]) -> None:
+        """Send lead, then the pending lines; raise OSError when that fails."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the file or socket; held lines stay held."""
+
+
+class LogFile(Sink):
+    """An append-only log file (or standard output for '-') that survives
+    rotation, truncation and write errors."""
+
+    def __init__(self, path: str, fields: tuple[str, ...], fmt: W3CFormat | None = None, *,
+                 now: Callable[[], float] = time.time):
+        super().__init__(path, fmt or W3CFormat(), now)
+        self.path = path
+        self.fields = fields
+        self.fd: int | None = None
+        self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of a regular file that fd points at
+        self.end = 0  # size of a regular file after our last write, to notice copytruncate
+        self.needs_header = True
+
+    def open(self) -> None:
+        """Open (or create, mode 0640) the log for appending; OSError if impossible."""
+        if self.path == "-":
+            fd = os.dup(sys.stdout.fileno())
+        elif os.path.isdir(self.path):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.path)
+        else:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
+        self.close()
+        self.fd = fd
+        st = os.fstat(fd)
+        self.identity = (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) and self.path != "-" else None
+        self.end = st.st_size
+        self.needs_header = True
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _deliver(self, lead: list[str]) -> None:
+        self._follow_path()
+        out = self.format.header(self.fields, self.now()) if self.needs_header else []
+        out += lead
+        out.extend(self.pending)
+        if out:
+            self._write_all(("\n".join(out) + "\n").encode("utf-8", "backslashreplace"))
+        self.needs_header = False
 
     def _follow_path(self) -> None:
         # Reopen when the path now names another file (mv, logrotate's create)
@@ -442,7 +580,7 @@ class LogFile:
         if self.fd is None:
             self.open()
         if self.identity is None:
-            return  # a device or pipe, such as /dev/full or /dev/null
+            return  # standard output, a device or a pipe, such as /dev/full or /dev/null
         try:
             st = os.stat(self.path)
             moved = (st.st_dev, st.st_ino) != self.identity
@@ -460,6 +598,10 @@ class LogFile:
         try:
             while written < len(data):
                 written += os.write(self.fd, data[written:])
+        except BrokenPipeError:
+            if self.path == "-":
+                raise OutputClosed() from None
+            raise
         except OSError:
             if written and self.identity is not None:
                 # A half line must not stay behind: cut back to the last whole write.
@@ -469,6 +611,68 @@ class LogFile:
                     pass  # the bytes stay; the whole batch is written again anyway
             raise
         self.end = start + written
+
+
+class SyslogSink(Sink):
+    """Sends each line as one RFC 5424 message to a local socket, or over UDP or TCP."""
+
+    def __init__(self, transport: str, address: str, msgid: str, facility: str, fmt: W3CFormat,
+                 now: Callable[[], float] = time.time):
+        super().__init__(f"syslog {transport}:{address}", fmt, now)
+        self.transport = transport
+        self.address = address
+        self.msgid = msgid
+        self.priority = SYSLOG_FACILITIES[facility] * 8 + SYSLOG_INFO
+        self.hostname = socket.gethostname() or "-"
+        self.sock: socket.socket | None = None
+
+    def _connect(self) -> socket.socket:
+        if self.sock is None:
+            if self.transport == "unix":
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                target = self.address
+            else:
+                host, port = split_host_port(self.address)
+                kind = socket.SOCK_STREAM if self.transport == "tcp" else socket.SOCK_DGRAM
+                family, _, _, _, target = socket.getaddrinfo(host, port, type=kind)[0]
+                sock = socket.socket(family, kind)
+            sock.settimeout(SYSLOG_TIMEOUT)
+            try:
+                sock.connect(target)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+        return self.sock
+
+    def _deliver(self, lead: list[str]) -> None:
+        lines = lead + list(self.pending)
+        if not lines:
+            return
+        header = (f"<{self.priority}>1 {format_iso_timestamp(self.now(), self.format.utc)} {self.hostname} "
+                  f"lognet {os.getpid()} {self.msgid} - ")
+        messages = [(header + line).encode("utf-8", "backslashreplace") for line in lines]
+        sock = self._connect()
+        try:
+            if self.transport == "tcp":  # octet counting (RFC 6587): a message may hold any byte
+                sock.sendall(b"".join(b"%d %s" % (len(m), m) for m in messages))
+            else:
+                for message in messages:
+                    sock.send(message)
+        except OSError:
+            self.close()  # connect afresh next time
+            raise
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """'host:514' -> ('host', 514); '[::1]:514' -> ('::1', 514)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 ##############################################################################
@@ -481,11 +685,33 @@ def fallback_log_dir() -> str:
     return os.path.join(state, "lognet")
 
 
-def open_logs(config: Config, defaulted: tuple[bool, bool]) -> tuple[LogFile, LogFile]:
+class Outputs(NamedTuple):
+    """Where lines go: the format they are written in, and the sinks of each stream."""
+
+    format: W3CFormat
+    connections: list[Sink]
+    processes: list[Sink]
+
+    def all(self) -> list[Sink]:
+        return self.processes + self.connections
+
+
+def open_outputs(config: Config, defaulted: tuple[bool, bool] = (False, False)) -> Outputs:
+    """Open both logs, and the syslog destination if one was asked for."""
+    fmt = FORMATS[config.format](config.utc)
+    connections_log, processes_log = open_logs(config, defaulted, fmt)
+    outputs = Outputs(fmt, [connections_log], [processes_log])
+    if config.syslog:
+        transport, address = config.syslog
+        outputs.connections.append(SyslogSink(transport, address, "connection", config.syslog_facility, fmt))
+        outputs.processes.append(SyslogSink(transport, address, "process", config.syslog_facility, fmt))
+    return outputs
+
+
+def open_logs(config: Config, defaulted: tuple[bool, bool], fmt: W3CFormat | None = None) -> tuple[LogFile, LogFile]:
     """Open both logs. A default path falls back to the per-user folder with one warning;
     a path the user gave is never replaced: it opens, or LognetError."""
-    logs = [LogFile(config.connections_log, CONNECTION_FIELDS, utc=config.utc),
-            LogFile(config.processes_log, PROCESS_FIELDS, utc=config.utc)]
+    logs = [LogFile(config.connections_log, CONNECTION_FIELDS, fmt), LogFile(config.processes_log, PROCESS_FIELDS, fmt)]
     fallback_reason = None
     for log, is_default in zip(logs, defaulted):
         try:
@@ -550,43 +776,82 @@ class Signals:
 class Poller:
     """One poll: snapshot, diff, filter, look up owners, format, write."""
 
-    def __init__(self, config: Config, source: PsutilSource, connections_log: LogFile,
-                 processes_log: LogFile, now: Callable[[], float] = time.time):
+    def __init__(self, config: Config, source: PsutilSource, outputs: Outputs,
+                 now: Callable[[], float] = time.time, clock: Callable[[], float] = time.perf_counter):
         self.config = config
         self.source = source
-        self.connections_log = connections_log
-        self.processes_log = processes_log
+        self.outputs = outputs
+        self.format = outputs.format
         self.now = now
+        self.clock = clock
         self.tracker = Tracker()
         self.wanted = build_filter(config)
+        self.polls = 0
+        self.lines = 0  # lines given to the logs, both streams
+        self.last_poll_seconds = 0.0
 
     def poll(self) -> int:
         """Run one poll and return the number of connection lines it wrote."""
+        started = self.clock()
         opened, changed, _closed = self.tracker.update(self.source.connections(self.config.kind))
         to_log = [conn for conn in sort_connections(opened + changed) if self.wanted(conn)]
         owners, new_processes = self.source.processes({conn.pid for conn in to_log if conn.pid is not None})
-        timestamp = format_timestamp(self.now(), self.config.utc)
-        connection_lines = [format_connection(conn, owners.get(conn.pid), timestamp) for conn in to_log]
+        timestamp = self.format.timestamp(self.now())
+        process_lines = [self.format.process(process, timestamp) for process in new_processes]
+        connection_lines = [self.format.connection(conn, owners.get(conn.pid), timestamp) for conn in to_log]
         # processes.log first, so a reader of a new connection line finds its command line.
-        self.processes_log.write([format_process(process, timestamp) for process in new_processes])
-        self.connections_log.write(connection_lines)
+        for sink in self.outputs.processes:
+            sink.write(process_lines)
+        for sink in self.outputs.connections:
+            sink.write(connection_lines)
+        self.polls += 1
+        self.lines += len(process_lines) + len(connection_lines)
+        self.last_poll_seconds = self.clock() - started
         return len(connection_lines)
 
     def reopen(self) -> None:
-        """Reopen both logs (SIGHUP after logrotate)."""
-        for log in (self.processes_log, self.connections_log):
+        """Reopen the log files (SIGHUP after logrotate)."""
+        for sink in self.outputs.all():
             try:
-                log.open()
+                if isinstance(sink, LogFile):
+                    sink.open()
             except OSError:
                 pass  # the next write reports the failure once and holds the lines
 
     def close(self) -> None:
-        """Close both logs."""
-        self.processes_log.close()
-        self.connections_log.close()
+        """Close every output."""
+        for sink in self.outputs.all():
+            sink.close()
 
 
-def run(config: Config, poller: Poller, *, signals: Signals | None = None,
+class StatusLine:
+    """One line on a terminal's stderr, redrawn in place at most once a second."""
+
+    def __init__(self, stream, outputs: Outputs, clock: Callable[[], float] = time.monotonic):
+        self.stream = stream
+        self.paths = " ".join(sink.name for sink in outputs.connections + outputs.processes)
+        self.clock = clock
+        self.shown_at: float | None = None
+
+    def update(self, poller: Poller) -> None:
+        """Redraw the line if a second has passed since it was last drawn."""
+        now = self.clock()
+        if self.shown_at is not None and now - self.shown_at < STATUS_SECONDS:
+            return
+        self.shown_at = now
+        self.stream.write(f"\r\x1b[Klognet: {poller.polls} polls, {len(poller.tracker.live)} live connections, "
+                          f"{poller.lines} lines written, last poll {poller.last_poll_seconds * 1e3:.0f} ms"
+                          f" -> {self.paths}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Leave the terminal on a fresh line."""
+        if self.shown_at is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def run(config: Config, poller: Poller, *, signals: Signals | None = None, status: StatusLine | None = None,
         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] | None = None) -> int:
     """Poll on a fixed monotonic schedule until count polls are done or a stop signal; return polls run."""
     signals = signals or Signals()
@@ -599,6 +864,8 @@ def run(config: Config, poller: Poller, *, signals: Signals | None = None,
             poller.reopen()
         poller.poll()
         polls += 1
+        if status:
+            status.update(poller)
         if config.count is not None and polls >= config.count:
             break
         deadline += config.interval
@@ -619,6 +886,8 @@ examples:
   lognet -ipv 4 --omit-privnet-conns # IPv4 only, leave out peers in 10/8, 172.16/12, 192.168/16
   lognet -clog ./c.log -plog ./p.log # write the logs here instead of /var/log/netlog
   lognet -n 10 -i 0.2                # take 10 polls, 0.2 s apart, then exit
+  lognet -clog - -plog /dev/null -p tcp | grep ' 443 '   # connection lines on stdout
+  lognet --format jsonl --syslog tcp://loghost:514       # JSON Lines, also to a syslog collector
   tail -f /var/log/netlog/connections.log   # watch it live
   # crontab -e (as root):
   @reboot /usr/bin/python3 /opt/lognet/lognet.py -i 1 >>/var/log/netlog/lognet.err 2>&1
@@ -634,6 +903,23 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
     return value
+
+
+def syslog_address(text: str) -> tuple[str, str]:
+    """argparse type: '/dev/log' (a local socket), 'host:514' or 'udp://host:514', 'tcp://host:514'."""
+    if text.startswith("/"):
+        return ("unix", text)
+    transport, scheme, rest = text.partition("://")
+    if not scheme:
+        transport, rest = "udp", text
+    if transport not in ("udp", "tcp"):
+        raise argparse.ArgumentTypeError(f"unknown transport {transport!r}: use udp:// or tcp://")
+    if not rest.rpartition(":")[2].isdigit() or rest.endswith("]"):
+        rest += ":514"
+    host, port = split_host_port(rest)
+    if not host or not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"not a socket path or host:port: {text!r}")
+    return (transport, rest)
 
 
 def positive_int(text: str) -> int:
@@ -679,6 +965,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", "--count", type=positive_int, metavar="N",
                         help="stop after N polls and exit 0 (default: run until stopped)")
     parser.add_argument("--utc", action="store_true", help="timestamps in UTC instead of local time")
+    parser.add_argument("--format", choices=tuple(FORMATS), default="w3c",
+                        help="w3c: the original's W3C-style lines (default); jsonl: one JSON object per line")
+    parser.add_argument("--syslog", nargs="?", const=DEFAULT_SYSLOG, type=syslog_address, metavar="ADDRESS",
+                        help=f"also send every line to syslog: a socket path (default {DEFAULT_SYSLOG}), "
+                             "host:port over UDP, or tcp://host:port")
+    parser.add_argument("--syslog-facility", choices=tuple(SYSLOG_FACILITIES), default="daemon", metavar="NAME",
+                        help="syslog facility: daemon (default), user, local0 ... local7, ...")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no status line on a terminal (it is never shown when stderr is not one)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -695,6 +990,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, tuple[bool, bool]
         connections_log=args.connections_log or DEFAULT_CONNECTIONS_LOG,
         processes_log=args.processes_log or DEFAULT_PROCESSES_LOG,
         utc=args.utc,
+        format=args.format,
+        syslog=args.syslog,
+        syslog_facility=args.syslog_facility,
+        quiet=args.quiet,
     )
     return config, (args.connections_log is None, args.processes_log is None)
 
@@ -709,15 +1008,20 @@ def main(argv: list[str] | None = None) -> int:
     signals = Signals()
     signals.install()
     try:
-        connections_log, processes_log = open_logs(config, defaulted)
-        poller = Poller(config, PsutilSource(), connections_log, processes_log)
+        outputs = open_outputs(config, defaulted)
+        poller = Poller(config, PsutilSource(), outputs)
+        status = StatusLine(sys.stderr, outputs) if sys.stderr.isatty() and not config.quiet else None
         try:
-            run(config, poller, signals=signals)
+            run(config, poller, signals=signals, status=status)
         finally:
             poller.close()
+            if status:
+                status.close()
     except LognetError as exc:
         print(f"lognet: error: {exc}", file=sys.stderr)
         return 1
+    except OutputClosed:
+        return 0  # the reader of standard output is gone: nothing is left to say
     return 0
 
 

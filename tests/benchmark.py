@@ -92,9 +92,8 @@ class InProcess:
         self.kind = kind
         config = lognet.Config(kind=kind, connections_log=str(tmp / "inproc-c.log"),
                                processes_log=str(tmp / "inproc-p.log"))
-        logs = lognet.open_logs(config, (False, False))
         self.source = TimedSource()
-        self.poller = lognet.Poller(config, self.source, *logs)
+        self.poller = lognet.Poller(config, self.source, lognet.open_outputs(config))
         self.lines = self.poller.poll()  # the first poll logs every live connection
 
     def poll(self) -> int:

@@ -3,9 +3,9 @@
 # Debian or Ubuntu the system tools the integration tests drive.
 set -e
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt "pytest>=7"
+python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt "pytest>=7" pipx
 
-PACKAGES="iproute2 util-linux logrotate python3-psutil"
+PACKAGES="iproute2 util-linux logrotate python3-psutil jq rsyslog"
 command -v dpkg >/dev/null 2>&1 || { echo "install-deps: not Debian; make sure these are installed: $PACKAGES" >&2; exit 0; }
 missing=""
 for package in $PACKAGES; do

@@ -93,8 +93,8 @@ def churn(rate: float, lifetimes: list[float], seconds: float, record: str | Non
         server = listener.accept()[0]
         heapq.heappush(live, (time.monotonic() + lifetime, opened_count, client, server, lifetime, time.time()))
         opened_count += 1
-        # after a pause (SIGSTOP) start afresh rather than open the backlog in a burst
-        next_open = max(next_open, time.monotonic() - 1) + arrivals.expovariate(rate)
+        # never catch up (after SIGSTOP, or when too slow): a burst would swell the live set
+        next_open = max(next_open, time.monotonic()) + arrivals.expovariate(rate)
     for _, _, client, server, _, _ in live:  # cut short by the end of the run: not recorded
         close_reset(client)
         server.close()

@@ -53,8 +53,7 @@ PRIVATE = make_conn(("127.0.0.1", 81), ("10.0.0.1", 443), "ESTABLISHED", pid=10,
 
 def make_poller(tmp_path, source, **kw):
     config = lognet.Config(connections_log=str(tmp_path / "c.log"), processes_log=str(tmp_path / "p.log"), **kw)
-    logs = lognet.open_logs(config, (False, False))
-    return config, lognet.Poller(config, source, *logs, now=lambda: 1795763232.0)
+    return config, lognet.Poller(config, source, lognet.open_outputs(config), now=lambda: 1795763232.0)
 
 
 def test_loop_logs_new_and_changed_once(tmp_path):

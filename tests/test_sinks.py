@@ -13,7 +13,7 @@ HEADER = ["#Version: 1.0", "#Date: 2026-11-27 07:07:12", "#Fields: timestamp pro
 
 
 def make_log(path):
-    log = lognet.LogFile(str(path), lognet.CONNECTION_FIELDS, utc=True, now=lambda: EPOCH)
+    log = lognet.LogFile(str(path), lognet.CONNECTION_FIELDS, lognet.W3CFormat(utc=True), now=lambda: EPOCH)
     log.open()
     return log
 
