@@ -81,6 +81,7 @@ SYSLOG_FACILITIES = {
 SYSLOG_INFO = 6  # every event has severity "informational"
 SYSLOG_TIMEOUT = 5.0  # seconds a syslog send may block a poll
 DEFAULT_SYSLOG = "/dev/log"
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 MAX_PENDING_LINES = 100_000  # per log, held while the log cannot be written
 PROCESS_PRUNE_SECONDS = 60.0  # how often cached processes that have exited are forgotten
@@ -483,8 +484,9 @@ class Sink:
     says how many were late or dropped. One error is printed per failure episode.
     """
 
-    def __init__(self, name: str, fmt: W3CFormat, now: Callable[[], float] = time.time):
-        self.name = name
+    name = "output"  # what messages call it
+
+    def __init__(self, fmt: W3CFormat, now: Callable[[], float] = time.time):
         self.format = fmt
         self.now = now
         self.pending: deque[str] = deque()
@@ -537,13 +539,17 @@ class LogFile(Sink):
 
     def __init__(self, path: str, fields: tuple[str, ...], fmt: W3CFormat | None = None, *,
                  now: Callable[[], float] = time.time):
-        super().__init__(path, fmt or W3CFormat(), now)
+        super().__init__(fmt or W3CFormat(), now)
         self.path = path
         self.fields = fields
         self.fd: int | None = None
         self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of a regular file that fd points at
         self.end = 0  # size of a regular file after our last write, to notice copytruncate
         self.needs_header = True
+
+    @property
+    def name(self) -> str:
+        return self.path
 
     def open(self) -> None:
         """Open (or create, mode 0640) the log for appending; OSError if impossible."""
@@ -614,11 +620,13 @@ class LogFile(Sink):
 
 
 class SyslogSink(Sink):
-    """Sends each line as one RFC 5424 message to a local socket, or over UDP or TCP."""
+    """Sends each line as one syslog message: RFC 5424 over UDP or TCP; to a local
+    socket, the form syslog(3) uses, which is the one every local daemon parses."""
 
     def __init__(self, transport: str, address: str, msgid: str, facility: str, fmt: W3CFormat,
                  now: Callable[[], float] = time.time):
-        super().__init__(f"syslog {transport}:{address}", fmt, now)
+        super().__init__(fmt, now)
+        self.name = f"syslog {transport}:{address}"
         self.transport = transport
         self.address = address
         self.msgid = msgid
@@ -649,8 +657,14 @@ class SyslogSink(Sink):
         lines = lead + list(self.pending)
         if not lines:
             return
-        header = (f"<{self.priority}>1 {format_iso_timestamp(self.now(), self.format.utc)} {self.hostname} "
-                  f"lognet {os.getpid()} {self.msgid} - ")
+        now = self.now()
+        if self.transport == "unix":
+            local = time.localtime(now)
+            header = (f"<{self.priority}>{MONTHS[local.tm_mon - 1]} {local.tm_mday:2d} "
+                      f"{time.strftime('%H:%M:%S', local)} lognet[{os.getpid()}]: ")
+        else:
+            header = (f"<{self.priority}>1 {format_iso_timestamp(now, self.format.utc)} {self.hostname} "
+                      f"lognet {os.getpid()} {self.msgid} - ")
         messages = [(header + line).encode("utf-8", "backslashreplace") for line in lines]
         sock = self._connect()
         try:

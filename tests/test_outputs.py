@@ -145,29 +145,41 @@ class Rsyslog:
             self.proc.wait()
 
 
-TEMPLATE = 'template(name="whole" type="string" string="%app-name% %msgid% %procid% %msg%\\n")\n'
+# The snippets of the README's "Many hosts" section: a host forwards lognet's events, a collector files them.
+HOST_FORWARDING = """\
+if $app-name == "lognet" then {{
+    action(type="omfwd" target="{collector}" port="{port}" protocol="tcp"
+           template="RSYSLOG_SyslogProtocol23Format")
+}}
+"""
+COLLECTOR = """\
+template(name="lognet" type="string"
+         string="%hostname% %app-name% %msgid% %procid%%msg:::sp-if-no-1st-sp%%msg%\\n")
+if $app-name == "lognet" then {{
+    action(type="omfile" file="{file}" template="lognet")
+}}
+"""
 
 
 @pytest.fixture
 def rsyslog_pair(tmp_path):
-    """Instance A receives (UDP, TCP, a unix socket) and forwards over TCP to B, which writes a file."""
+    """Instance A receives (a local socket with rsyslog's default parser, UDP, TCP) and forwards
+    over TCP to B, which writes a file: a fleet host and its collector."""
     require_tool("rsyslogd", "rsyslog")
     b_port, a_udp, a_tcp = free_port(), free_port(socket.SOCK_DGRAM), free_port()
     received = tmp_path / "b" / "received.log"
-    b = Rsyslog(tmp_path / "b", TEMPLATE + f'''
+    b = Rsyslog(tmp_path / "b", f'''
 module(load="imtcp")
 input(type="imtcp" address="127.0.0.1" port="{b_port}")
-action(type="omfile" file="{received}" template="whole")
-''')
+''' + COLLECTOR.format(file=received))
     a = Rsyslog(tmp_path / "a", f'''
 module(load="imuxsock" SysSock.Use="off")
-input(type="imuxsock" Socket="{tmp_path}/a/log" useSpecialParser="off" parseHostname="on")
+input(type="imuxsock" Socket="{tmp_path}/a/log")
 module(load="imudp")
 input(type="imudp" address="127.0.0.1" port="{a_udp}")
 module(load="imtcp")
 input(type="imtcp" address="127.0.0.1" port="{a_tcp}")
-action(type="omfwd" target="127.0.0.1" port="{b_port}" protocol="tcp" template="RSYSLOG_SyslogProtocol23Format")
-''')
+''' + HOST_FORWARDING.format(collector="127.0.0.1", port=b_port))
     try:
         wait_for(lambda: (tmp_path / "a" / "log").exists() and listening(a_tcp) and listening(b_port))
         yield {"udp": f"127.0.0.1:{a_udp}", "tcp": f"tcp://127.0.0.1:{a_tcp}", "unix": f"{tmp_path}/a/log",
@@ -183,17 +195,21 @@ def listening(port):
 
 @pytest.mark.parametrize("transport", ["udp", "tcp", "unix"])
 def test_syslog_events_reach_the_collector_whole(tmp_path, holder, rsyslog_pair, transport):
-    h = holder("--name", f"lnsys{transport}", "a b\nc")
+    # IPv6 sockets only: a handful of lines, since UDP drops what a burst overflows (so may a real collector)
+    h = holder("--name", f"lnsys{transport}", "--host", "::1", "a b\nc")
     clog, plog = tmp_path / "c.log", tmp_path / "p.log"
-    lognet = subprocess.Popen(lognet_command("-n", "1", "-p", "tcp", "--syslog", rsyslog_pair[transport],
+    lognet = subprocess.Popen(lognet_command("-n", "1", "-ipv", "6", "-p", "tcp", "--syslog", rsyslog_pair[transport],
                                              "-clog", clog, "-plog", plog), stderr=subprocess.PIPE, text=True)
     assert (lognet.wait(timeout=60), lognet.stderr.read()) == (0, "")
     mine = [line for line in data_lines(clog) if f"|{h.pid}|" in line]
     process_line = [line for line in data_lines(plog) if f"|{h.pid}|" in line]
     assert len(mine) == 3 and len(process_line) == 1
-    # A forwarded to B what lognet sent: app-name, msgid, procid and the very line the file got
-    expected = [f"lognet connection {lognet.pid} {line}" for line in mine]
-    expected.append(f"lognet process {lognet.pid} {process_line[0]}")
+    # A forwarded to B what lognet sent: host, app-name, msgid, procid and the very line the file got.
+    # A local socket has no message ids: syslog(3)'s form there, RFC 5424 over the network.
+    host = socket.gethostname()
+    connection, process = ("-", "-") if transport == "unix" else ("connection", "process")
+    expected = [f"{host} lognet {connection} {lognet.pid} {line}" for line in mine]
+    expected.append(f"{host} lognet {process} {lognet.pid} {process_line[0]}")
     received = rsyslog_pair["received"]
     wait_for(lambda: received.exists() and set(expected) <= set(received.read_text().splitlines()))
 
