@@ -28,6 +28,7 @@ import errno
 import functools
 import ipaddress
 import json
+import math
 import os
 import select
 import signal
@@ -59,6 +60,8 @@ LOG_DIR_MODE = 0o750
 LOG_FILE_MODE = 0o640  # command lines can carry secrets
 
 CONNECTION_FIELDS = ("timestamp", "prot", "laddr", "lport", "raddr", "rport", "status", "upid")
+# What --fields may add (the W3C way to choose logged fields); JSON Lines always has them all.
+EXTRA_FIELDS = ("event", "duration", "direction", "family", "user", "exe", "attrib", "firstseen")
 PROCESS_FIELDS = ("timestamp", "upid", "[command_line with parameters]")
 
 # The narrowest psutil kind for each (ip_version, protocol) the filters allow.
@@ -86,6 +89,8 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 MAX_PENDING_LINES = 100_000  # per log, held while the log cannot be written
 PROCESS_PRUNE_SECONDS = 60.0  # how often cached processes that have exited are forgotten
 STATUS_SECONDS = 1.0  # the status line is redrawn at most this often
+DEFAULT_STATS_INTERVAL = 300.0
+SNMP = "/proc/net/snmp"  # Linux counts every TCP open of the network namespace here
 
 
 ##############################################################################
@@ -129,6 +134,8 @@ class Config(NamedTuple):
     processes_log: str = DEFAULT_PROCESSES_LOG
     utc: bool = False
     format: str = "w3c"
+    fields: tuple[str, ...] = CONNECTION_FIELDS
+    stats_interval: float | None = None  # None: DEFAULT_STATS_INTERVAL when lifecycle fields are on, else never
     syslog: tuple[str, str] | None = None  # (transport, address): ("unix", "/dev/log"), ("udp", "host:514")
     syslog_facility: str = "daemon"
     quiet: bool = False
@@ -197,6 +204,25 @@ class PsutilSource:
             username = _read(process.username)
         return ProcessInfo(pid, name, create_time, tuple(cmdline) if cmdline is not None else None, exe, username)
 
+    def is_running(self, process: ProcessInfo | None) -> bool:
+        """True while the process still runs (the same one: its create_time matches)."""
+        if process is None:
+            return False
+        try:
+            return psutil.Process(process.pid).create_time() == process.create_time
+        except psutil.Error:
+            return False  # NoSuchProcess: it is gone; AccessDenied cannot happen for a pid we looked up
+
+    def tcp_opens(self) -> int | None:
+        """The kernel's count of TCP connections opened (active + passive), or None without /proc/net/snmp."""
+        try:
+            with open(SNMP) as f:
+                tcp = [line.split() for line in f if line.startswith("Tcp:")]
+            counts = dict(zip(tcp[0], tcp[1]))
+            return int(counts["ActiveOpens"]) + int(counts["PassiveOpens"])
+        except (OSError, IndexError, KeyError, ValueError):
+            return None  # not Linux, or a kernel without these counters
+
     def _prune(self) -> None:
         # Forget processes that have exited, so the cache is bounded by the live ones.
         if self._clock() < self._next_prune:
@@ -259,36 +285,104 @@ def build_filter(config: Config) -> Callable[[object], bool]:
 # Tracker: what is new since the last poll
 ##############################################################################
 
+class Entry:
+    """What lognet remembers of one live connection, beside psutil's tuple."""
+
+    __slots__ = ("first_seen", "direction", "process", "orphaned")
+
+    def __init__(self, first_seen: float, direction: str | None):
+        self.first_seen = first_seen
+        self.direction = direction
+        self.process: ProcessInfo | None = None  # the owner, once looked up
+        self.orphaned = False  # seen with an owner before, without one now (TIME_WAIT)
+
+
+class Change(NamedTuple):
+    """One thing the tracker noticed: event is 'open', 'state' or 'close'."""
+
+    event: str
+    conn: object
+    entry: Entry
+
+
 class Tracker:
     """Remembers the live connections and reports what opened, changed and closed.
 
     The whole snapshot is diffed as a set of psutil tuples, in C; only the
     connections that differ are looked at one by one. Closed connections are
-    forgotten, so memory follows the live set, never the history.
+    forgotten, so memory follows the live set, never the history. The listening
+    addresses seen are kept (a host has few), to tell inbound from outbound.
     """
 
     def __init__(self):
         self.live: frozenset = frozenset()
+        self.entries: dict[tuple, Entry] = {}
+        self.listening: set[tuple] = set()  # (family, ip, port) of listeners seen
+        self.updates = 0
+        self.previous_time = 0.0  # when the latest snapshot was taken
+        self.last_sighting = 0.0  # when the one before it was: a connection closed now was last seen then
 
-    def update(self, connections: Iterable) -> tuple[list, list, list]:
-        """Return (opened, changed, closed) sconn lists since the previous update."""
+    def update(self, connections: Iterable, now: float = 0.0) -> list[Change]:
+        """Return what opened, changed status or closed since the previous update."""
         current = frozenset(connections)
         # One pass that compares each tuple once; what differs is few, and split after.
         differ = current ^ self.live
         self.live = current
+        self.updates += 1
+        first_time = self.updates == 1
+        self.last_sighting, self.previous_time = self.previous_time, now
         if not differ:
-            return [], [], []
+            return []
         added = [conn for conn in differ if conn in current]
         before = {connection_id(conn): conn for conn in differ if conn not in current}
-        opened, changed = [], []
+        # A TCP socket whose owner closed it (TIME_WAIT) loses its pid, and one made while
+        # psutil was reading /proc gains it a poll late: the same addresses are the same connection.
+        by_address = {connection_address(c): c for c in before.values() if c.raddr}
+        self.listening.update((c.family, c.laddr) for c in added if c.status == psutil.CONN_LISTEN)
+        changes = []
         for conn in added:
-            (changed if before.pop(connection_id(conn), None) is not None else opened).append(conn)
-        return opened, changed, list(before.values())
+            old = before.pop(connection_id(conn), None)
+            if old is None and conn.raddr:
+                old = by_address.get(connection_address(conn))
+                if old is not None and (old.pid is None) != (conn.pid is None) and connection_id(old) in before:
+                    del before[connection_id(old)]
+                    self.entries[connection_id(old)].orphaned = conn.pid is None
+                else:
+                    old = None
+            if old is not None:
+                entry = self.entries.pop(connection_id(old))
+                changes.append(Change("state", conn, entry))
+            else:
+                entry = Entry(now, self.direction(conn, first_time))
+                changes.append(Change("open", conn, entry))
+            self.entries[connection_id(conn)] = entry
+        for conn in before.values():
+            changes.append(Change("close", conn, self.entries.pop(connection_id(conn))))
+        return changes
+
+    def direction(self, conn, first_time: bool) -> str | None:
+        """'listen', 'in' (to a local listener), 'out' (this host connected), or None when unknown."""
+        if conn.status == psutil.CONN_LISTEN:
+            return "listen"
+        if not conn.raddr:
+            return None  # an unconnected UDP socket
+        ip, port = conn.laddr
+        wildcard = "0.0.0.0" if conn.family == socket.AF_INET else "::"
+        if (conn.family, conn.laddr) in self.listening or (conn.family, (wildcard, port)) in self.listening:
+            return "in"
+        if conn.type == socket.SOCK_DGRAM or conn.status == psutil.CONN_SYN_SENT or not first_time:
+            return "out"
+        return None  # already established when lognet started, and no listener known: either way
 
 
-def sort_connections(connections: Iterable) -> list:
-    """Order connections by owner, then address, so that a poll's lines read in a stable order."""
-    return sorted(connections, key=lambda c: (c.pid is not None, c.pid or 0, c.laddr, c.raddr, c.fd))
+def connection_address(conn) -> tuple:
+    """What a TCP connection keeps when its owner lets go of it."""
+    return (conn.family, conn.type, conn.laddr, conn.raddr)
+
+
+def connection_order(conn) -> tuple:
+    """Owner, then address: the order of a poll's lines."""
+    return (conn.pid is not None, conn.pid or 0, conn.laddr, conn.raddr, conn.fd)
 
 
 ##############################################################################
@@ -349,19 +443,52 @@ def format_timestamp(epoch: float, utc: bool = False) -> str:
     return time.strftime("%Y-%m-%d|%H:%M:%S", time.gmtime(epoch) if utc else time.localtime(epoch))
 
 
-def format_connection(conn, process: ProcessInfo | None, timestamp: str) -> str:
-    """One connections.log line: eight space-separated fields."""
+class ConnectionEvent(NamedTuple):
+    """One connection line to write: what happened, to which socket, owned by whom."""
+
+    event: str  # open, state or close
+    conn: object  # psutil's sconn
+    process: ProcessInfo | None
+    first_seen: float = 0.0
+    seen: float = 0.0  # when this sighting was made: the last one, for a close
+    direction: str | None = None
+    attrib: str = "pid"
+
+
+def connection_values(event: ConnectionEvent) -> dict:
+    """Every field of a connection event, None for what is missing; times in epoch seconds."""
+    conn, process = event.conn, event.process
     laddr, raddr = conn.laddr, conn.raddr
-    return " ".join((
-        timestamp,
-        PROTOCOLS.get(conn.type, "-"),
-        format_field(laddr[0] if laddr else None),
-        format_field(laddr[1] if laddr else None),
-        format_field(raddr[0] if raddr else None),
-        format_field(raddr[1] if raddr else None),
-        format_field(conn.status),
-        format_upid(process),
-    ))
+    return {
+        "event": event.event,
+        "prot": PROTOCOLS.get(conn.type),
+        "family": FAMILIES.get(conn.family),
+        "laddr": laddr[0] if laddr else None,
+        "lport": laddr[1] if laddr else None,
+        "raddr": raddr[0] if raddr else None,
+        "rport": raddr[1] if raddr else None,
+        "status": conn.status,
+        "pid": process.pid if process else conn.pid,
+        "name": process.name if process else None,
+        "create_time": process.create_time if process else None,
+        "upid": format_upid(process) if process else None,
+        "user": process.username if process else None,
+        "exe": process.exe if process else None,
+        "direction": event.direction,
+        "attrib": event.attrib,
+        "firstseen": event.first_seen,
+        "duration": None if event.event == "open" else max(0.0, event.seen - event.first_seen),
+    }
+
+
+def duration_decimals(interval: float) -> int:
+    """Decimals a duration can honestly have when sightings are interval apart: 3 -> 0, 0.2 -> 1, 0.05 -> 2."""
+    return max(0, math.ceil(-math.log10(interval)))
+
+
+def format_connection(conn, process: ProcessInfo | None, timestamp: str) -> str:
+    """A connections.log line with the original eight fields."""
+    return W3CFormat().connection(ConnectionEvent("open", conn, process), timestamp)
 
 
 def format_process(process: ProcessInfo, timestamp: str) -> str:
@@ -387,23 +514,13 @@ def to_json(record: dict) -> str:
     return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
 
 
-def connection_record(conn, process: ProcessInfo | None, timestamp: str) -> dict:
-    """The JSON Lines object of a connection; None (null) for what is missing."""
-    laddr, raddr = conn.laddr, conn.raddr
-    return {
-        "ts": timestamp,
-        "prot": PROTOCOLS.get(conn.type),
-        "family": FAMILIES.get(conn.family),
-        "laddr": laddr[0] if laddr else None,
-        "lport": laddr[1] if laddr else None,
-        "raddr": raddr[0] if raddr else None,
-        "rport": raddr[1] if raddr else None,
-        "status": conn.status,
-        "pid": conn.pid,
-        "name": process.name if process else None,
-        "create_time": process.create_time if process else None,
-        "upid": format_upid(process) if process else None,
-    }
+def connection_record(event: ConnectionEvent, timestamp: str, utc: bool, decimals: int) -> dict:
+    """The JSON Lines object of a connection event: every field, None (null) for what is missing."""
+    record = {"ts": timestamp, **connection_values(event)}
+    record["firstseen"] = format_iso_timestamp(event.first_seen, utc)
+    if record["duration"] is not None:
+        record["duration"] = round(record["duration"], decimals)
+    return record
 
 
 def process_record(process: ProcessInfo, timestamp: str) -> dict:
@@ -425,8 +542,24 @@ class W3CFormat:
 
     name = "w3c"
 
-    def __init__(self, utc: bool = False):
+    def __init__(self, utc: bool = False, fields: tuple[str, ...] = CONNECTION_FIELDS,
+                 interval: float = DEFAULT_INTERVAL):
         self.utc = utc
+        self.fields = fields
+        self.decimals = duration_decimals(interval)
+        # fields whose text is not simply the escaped value
+        self.special = {
+            "timestamp": lambda event, timestamp: timestamp,
+            "upid": lambda event, timestamp: format_upid(event.process),
+            "firstseen": lambda event, timestamp: format_timestamp(event.first_seen, self.utc),
+            "duration": lambda event, timestamp: self.duration(event),
+        }
+
+    def duration(self, event: ConnectionEvent) -> str:
+        """Seconds from first to last sighting, to the precision the interval allows; '-' on open."""
+        if event.event == "open":
+            return "-"
+        return f"{max(0.0, event.seen - event.first_seen):.{self.decimals}f}"
 
     def timestamp(self, epoch: float) -> str:
         return format_timestamp(epoch, self.utc)
@@ -434,8 +567,10 @@ class W3CFormat:
     def header(self, fields: Iterable[str], epoch: float) -> list[str]:
         return format_header(fields, epoch, self.utc)
 
-    def connection(self, conn, process: ProcessInfo | None, timestamp: str) -> str:
-        return format_connection(conn, process, timestamp)
+    def connection(self, event: ConnectionEvent, timestamp: str) -> str:
+        values = connection_values(event)
+        return " ".join(self.special[f](event, timestamp) if f in self.special else format_field(values[f])
+                        for f in self.fields)
 
     def process(self, process: ProcessInfo, timestamp: str) -> str:
         return format_process(process, timestamp)
@@ -443,9 +578,16 @@ class W3CFormat:
     def remark(self, text: str, epoch: float) -> str:
         return f"#Remark: {text}"
 
+    def stats(self, stats: dict, epoch: float) -> str:
+        coverage = "-" if stats["coverage"] is None else f"{stats['coverage']:.3f}"
+        opens = "-" if stats["tcp_opens"] is None else stats["tcp_opens"]
+        return self.remark(f"coverage {coverage} (kernel TCP opens {opens}, seen {stats['tcp_seen']}); "
+                           f"polls {stats['polls']}; average poll {stats['avg_poll_ms']:.1f} ms; "
+                           f"late lines {stats['late']}; dropped lines {stats['dropped']}", epoch)
+
 
 class JsonLinesFormat(W3CFormat):
-    """One JSON object per line, no header; null for missing."""
+    """One JSON object per line, no header; every field, null for missing."""
 
     name = "jsonl"
 
@@ -455,14 +597,17 @@ class JsonLinesFormat(W3CFormat):
     def header(self, fields: Iterable[str], epoch: float) -> list[str]:
         return []
 
-    def connection(self, conn, process: ProcessInfo | None, timestamp: str) -> str:
-        return to_json(connection_record(conn, process, timestamp))
+    def connection(self, event: ConnectionEvent, timestamp: str) -> str:
+        return to_json(connection_record(event, timestamp, self.utc, self.decimals))
 
     def process(self, process: ProcessInfo, timestamp: str) -> str:
         return to_json(process_record(process, timestamp))
 
     def remark(self, text: str, epoch: float) -> str:
         return to_json({"ts": self.timestamp(epoch), "event": "remark", "remark": text})
+
+    def stats(self, stats: dict, epoch: float) -> str:
+        return to_json({"ts": self.timestamp(epoch), "event": "stats", **stats})
 
 
 FORMATS = {f.name: f for f in (W3CFormat, JsonLinesFormat)}
@@ -493,6 +638,8 @@ class Sink:
         self.dropped = 0
         self.failure: str | None = None  # why the current failure episode began
         self.failure_since = ""
+        self.total_late = 0
+        self.total_dropped = 0
 
     def write(self, lines: list[str]) -> None:
         """Deliver lines, after any held ones; hold them all if that fails."""
@@ -513,6 +660,8 @@ class Sink:
             return
         if self.failure is not None:
             warn(f"writing {self.name} works again; {held} held lines written, {self.dropped} dropped")
+            self.total_late += held
+            self.total_dropped += self.dropped
         self.pending.clear()
         self.dropped = 0
         self.failure = None
@@ -712,7 +861,7 @@ class Outputs(NamedTuple):
 
 def open_outputs(config: Config, defaulted: tuple[bool, bool] = (False, False)) -> Outputs:
     """Open both logs, and the syslog destination if one was asked for."""
-    fmt = FORMATS[config.format](config.utc)
+    fmt = FORMATS[config.format](config.utc, config.fields, config.interval)
     connections_log, processes_log = open_logs(config, defaulted, fmt)
     outputs = Outputs(fmt, [connections_log], [processes_log])
     if config.syslog:
@@ -725,7 +874,7 @@ def open_outputs(config: Config, defaulted: tuple[bool, bool] = (False, False)) 
 def open_logs(config: Config, defaulted: tuple[bool, bool], fmt: W3CFormat | None = None) -> tuple[LogFile, LogFile]:
     """Open both logs. A default path falls back to the per-user folder with one warning;
     a path the user gave is never replaced: it opens, or LognetError."""
-    logs = [LogFile(config.connections_log, CONNECTION_FIELDS, fmt), LogFile(config.processes_log, PROCESS_FIELDS, fmt)]
+    logs = [LogFile(config.connections_log, config.fields, fmt), LogFile(config.processes_log, PROCESS_FIELDS, fmt)]
     fallback_reason = None
     for log, is_default in zip(logs, defaulted):
         try:
@@ -791,7 +940,7 @@ class Poller:
     """One poll: snapshot, diff, filter, look up owners, format, write."""
 
     def __init__(self, config: Config, source: PsutilSource, outputs: Outputs,
-                 now: Callable[[], float] = time.time, clock: Callable[[], float] = time.perf_counter):
+                 now: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.source = source
         self.outputs = outputs
@@ -800,28 +949,84 @@ class Poller:
         self.clock = clock
         self.tracker = Tracker()
         self.wanted = build_filter(config)
+        # With only the original fields, lognet writes what it always wrote: no close lines,
+        # no owner carried into TIME_WAIT, no statistics unless asked for.
+        self.lifecycle = config.format == "jsonl" or config.fields != CONNECTION_FIELDS
+        self.closes = config.format == "jsonl" or "event" in config.fields
+        self.stats_every = config.stats_interval or (DEFAULT_STATS_INTERVAL if self.lifecycle else None)
+        self.next_stats = clock() + (self.stats_every or 0)
+        self.tcp_opens_at_start: int | None = None
+        self.tcp_seen = 0  # TCP connections first seen after the first poll
         self.polls = 0
         self.lines = 0  # lines given to the logs, both streams
+        self.poll_seconds = 0.0
         self.last_poll_seconds = 0.0
 
     def poll(self) -> int:
         """Run one poll and return the number of connection lines it wrote."""
         started = self.clock()
-        opened, changed, _closed = self.tracker.update(self.source.connections(self.config.kind))
-        to_log = [conn for conn in sort_connections(opened + changed) if self.wanted(conn)]
-        owners, new_processes = self.source.processes({conn.pid for conn in to_log if conn.pid is not None})
-        timestamp = self.format.timestamp(self.now())
+        if self.polls == 0 and self.stats_every:
+            self.tcp_opens_at_start = self.source.tcp_opens()
+            if self.tcp_opens_at_start is None:
+                warn(f"coverage is not available on this system (no TCP counters in {SNMP})")
+        now = self.now()
+        changes = self.tracker.update(self.source.connections(self.config.kind), now)
+        logged = [c for c in changes if (self.closes or c.event != "close") and self.wanted(c.conn)]
+        logged.sort(key=lambda change: connection_order(change.conn))
+        owners, new_processes = self.source.processes(
+            {c.conn.pid for c in logged if c.conn.pid is not None and c.event != "close"})
+        events = [self.describe(change, owners, now) for change in logged]
+        timestamp = self.format.timestamp(now)
         process_lines = [self.format.process(process, timestamp) for process in new_processes]
-        connection_lines = [self.format.connection(conn, owners.get(conn.pid), timestamp) for conn in to_log]
+        connection_lines = [self.format.connection(event, timestamp) for event in events]
+        if self.polls > 0:  # the first poll finds what was open before the kernel counters were read
+            self.tcp_seen += sum(1 for e in events if e.event == "open" and e.conn.type == socket.SOCK_STREAM
+                                 and e.conn.raddr)
+        self.polls += 1
+        self.last_poll_seconds = self.clock() - started
+        self.poll_seconds += self.last_poll_seconds
+        if self.stats_every and self.clock() >= self.next_stats:
+            self.next_stats = self.clock() + self.stats_every
+            connection_lines.append(self.format.stats(self.stats(), now))
         # processes.log first, so a reader of a new connection line finds its command line.
         for sink in self.outputs.processes:
             sink.write(process_lines)
         for sink in self.outputs.connections:
             sink.write(connection_lines)
-        self.polls += 1
         self.lines += len(process_lines) + len(connection_lines)
-        self.last_poll_seconds = self.clock() - started
-        return len(connection_lines)
+        return len(events)
+
+    def describe(self, change: Change, owners: dict[int, ProcessInfo], now: float) -> ConnectionEvent:
+        """The event to log for a change, with its owner and how sure lognet is of it."""
+        conn, entry = change.conn, change.entry
+        if conn.pid is not None:
+            if change.event != "close":
+                entry.process = owners[conn.pid]
+            process = entry.process
+            closed_by_death = change.event == "close" and not self.source.is_running(process)
+            attrib = "orphan" if closed_by_death else "pid"
+        else:
+            process = entry.process if self.lifecycle and entry.orphaned else None
+            attrib = "orphan" if entry.orphaned or conn.status == psutil.CONN_TIME_WAIT else "hidden"
+        seen = self.tracker.last_sighting if change.event == "close" else now
+        return ConnectionEvent(change.event, conn, process, entry.first_seen, seen, entry.direction, attrib)
+
+    def stats(self) -> dict:
+        """Coverage and health since the start: kernel TCP opens against connections seen."""
+        opens = self.source.tcp_opens()
+        kernel = None if opens is None or self.tcp_opens_at_start is None else opens - self.tcp_opens_at_start
+        late = sum(sink.total_late for sink in self.outputs.all())
+        dropped = sum(sink.total_dropped + sink.dropped for sink in self.outputs.all())
+        return {"coverage": round(self.tcp_seen / kernel, 4) if kernel else None, "tcp_opens": kernel,
+                "tcp_seen": self.tcp_seen, "polls": self.polls,
+                "avg_poll_ms": round(self.poll_seconds / max(1, self.polls) * 1e3, 3),
+                "late": late, "dropped": dropped, "held": sum(len(sink.pending) for sink in self.outputs.all())}
+
+    def finish(self) -> None:
+        """At exit: the last statistics. Connections still open get no close line: they did not close."""
+        if self.stats_every and self.polls:
+            for sink in self.outputs.connections:
+                sink.write([self.format.stats(self.stats(), self.now())])
 
     def reopen(self) -> None:
         """Reopen the log files (SIGHUP after logrotate)."""
@@ -902,6 +1107,7 @@ examples:
   lognet -n 10 -i 0.2                # take 10 polls, 0.2 s apart, then exit
   lognet -clog - -plog /dev/null -p tcp | grep ' 443 '   # connection lines on stdout
   lognet --format jsonl --syslog tcp://loghost:514       # JSON Lines, also to a syslog collector
+  lognet --fields +event,duration,direction,attrib       # also close lines, lifetimes, who connected
   tail -f /var/log/netlog/connections.log   # watch it live
   # crontab -e (as root):
   @reboot /usr/bin/python3 /opt/lognet/lognet.py -i 1 >>/var/log/netlog/lognet.err 2>&1
@@ -934,6 +1140,20 @@ def syslog_address(text: str) -> tuple[str, str]:
     if not host or not 0 < port < 65536:
         raise argparse.ArgumentTypeError(f"not a socket path or host:port: {text!r}")
     return (transport, rest)
+
+
+def field_list(text: str) -> tuple[str, ...]:
+    """argparse type: 'a,b,c' chooses connections.log's fields; '+a,b' adds them to the original eight."""
+    append = text.startswith("+")
+    names = [name.strip() for name in text.lstrip("+").split(",") if name.strip()]
+    known = CONNECTION_FIELDS + EXTRA_FIELDS
+    for name in names:
+        if name not in known:
+            raise argparse.ArgumentTypeError(f"unknown field {name!r} (choose from {', '.join(known)})")
+    fields = (CONNECTION_FIELDS if append else ()) + tuple(names)
+    if not names or len(set(fields)) != len(fields):
+        raise argparse.ArgumentTypeError(f"each field once, at least one: {text!r}")
+    return fields
 
 
 def positive_int(text: str) -> int:
@@ -981,6 +1201,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--utc", action="store_true", help="timestamps in UTC instead of local time")
     parser.add_argument("--format", choices=tuple(FORMATS), default="w3c",
                         help="w3c: the original's W3C-style lines (default); jsonl: one JSON object per line")
+    parser.add_argument("--fields", type=field_list, default=CONNECTION_FIELDS, metavar="LIST",
+                        help="connections.log's fields, comma-separated; a leading + adds to the default eight: "
+                             f"+event,duration,direction (extra fields: {', '.join(EXTRA_FIELDS)})")
+    parser.add_argument("--stats-interval", type=positive_float, metavar="SECONDS",
+                        help=f"write a coverage and health #Remark this often and at exit (default "
+                             f"{DEFAULT_STATS_INTERVAL:g} when --fields or jsonl add lifecycle fields, else never)")
     parser.add_argument("--syslog", nargs="?", const=DEFAULT_SYSLOG, type=syslog_address, metavar="ADDRESS",
                         help=f"also send every line to syslog: a socket path (default {DEFAULT_SYSLOG}), "
                              "host:port over UDP, or tcp://host:port")
@@ -1005,6 +1231,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, tuple[bool, bool]
         processes_log=args.processes_log or DEFAULT_PROCESSES_LOG,
         utc=args.utc,
         format=args.format,
+        fields=args.fields,
+        stats_interval=args.stats_interval,
         syslog=args.syslog,
         syslog_facility=args.syslog_facility,
         quiet=args.quiet,
@@ -1027,6 +1255,7 @@ def main(argv: list[str] | None = None) -> int:
         status = StatusLine(sys.stderr, outputs) if sys.stderr.isatty() and not config.quiet else None
         try:
             run(config, poller, signals=signals, status=status)
+            poller.finish()
         finally:
             poller.close()
             if status:

@@ -45,7 +45,9 @@ def run_jsonl(tmp_path, *extra):
 def test_jsonl_objects_carry_every_field(tmp_path, holder):
     h = holder("--name", "lnjson", "json lines tag")
     clog, plog = run_jsonl(tmp_path)
-    connections = [json.loads(line) for line in read_lines(clog)]  # every line parses: no '#' headers
+    objects = [json.loads(line) for line in read_lines(clog)]  # every line parses: no '#' headers
+    connections = [o for o in objects if o["event"] != "stats"]
+    assert [o["event"] for o in objects[len(connections):]] == ["stats"]  # one, at exit
     processes = [json.loads(line) for line in read_lines(plog)]
     process = psutil.Process(h.pid)
     upid = upid_of(h.pid, "lnjson")
@@ -53,9 +55,12 @@ def test_jsonl_objects_carry_every_field(tmp_path, holder):
     assert len(listen) == 1
     ts = listen[0].pop("ts")
     assert ISO.match(ts), ts
-    assert listen[0] == {"prot": "TCP", "family": 4, "laddr": "127.0.0.1", "lport": h.info["port"],
+    assert listen[0].pop("firstseen") == ts
+    assert listen[0] == {"event": "open", "prot": "TCP", "family": 4, "laddr": "127.0.0.1", "lport": h.info["port"],
                          "raddr": None, "rport": None, "status": "LISTEN", "pid": h.pid, "name": "lnjson",
-                         "create_time": process.create_time(), "upid": upid}
+                         "create_time": process.create_time(), "upid": upid, "user": process.username(),
+                         "exe": os.path.realpath(sys.executable), "direction": "listen", "attrib": "pid",
+                         "duration": None}
     ours = [p for p in processes if p["pid"] == h.pid]
     assert len(ours) == 1
     assert ISO.match(ours[0].pop("ts"))
@@ -68,6 +73,7 @@ def test_jsonl_round_trips_bytes_that_are_not_utf8(tmp_path, holder):
     h = holder("--name", "\\xffjs\\x1b", "arg\nwith\x01controls")
     clog, plog = run_jsonl(tmp_path, "--utc")
     ours = [json.loads(line) for line in read_lines(plog) if json.loads(line)["pid"] == h.pid]
+    assert len(ours) == 1
     assert ours[0]["name"].encode("utf-8", "surrogateescape") == b"\xffjs\x1b"
     assert ours[0]["cmdline"][-1] == "arg\nwith\x01controls"
     assert ours[0]["ts"].endswith("+00:00")
@@ -82,9 +88,9 @@ def test_jq_reads_every_line(tmp_path, holder):
         parsed = subprocess.run(["jq", "-c", "."], stdin=open(path), capture_output=True, text=True, timeout=30)
         assert parsed.returncode == 0, parsed.stderr
         assert len(parsed.stdout.splitlines()) == len(read_lines(path))
-    query = f'select(.pid == {h.pid} and .status == "LISTEN") | "\\(.name) \\(.lport)"'
+    query = f'select(.pid == {h.pid} and .status == "LISTEN") | "\\(.name) \\(.lport) \\(.direction)"'
     picked = subprocess.run(["jq", "-r", query, str(clog)], capture_output=True, text=True, timeout=30)
-    assert picked.stdout.splitlines() == [f"lnjq {h.info['port']}"]
+    assert picked.stdout.splitlines() == [f"lnjq {h.info['port']} listen"]
 
 
 # ---------------------------------------------------------------- standard output
