@@ -16,7 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGNET = ROOT / "lognet.py"
-HOLDER = Path(__file__).resolve().parent / "holder.py"
+HERE = Path(__file__).resolve().parent
+HOLDER = HERE / "holder.py"
 
 # psutil's own shapes, built here rather than imported from its private modules.
 addr = namedtuple("addr", "ip port")

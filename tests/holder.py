@@ -2,7 +2,7 @@
 
 It prints one JSON line with its pid and ports, then obeys commands on stdin,
 one per line: "close" closes the client end of the TCP pair, "open" opens another
-pair and prints its client port, "quit" exits.
+pair and prints its client port, "drop" closes the newest such pair, "quit" exits.
 It exits by itself after --timeout seconds, so a failed test leaves nothing behind.
 """
 
@@ -66,6 +66,11 @@ def main() -> int:
         if command == "close":
             client.close()
             print("closed", flush=True)
+        elif command == "drop":  # close the newest pair: client end first, so that it keeps the TIME_WAIT
+            server_end, client_end = extra.pop(), extra.pop()
+            client_end.close()
+            server_end.close()
+            print("dropped", flush=True)
         elif command == "open":
             extra.append(socket.create_connection((args.host, port)))
             extra.append(listener.accept()[0])

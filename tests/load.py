@@ -7,7 +7,8 @@
         opens R connections a second (Poisson arrivals), each closed after the next lifetime in the
         cycle (with SO_LINGER 0, so no TIME_WAIT is left), each from its own client
         port while fewer than 20,000 were opened; FILE gets one line per
-        connection: "client_port lifetime opened closed".
+        connection: "client_port lifetime opened closed". --close normal closes
+        with FIN instead, so that the client end stays in TIME_WAIT.
 
 The helpers below start these as subprocesses and stop them again.
 """
@@ -66,7 +67,7 @@ def connect_from_unique_port(address, n: int) -> socket.socket:
     raise RuntimeError("no free client port")
 
 
-def churn(rate: float, lifetimes: list[float], seconds: float, record: str | None) -> None:
+def churn(rate: float, lifetimes: list[float], seconds: float, record: str | None, reset: bool = True) -> None:
     listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
     out = open(record, "w") if record else None
     cycle = itertools.cycle(lifetimes)
@@ -81,7 +82,10 @@ def churn(rate: float, lifetimes: list[float], seconds: float, record: str | Non
         while live and live[0][0] <= now:
             _, _, client, server, lifetime, opened = heapq.heappop(live)
             port = client.getsockname()[1]
-            close_reset(client)
+            if reset:
+                close_reset(client)
+            else:
+                client.close()  # the client closes first and keeps the TIME_WAIT
             server.close()
             if out:
                 out.write(f"{port} {lifetime} {opened:.4f} {time.time():.4f}\n")
@@ -100,6 +104,7 @@ def churn(rate: float, lifetimes: list[float], seconds: float, record: str | Non
         server.close()
     if out:
         out.close()
+    print(f"opened {opened_count}", flush=True)
 
 
 class Load:
@@ -143,11 +148,14 @@ def main() -> int:
     c.add_argument("--lifetimes", default="0.2")
     c.add_argument("--seconds", type=float, required=True)
     c.add_argument("--record")
+    c.add_argument("--close", choices=("reset", "normal"), default="reset",
+                   help="reset: RST, no TIME_WAIT (default); normal: FIN, the client keeps a TIME_WAIT")
     args = parser.parse_args()
     if args.command == "hold":
         hold(args.pairs, args.seconds)
     else:
-        churn(args.rate, [float(x) for x in args.lifetimes.split(",")], args.seconds, args.record)
+        churn(args.rate, [float(x) for x in args.lifetimes.split(",")], args.seconds, args.record,
+              args.close == "reset")
     return 0
 
 

@@ -1,0 +1,235 @@
+"""Beyond a snapshot, with real sockets and processes: field selection, open/state/close
+with durations, TIME_WAIT continuity, direction, attribution, and coverage against the
+kernel's own counters in a private network namespace."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import lognet
+from conftest import HERE, LOGNET, data_lines, lognet_command, read_lines, require_root, upid_of, wait_for
+
+ALL_EXTRA = "+event,duration,direction,family,user,exe,attrib,firstseen"
+
+
+def fields_by_name(path):
+    """The lines of a W3C log as dicts, named by its (last) #Fields directive."""
+    names, rows = None, []
+    for line in read_lines(path):
+        if line.startswith("#Fields: "):
+            names = line[len("#Fields: "):].split(" ")
+        elif not line.startswith("#"):
+            values = line.split(" ")
+            assert len(values) == len(names), line
+            rows.append(dict(zip(names, values)))
+    return rows
+
+
+def test_field_selection_names_exactly_what_follows(tmp_path, holder):
+    h = holder("--name", "lnfields")
+    clog = tmp_path / "c.log"
+    result = subprocess.run(lognet_command("-n", "1", "-p", "tcp", "--fields", ALL_EXTRA, "-clog", clog,
+                                           "-plog", tmp_path / "p.log"), capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert read_lines(clog)[2] == ("#Fields: timestamp prot laddr lport raddr rport status upid "
+                                   "event duration direction family user exe attrib firstseen")
+    listen = [r for r in fields_by_name(clog) if r["lport"] == str(h.info["port"]) and r["status"] == "LISTEN"]
+    assert listen == [{"timestamp": listen[0]["timestamp"], "prot": "TCP", "laddr": "127.0.0.1",
+                       "lport": str(h.info["port"]), "raddr": "-", "rport": "-", "status": "LISTEN",
+                       "upid": upid_of(h.pid, "lnfields"), "event": "open", "duration": "-",
+                       "direction": "listen", "family": "4", "user": psutil.Process(h.pid).username(),
+                       "exe": lognet.escape_field(os.path.realpath(sys.executable)), "attrib": "pid",
+                       "firstseen": listen[0]["timestamp"]}]
+
+
+def test_chosen_subset_and_bad_names(tmp_path, holder):
+    h = holder("--name", "lnsubset")
+    clog = tmp_path / "c.log"
+    result = subprocess.run(lognet_command("-n", "1", "-p", "tcp", "--fields", "upid,lport,direction",
+                                           "-clog", clog, "-plog", tmp_path / "p.log"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert read_lines(clog)[2] == "#Fields: upid lport direction"
+    assert f"{upid_of(h.pid, 'lnsubset')} {h.info['port']} listen" in data_lines(clog)
+    for bad, message in (("+bogus", "unknown field 'bogus' (choose from timestamp, prot, laddr, lport, raddr, "
+                                    "rport, status, upid, event, duration, direction, family, user, exe, attrib, "
+                                    "firstseen)"),
+                         ("upid,upid", "each field once, at least one: 'upid,upid'")):
+        result = subprocess.run(lognet_command("--fields", bad), capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2
+        assert result.stderr == f"lognet: error: argument --fields: {message} (see lognet --help)\n"
+
+
+def test_open_state_close_with_duration_and_time_wait_continuity(tmp_path, holder):
+    h = holder("--name", "lnlife")
+    clog = tmp_path / "c.log"
+    interval = 0.2
+    lognet = subprocess.Popen(lognet_command("-i", interval, "-p", "tcp", "--fields", "+event,duration,attrib",
+                                             "-clog", clog, "-plog", tmp_path / "p.log"), stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: clog.exists() and f" {h.info['port']} - - LISTEN " in clog.read_text())
+        client = h.send("open")
+        opened = time.monotonic()
+        wait_for(lambda: f" {client} 127.0.0.1 {h.info['port']} ESTABLISHED " in clog.read_text())
+        time.sleep(1.0)
+        assert h.send("drop") == "dropped"
+        lived = time.monotonic() - opened
+        port = str(h.info["port"])
+        wait_for(lambda: any(r["event"] == "close" and r["lport"] == port and r["rport"] == client
+                             for r in fields_by_name(clog)))
+        wait_for(lambda: any(r["status"] == "TIME_WAIT" and r["lport"] == client for r in fields_by_name(clog)))
+    finally:
+        lognet.send_signal(signal.SIGTERM)
+        assert lognet.wait(timeout=30) == 0
+    assert lognet.stderr.read() == b""
+    rows = fields_by_name(clog)
+    upid = upid_of(h.pid, "lnlife")
+    server_end = [r for r in rows if r["lport"] == port and r["rport"] == client]
+    client_end = [r for r in rows if r["lport"] == client]
+    # The server end: opened, maybe seen in CLOSE_WAIT, then closed; its duration spans first to last sighting,
+    # which is within one interval of the true lifetime at each end.
+    assert server_end[0]["event"] == "open" and server_end[-1]["event"] == "close"
+    assert {r["event"] for r in server_end[1:-1]} <= {"state"}
+    assert all(r["upid"] == upid and r["attrib"] == "pid" for r in server_end)
+    assert server_end[0]["duration"] == "-"
+    assert lived - 2 * interval - 0.5 <= float(server_end[-1]["duration"]) <= lived + 2 * interval
+    assert re.fullmatch(r"\d+\.\d", server_end[-1]["duration"])  # one decimal at -i 0.2
+    # The client end closed first: TIME_WAIT has no owner in the kernel, yet it is the same connection.
+    assert client_end[0]["event"] == "open" and client_end[0]["status"] == "ESTABLISHED"
+    time_wait = [r for r in client_end if r["status"] == "TIME_WAIT"]
+    assert [(r["event"], r["upid"], r["attrib"]) for r in time_wait] == [("state", upid, "orphan")]
+    assert not [r for r in client_end if r["event"] == "close"]  # still in TIME_WAIT at exit: no close line
+    listen = [r for r in rows if r["lport"] == port and r["status"] == "LISTEN"]
+    assert [r["event"] for r in listen] == ["open"]  # open at exit: no close line either
+    assert read_lines(clog)[-1].startswith("#Remark: coverage ")
+
+
+def test_default_fields_keep_the_original_lines(tmp_path, holder):
+    h = holder("--name", "lndefault")
+    clog = tmp_path / "c.log"
+    lognet = subprocess.Popen(lognet_command("-i", "0.1", "-p", "tcp", "-clog", clog, "-plog", tmp_path / "p.log"))
+    try:
+        wait_for(lambda: clog.exists() and f" {h.info['port']} - - LISTEN " in clog.read_text())
+        client = h.send("open")
+        wait_for(lambda: f" {client} 127.0.0.1 " in clog.read_text())
+        h.send("drop")
+        wait_for(lambda: f" {client} 127.0.0.1 {h.info['port']} TIME_WAIT -" in clog.read_text())
+    finally:
+        lognet.send_signal(signal.SIGTERM)
+        assert lognet.wait(timeout=30) == 0
+    lines = read_lines(clog)
+    assert not [line for line in lines if line.startswith("#Remark")]
+    assert all(len(line.split(" ")) == 8 for line in lines if not line.startswith("#"))
+
+
+def test_direction_of_both_ends_of_a_loopback_pair(tmp_path, holder):
+    h = holder("--name", "lndirection")  # its first pair exists before lognet starts
+    clog = tmp_path / "c.log"
+    lognet = subprocess.Popen(lognet_command("-i", "0.1", "-p", "tcp", "--fields", "+direction",
+                                             "-clog", clog, "-plog", tmp_path / "p.log"))
+    try:
+        wait_for(lambda: clog.exists() and f" {h.info['port']} - - LISTEN " in clog.read_text())
+        client = h.send("open")
+        wait_for(lambda: f" {client} 127.0.0.1 " in clog.read_text())
+    finally:
+        lognet.send_signal(signal.SIGTERM)
+        assert lognet.wait(timeout=30) == 0
+    port, before = str(h.info["port"]), str(h.info["client_port"])
+    direction = {(r["lport"], r["rport"]): r["direction"] for r in fields_by_name(clog)
+                 if port in (r["lport"], r["rport"])}
+    assert direction == {
+        (port, "-"): "listen",
+        (port, before): "in",   # to a known listener
+        (before, port): "-",    # already established at start, no listener on its port: cannot tell
+        (port, client): "in",
+        (client, port): "out",  # opened while lognet watched, to a port this end was not listening on
+    }
+
+
+def test_another_users_socket_is_hidden(tmp_path, holder):
+    require_root("setpriv to drop to the user nobody")
+    python = "/usr/bin/python3"
+    if subprocess.run([python, "-c", "import psutil"], capture_output=True).returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail("python3-psutil is missing on CI: tests/install-deps.sh installs it")
+        pytest.skip("the system python3 has no psutil (Debian package python3-psutil)")
+    h = holder("--name", "lnhidden")
+    home = Path(tempfile.mkdtemp(prefix="lognet-hidden-", dir="/tmp"))  # nobody cannot enter root's folders
+    try:
+        os.chmod(home, 0o755)
+        shutil.copy(LOGNET, home / "lognet.py")
+        os.chown(home, 65534, 65534)
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                                 python, str(home / "lognet.py"), "-n", "1", "-p", "tcp", "--fields",
+                                 "+attrib", "-clog", str(home / "c.log"), "-plog", str(home / "p.log")],
+                                capture_output=True, text=True, timeout=60)
+        assert (result.returncode, result.stderr) == (0, "")
+        rows = [r for r in fields_by_name(home / "c.log") if r["lport"] == str(h.info["port"])]
+        assert [(r["status"], r["upid"], r["attrib"]) for r in rows] == [
+            ("LISTEN", "-", "hidden"), ("ESTABLISHED", "-", "hidden")]
+    finally:
+        shutil.rmtree(home)
+
+
+def test_close_after_the_process_died_is_orphan(tmp_path, holder):
+    h = holder("--name", "lndies")
+    clog = tmp_path / "c.log"
+    lognet = subprocess.Popen(lognet_command("-i", "0.1", "-p", "tcp", "--fields", "+event,attrib",
+                                             "-clog", clog, "-plog", tmp_path / "p.log"))
+    port = str(h.info["port"])
+    try:
+        wait_for(lambda: clog.exists() and f" {port} - - LISTEN " in clog.read_text())
+        h.proc.kill()
+        h.proc.wait()
+        wait_for(lambda: any(r["event"] == "close" and r["status"] == "LISTEN" and r["lport"] == port
+                             for r in fields_by_name(clog)))
+    finally:
+        lognet.send_signal(signal.SIGTERM)
+        assert lognet.wait(timeout=30) == 0
+    closes = [r for r in fields_by_name(clog) if r["event"] == "close" and r["lport"] == port]
+    assert closes and all(r["attrib"] == "orphan" and r["upid"].startswith("lndies|") for r in closes)
+
+
+def test_coverage_matches_what_was_logged_in_a_private_namespace(tmp_path):
+    require_root("unshare -n: a network namespace where only the test opens connections")
+    clog, record = tmp_path / "c.log", tmp_path / "churn.txt"
+    interval = 0.2
+    lognet = subprocess.Popen(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+                               *lognet_command("-i", interval, "-p", "tcp", "--fields", "+event,attrib",
+                                               "--stats-interval", "600", "-clog", clog,
+                                               "-plog", tmp_path / "p.log")], stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: clog.exists())
+        # lifetimes a quarter, half, and five times the interval; FIN close, so the client keeps a TIME_WAIT
+        churn = subprocess.run(["nsenter", f"--net=/proc/{lognet.pid}/ns/net", sys.executable,
+                                str(HERE / "load.py"), "churn", "--rate", "15", "--lifetimes", "0.05,0.1,1.0",
+                                "--seconds", "4", "--close", "normal", "--record", str(record)],
+                               capture_output=True, text=True, timeout=60)
+        assert churn.returncode == 0, churn.stderr
+        opened = int(churn.stdout.split()[-1])
+        time.sleep(3 * interval)
+    finally:
+        lognet.send_signal(signal.SIGTERM)
+        assert lognet.wait(timeout=30) == 0
+    assert lognet.stderr.read() == b""
+    rows = fields_by_name(clog)
+    stats = read_lines(clog)[-1]
+    seen = sum(1 for r in rows if r["event"] == "open" and r["raddr"] != "-")
+    # the kernel counted one active and one passive open per loopback connection, and nothing else
+    assert stats == (f"#Remark: coverage {seen / (2 * opened):.3f} (kernel TCP opens {2 * opened}, seen {seen}); "
+                     + stats.split("); ", 1)[1])
+    # every client end was seen: alive, or afterwards in TIME_WAIT with no owner (attrib orphan)
+    ports = [line.split()[0] for line in read_lines(record)]
+    client_ends = {r["lport"]: r for r in rows if r["event"] == "open" and r["lport"] in set(ports)}
+    assert set(ports) <= set(client_ends)
+    orphans = [r for r in client_ends.values() if r["attrib"] == "orphan"]
+    assert orphans and all(r["status"] == "TIME_WAIT" and r["upid"] == "-" for r in orphans)
