@@ -211,7 +211,7 @@ class PsutilSource:
         try:
             return psutil.Process(process.pid).create_time() == process.create_time
         except psutil.Error:
-            return False  # NoSuchProcess: it is gone; AccessDenied cannot happen for a pid we looked up
+            return False  # NoSuchProcess: it is gone; AccessDenied: no longer ours to tell, so not claimed
 
     def tcp_opens(self) -> int | None:
         """The kernel's count of TCP connections opened (active + passive), or None without /proc/net/snmp."""
@@ -310,14 +310,13 @@ class Tracker:
 
     The whole snapshot is diffed as a set of psutil tuples, in C; only the
     connections that differ are looked at one by one. Closed connections are
-    forgotten, so memory follows the live set, never the history. The listening
-    addresses seen are kept (a host has few), to tell inbound from outbound.
+    forgotten, so memory follows the live set, never the history.
     """
 
     def __init__(self):
         self.live: frozenset = frozenset()
         self.entries: dict[tuple, Entry] = {}
-        self.listening: set[tuple] = set()  # (family, ip, port) of listeners seen
+        self.listening: dict[tuple, int] = {}  # (family, laddr) of live listeners: how many share it
         self.updates = 0
         self.previous_time = 0.0  # when the latest snapshot was taken
         self.last_sighting = 0.0  # when the one before it was: a connection closed now was last seen then
@@ -338,7 +337,9 @@ class Tracker:
         # A TCP socket whose owner closed it (TIME_WAIT) loses its pid, and one made while
         # psutil was reading /proc gains it a poll late: the same addresses are the same connection.
         by_address = {connection_address(c): c for c in before.values() if c.raddr}
-        self.listening.update((c.family, c.laddr) for c in added if c.status == psutil.CONN_LISTEN)
+        for conn in added:
+            if conn.status == psutil.CONN_LISTEN:  # before directions: a listener seen in this poll counts
+                self.listening[(conn.family, conn.laddr)] = self.listening.get((conn.family, conn.laddr), 0) + 1
         changes = []
         for conn in added:
             old = before.pop(connection_id(conn), None)
@@ -358,6 +359,11 @@ class Tracker:
             self.entries[connection_id(conn)] = entry
         for conn in before.values():
             changes.append(Change("close", conn, self.entries.pop(connection_id(conn))))
+            if conn.status == psutil.CONN_LISTEN:
+                address = (conn.family, conn.laddr)
+                self.listening[address] -= 1
+                if not self.listening[address]:
+                    del self.listening[address]
         return changes
 
     def direction(self, conn, first_time: bool) -> str | None:
@@ -366,9 +372,8 @@ class Tracker:
             return "listen"
         if not conn.raddr:
             return None  # an unconnected UDP socket
-        ip, port = conn.laddr
-        wildcard = "0.0.0.0" if conn.family == socket.AF_INET else "::"
-        if (conn.family, conn.laddr) in self.listening or (conn.family, (wildcard, port)) in self.listening:
+        wildcard = ("0.0.0.0" if conn.family == socket.AF_INET else "::", conn.laddr[1])
+        if (conn.family, conn.laddr) in self.listening or (conn.family, wildcard) in self.listening:
             return "in"
         if conn.type == socket.SOCK_DGRAM or conn.status == psutil.CONN_SYN_SENT or not first_time:
             return "out"
@@ -549,17 +554,11 @@ class W3CFormat:
         self.decimals = duration_decimals(interval)
         # fields whose text is not simply the escaped value
         self.special = {
-            "timestamp": lambda event, timestamp: timestamp,
-            "upid": lambda event, timestamp: format_upid(event.process),
-            "firstseen": lambda event, timestamp: format_timestamp(event.first_seen, self.utc),
-            "duration": lambda event, timestamp: self.duration(event),
+            "timestamp": str,  # formatted once per poll
+            "upid": lambda upid: upid or "-",  # escaped by format_upid
+            "firstseen": lambda epoch: format_timestamp(epoch, self.utc),
+            "duration": lambda seconds: "-" if seconds is None else f"{seconds:.{self.decimals}f}",
         }
-
-    def duration(self, event: ConnectionEvent) -> str:
-        """Seconds from first to last sighting, to the precision the interval allows; '-' on open."""
-        if event.event == "open":
-            return "-"
-        return f"{max(0.0, event.seen - event.first_seen):.{self.decimals}f}"
 
     def timestamp(self, epoch: float) -> str:
         return format_timestamp(epoch, self.utc)
@@ -569,8 +568,8 @@ class W3CFormat:
 
     def connection(self, event: ConnectionEvent, timestamp: str) -> str:
         values = connection_values(event)
-        return " ".join(self.special[f](event, timestamp) if f in self.special else format_field(values[f])
-                        for f in self.fields)
+        values["timestamp"] = timestamp
+        return " ".join(self.special.get(field, format_field)(values[field]) for field in self.fields)
 
     def process(self, process: ProcessInfo, timestamp: str) -> str:
         return format_process(process, timestamp)

@@ -170,8 +170,8 @@ def capture(tmp: Path, interval: float, multiples: list[float], per_lifetime: in
     rate = 4 / interval  # four arrivals an interval on average, at random phases
     seconds = per_lifetime * len(lifetimes) / rate + max(lifetimes) + 1
     (tmp / "cap").mkdir(exist_ok=True)
-    cli = subprocess.Popen(lognet_argv(tmp / "cap", "-i", interval, "-p", "tcp"),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cli = subprocess.Popen(lognet_argv(tmp / "cap", "-i", interval, "-p", "tcp", "--fields", "+event,attrib",
+                                       "--stats-interval", 3600), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
     churner = load.start("churn", "--rate", rate, "--lifetimes", ",".join(map(str, lifetimes)),
                          "--seconds", seconds, "--record", record)
@@ -184,8 +184,9 @@ def capture(tmp: Path, interval: float, multiples: list[float], per_lifetime: in
     for line in lognet_lines(tmp / "cap" / "c.log"):
         fields = line.split(" ")
         seen_any.add(fields[3])
-        if fields[7] != "-" and fields[7].split("|")[1] == str(churner.pid):
+        if fields[9].strip() == "pid" and fields[7].split("|")[1] == str(churner.pid):  # owner seen directly
             seen.add(fields[3])
+    remark = [line for line in open(tmp / "cap" / "c.log") if line.startswith("#Remark: coverage")][-1]
     records = [line.split() for line in open(record)]
     once = {port for port, n in Counter(r[0] for r in records).items() if n == 1}  # a port used twice is ambiguous
     results = []
@@ -194,7 +195,7 @@ def capture(tmp: Path, interval: float, multiples: list[float], per_lifetime: in
         results.append({"lifetime_intervals": multiple, "lifetime_s": lifetime, "connections": len(ports),
                         "captured_with_process": sum(p in seen for p in ports) / len(ports),
                         "captured_any_owner": sum(p in seen_any for p in ports) / len(ports)})
-    return results
+    return {"by_lifetime": results, "lognet_remark": remark.strip()}
 
 
 def lognet_lines(path: Path):
@@ -280,9 +281,10 @@ def print_report(r: dict) -> None:
     print()
     print("| lifetime | connections | logged with their process | logged at all |")
     print("|---|---:|---:|---:|")
-    for f in r["capture"]:
+    for f in r["capture"]["by_lifetime"]:
         print(f"| {f['lifetime_intervals']}x interval ({f['lifetime_s']} s) | {f['connections']} | "
               f"{f['captured_with_process']:.0%} | {f['captured_any_owner']:.0%} |")
+    print(f"lognet's own coverage remark for that run: {r['capture']['lognet_remark']}")
     print()
     poll_ms = r["inprocess"]["poll_wall_ms"]
     s = r["sustained"]

@@ -97,3 +97,13 @@ def test_duplicate_tuples_collapse():
     hidden = make_conn(("0.0.0.0", 5353), status="NONE", pid=None, fd=-1)
     tracker = lognet.Tracker()
     assert events(tracker.update([hidden, hidden])) == [("open", hidden)]
+
+
+def test_listeners_are_forgotten_when_they_close():
+    tracker = lognet.Tracker()
+    tracker.update([LISTEN])
+    assert tracker.listening == {(socket.AF_INET, ("127.0.0.1", 80)): 1}
+    tracker.update([])
+    assert tracker.listening == {}
+    late = tracker.update([ESTAB._replace(fd=9)])
+    assert late[0].entry.direction == "out"  # no listener any more: nothing says the peer connected in
