@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import namedtuple
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -37,6 +40,45 @@ def require_root(why: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"CI runs as root, yet this test is not root: {why}")
     pytest.skip(f"needs root: {why}")
+
+
+def require_tool(name: str, package: str) -> None:
+    """Skip where a system tool is missing, but never on CI, where tests/install-deps.sh installs it."""
+    if shutil.which(name):
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is missing on CI: tests/install-deps.sh installs {package}")
+    pytest.skip(f"{name} not installed (package {package}; tests/install-deps.sh installs it)")
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # one that the user nobody may run, with Debian's python3-psutil
+NOBODY = 65534
+
+
+@contextmanager
+def nobody_home():
+    """A folder of the user nobody's, with copies of lognet.py and holder.py: nobody cannot
+    enter root's folders, where the checkout may be."""
+    require_root("setpriv to drop to the user nobody")
+    if subprocess.run([SYSTEM_PYTHON, "-c", "import psutil"], capture_output=True).returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail("python3-psutil is missing on CI: tests/install-deps.sh installs it")
+        pytest.skip(f"{SYSTEM_PYTHON} has no psutil (Debian package python3-psutil)")
+    home = Path(tempfile.mkdtemp(prefix="lognet-nobody-", dir="/tmp"))
+    try:
+        os.chmod(home, 0o755)
+        shutil.copy(LOGNET, home / "lognet.py")
+        shutil.copy(HOLDER, home / "holder.py")
+        os.chown(home, NOBODY, NOBODY)
+        yield home
+    finally:
+        shutil.rmtree(home)
+
+
+def as_nobody(*command, caps: str = "") -> list[str]:
+    """command run as nobody, with only the given capabilities ('+sys_ptrace,...') as ambient ones."""
+    ambient = [f"--inh-caps={caps}", f"--ambient-caps={caps}"] if caps else ["--inh-caps=-all"]
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *ambient, *map(str, command)]
 
 
 def upid_of(pid: int, name: str) -> str:
@@ -76,15 +118,15 @@ def run_lognet(*args, timeout=60, **kwargs) -> subprocess.CompletedProcess:
 class Holder:
     """A running tests/holder.py and the ports it printed."""
 
-    def __init__(self, args, prefix=()):
-        self.proc = subprocess.Popen([*prefix, sys.executable, str(HOLDER), *args],
+    def __init__(self, args, prefix=(), python=sys.executable, script=HOLDER):
+        self.proc = subprocess.Popen([*prefix, str(python), str(script), *args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"holder did not start: {args}")
         self.info = json.loads(line)
         self.pid = self.info["pid"]
-        self.cmdline = [sys.executable, str(HOLDER), *args]
+        self.cmdline = [str(python), str(script), *args]
 
     def send(self, command: str) -> str:
         self.proc.stdin.write(command + "\n")
@@ -107,8 +149,8 @@ def holder():
     """Factory: start a holder process with the given arguments; all are stopped afterwards."""
     started = []
 
-    def start(*args, prefix=()):
-        started.append(Holder([str(a) for a in args], prefix=prefix))
+    def start(*args, **how):
+        started.append(Holder([str(a) for a in args], **how))
         return started[-1]
 
     yield start

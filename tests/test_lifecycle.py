@@ -4,19 +4,26 @@ kernel's own counters in a private network namespace."""
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import psutil
-import pytest
 
 import lognet
-from conftest import HERE, LOGNET, data_lines, lognet_command, read_lines, require_root, upid_of, wait_for
+from conftest import (
+    HERE,
+    SYSTEM_PYTHON,
+    as_nobody,
+    data_lines,
+    lognet_command,
+    nobody_home,
+    read_lines,
+    require_root,
+    upid_of,
+    wait_for,
+)
 
 ALL_EXTRA = "+event,duration,direction,family,user,exe,attrib,firstseen"
 
@@ -156,28 +163,15 @@ def test_direction_of_both_ends_of_a_loopback_pair(tmp_path, holder):
 
 
 def test_another_users_socket_is_hidden(tmp_path, holder):
-    require_root("setpriv to drop to the user nobody")
-    python = "/usr/bin/python3"
-    if subprocess.run([python, "-c", "import psutil"], capture_output=True).returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail("python3-psutil is missing on CI: tests/install-deps.sh installs it")
-        pytest.skip("the system python3 has no psutil (Debian package python3-psutil)")
     h = holder("--name", "lnhidden")
-    home = Path(tempfile.mkdtemp(prefix="lognet-hidden-", dir="/tmp"))  # nobody cannot enter root's folders
-    try:
-        os.chmod(home, 0o755)
-        shutil.copy(LOGNET, home / "lognet.py")
-        os.chown(home, 65534, 65534)
-        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                                 python, str(home / "lognet.py"), "-n", "1", "-p", "tcp", "--fields",
-                                 "+attrib", "-clog", str(home / "c.log"), "-plog", str(home / "p.log")],
+    with nobody_home() as home:
+        result = subprocess.run(as_nobody(SYSTEM_PYTHON, home / "lognet.py", "-n", "1", "-p", "tcp", "--fields",
+                                          "+attrib", "-clog", home / "c.log", "-plog", home / "p.log"),
                                 capture_output=True, text=True, timeout=60)
         assert (result.returncode, result.stderr) == (0, "")
         rows = [r for r in fields_by_name(home / "c.log") if r["lport"] == str(h.info["port"])]
         assert [(r["status"], r["upid"], r["attrib"]) for r in rows] == [
             ("LISTEN", "-", "hidden"), ("ESTABLISHED", "-", "hidden")]
-    finally:
-        shutil.rmtree(home)
 
 
 def test_close_after_the_process_died_is_orphan(tmp_path, holder):

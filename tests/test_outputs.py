@@ -8,28 +8,30 @@ import pty
 import pwd
 import re
 import select
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import LOGNET, ROOT, data_lines, lognet_command, read_lines, require_root, upid_of, wait_for
+from conftest import (
+    NOBODY,
+    ROOT,
+    SYSTEM_PYTHON,
+    as_nobody,
+    data_lines,
+    lognet_command,
+    nobody_home,
+    read_lines,
+    require_tool,
+    upid_of,
+    wait_for,
+)
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$")
-
-
-def require_tool(name, package):
-    if shutil.which(name):
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{name} is missing on CI: tests/install-deps.sh installs {package}")
-    pytest.skip(f"{name} not installed (Debian package {package}; tests/install-deps.sh installs it)")
 
 
 # ---------------------------------------------------------------- JSON Lines
@@ -256,28 +258,15 @@ CAPS = "+sys_ptrace,+dac_read_search"
 
 @pytest.mark.parametrize("caps, sees_owner", [(CAPS, True), ("+sys_ptrace", False), ("+dac_read_search", False)])
 def test_nobody_with_two_capabilities_sees_roots_sockets(tmp_path, holder, caps, sees_owner):
-    require_root("setpriv to drop to nobody with ambient capabilities")
-    python = "/usr/bin/python3"
-    if subprocess.run([python, "-c", "import psutil"], capture_output=True).returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail("python3-psutil is missing on CI: tests/install-deps.sh installs it")
-        pytest.skip("the system python3 has no psutil (Debian package python3-psutil)")
     h = holder("--name", "lnrootcap")
-    home = Path(tempfile.mkdtemp(prefix="lognet-caps-", dir="/tmp"))  # nobody cannot enter root's folders
-    try:
-        os.chmod(home, 0o755)
-        shutil.copy(LOGNET, home / "lognet.py")
-        os.chown(home, 65534, 65534)
-        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                                 f"--inh-caps={caps}", f"--ambient-caps={caps}", python, str(home / "lognet.py"),
-                                 "-n", "1", "-p", "tcp", "-clog", str(home / "c.log"), "-plog", str(home / "p.log")],
+    with nobody_home() as home:
+        result = subprocess.run(as_nobody(SYSTEM_PYTHON, home / "lognet.py", "-n", "1", "-p", "tcp",
+                                          "-clog", home / "c.log", "-plog", home / "p.log", caps=caps),
                                 capture_output=True, text=True, timeout=60)
         assert (result.returncode, result.stderr) == (0, "")
         owners = [line.split(" ")[7] for line in data_lines(home / "c.log") if f" {h.info['port']} - - LISTEN " in line]
         assert owners == [upid_of(h.pid, "lnrootcap") if sees_owner else "-"]
-        assert os.stat(home / "c.log").st_uid == 65534
-    finally:
-        shutil.rmtree(home)
+        assert os.stat(home / "c.log").st_uid == NOBODY
 
 
 # ---------------------------------------------------------------- status line

@@ -3,12 +3,10 @@ rotation, full disks, hostile process names and command lines."""
 
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +14,19 @@ import psutil
 import pytest
 
 import lognet
-from conftest import HOLDER, LOGNET, ROOT, data_lines, lognet_command, read_lines, require_root, upid_of, wait_for
+from conftest import (
+    ROOT,
+    SYSTEM_PYTHON,
+    as_nobody,
+    data_lines,
+    lognet_command,
+    nobody_home,
+    read_lines,
+    require_root,
+    require_tool,
+    upid_of,
+    wait_for,
+)
 
 CONNECTION_HEADER = ["#Version: 1.0", "#Fields: timestamp prot laddr lport raddr rport status upid"]
 
@@ -42,14 +52,6 @@ def assert_well_formed(path):
         assert lines[i].startswith("#Remark: ") or len(lines[i].split(" ")) == 8, lines[i]
         i += 1
     return lines
-
-
-def require_tool(name, package):
-    if shutil.which(name):
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{name} is missing on CI: tests/install-deps.sh installs {package}")
-    pytest.skip(f"{name} not installed (Debian package {package}; tests/install-deps.sh installs it)")
 
 
 class Lognet:
@@ -171,25 +173,11 @@ def test_reused_pid_is_a_new_upid(tmp_path):
 # ---------------------------------------------------------------- another user
 
 def test_unprivileged_run_hides_other_users_owners_and_falls_back(holder):
-    require_root("setpriv to drop to the user nobody")
-    python = "/usr/bin/python3"
-    probe = subprocess.run([python, "-c", "import psutil"], capture_output=True)
-    if probe.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail("python3-psutil is missing on CI: tests/install-deps.sh installs it")
-        pytest.skip("the system python3 has no psutil (Debian package python3-psutil)")
-    # nobody cannot read root's home, so lognet runs from a copy in a world-readable folder
-    home = Path(tempfile.mkdtemp(prefix="lognet-nobody-", dir="/tmp"))
-    try:
-        os.chmod(home, 0o755)
-        shutil.copy(LOGNET, home / "lognet.py")
-        shutil.copy(HOLDER, home / "holder.py")
-        os.chown(home, 65534, 65534)
-        mine = holder("--name", "lnroot")
-        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
-        theirs = holder("--name", "lnnobody", prefix=drop)  # same holder, run as nobody
+    mine = holder("--name", "lnroot")
+    with nobody_home() as home:
+        theirs = holder("--name", "lnnobody", prefix=as_nobody(), python=SYSTEM_PYTHON, script=home / "holder.py")
         env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_STATE_HOME": str(home / "state")}
-        result = subprocess.run([*drop, python, str(home / "lognet.py"), "-n", "2", "-i", "0.2", "-p", "tcp"],
+        result = subprocess.run(as_nobody(SYSTEM_PYTHON, home / "lognet.py", "-n", "2", "-i", "0.2", "-p", "tcp"),
                                 capture_output=True, text=True, timeout=60, env=env)
         assert result.returncode == 0
         assert result.stderr == ("lognet: warning: cannot write the default log folder (/var/log/netlog: "
@@ -201,8 +189,6 @@ def test_unprivileged_run_hides_other_users_owners_and_falls_back(holder):
         nobody_listen = [line.split(" ")[7] for line in lines if f" {theirs.info['port']} - - LISTEN " in line]
         assert root_listen == ["-"]
         assert nobody_listen == [upid_of(theirs.pid, "lnnobody")]
-    finally:
-        shutil.rmtree(home)
 
 
 # ---------------------------------------------------------------- signals
