@@ -18,6 +18,8 @@ processes.log. Both files are in the W3C extended log style:
     2026-11-27|07:30:00 python3|4242|1795763232.73 ['python3', '-m', 'http.server', '8080']
 
 Usage: lognet.py [-i SECONDS] [-p {tcp,udp}] [-ipv {4,6}] [-clog FILE] [-plog FILE]
+                 [--fields +event,duration,direction,attrib] [--format jsonl] [--syslog [ADDRESS]]
+See lognet.py --help, and README.md for the log format and the escape rule.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ class PsutilSource:
         try:
             return psutil.net_connections(kind)
         except psutil.AccessDenied as exc:
-            # macOS and some BSDs list other processes' sockets only for root.
+            # On macOS psutil lists connections only for root.
             raise LognetError(f"listing connections needs more privileges on this system ({exc})") from None
 
     def processes(self, pids: Iterable[int]) -> tuple[dict[int, ProcessInfo], list[ProcessInfo]]:
@@ -981,18 +983,18 @@ class Poller:
         if self.polls > 0:  # the first poll finds what was open before the kernel counters were read
             self.tcp_seen += sum(1 for e in events if e.event == "open" and e.conn.type == socket.SOCK_STREAM
                                  and e.conn.raddr)
-        self.polls += 1
-        self.last_poll_seconds = self.clock() - started
-        self.poll_seconds += self.last_poll_seconds
-        if self.stats_every and self.clock() >= self.next_stats:
-            self.next_stats = self.clock() + self.stats_every
-            connection_lines.append(self.format.stats(self.stats(), now))
         # processes.log first, so a reader of a new connection line finds its command line.
         for sink in self.outputs.processes:
             sink.write(process_lines)
         for sink in self.outputs.connections:
             sink.write(connection_lines)
         self.lines += len(process_lines) + len(connection_lines)
+        self.polls += 1
+        self.last_poll_seconds = self.clock() - started
+        self.poll_seconds += self.last_poll_seconds
+        if self.stats_every and self.clock() >= self.next_stats:
+            self.next_stats = self.clock() + self.stats_every
+            self.write_stats()
         return len(events)
 
     def describe(self, change: Change, owners: dict[int, ProcessInfo], now: float) -> ConnectionEvent:
@@ -1021,11 +1023,17 @@ class Poller:
                 "avg_poll_ms": round(self.poll_seconds / max(1, self.polls) * 1e3, 3),
                 "late": late, "dropped": dropped, "held": sum(len(sink.pending) for sink in self.outputs.all())}
 
+    def write_stats(self) -> None:
+        """The statistics remark, to every connections output."""
+        line = self.format.stats(self.stats(), self.now())
+        for sink in self.outputs.connections:
+            sink.write([line])
+        self.lines += 1
+
     def finish(self) -> None:
         """At exit: the last statistics. Connections still open get no close line: they did not close."""
         if self.stats_every and self.polls:
-            for sink in self.outputs.connections:
-                sink.write([self.format.stats(self.stats(), self.now())])
+            self.write_stats()
 
     def reopen(self) -> None:
         """Reopen the log files (SIGHUP after logrotate)."""
