@@ -1059,10 +1059,10 @@ class StatusLine:
         self.clock = clock
         self.shown_at: float | None = None
 
-    def update(self, poller: Poller) -> None:
+    def update(self, poller: Poller, force: bool = False) -> None:
         """Redraw the line if a second has passed since it was last drawn."""
         now = self.clock()
-        if self.shown_at is not None and now - self.shown_at < STATUS_SECONDS:
+        if not force and self.shown_at is not None and now - self.shown_at < STATUS_SECONDS:
             return
         self.shown_at = now
         self.stream.write(f"\r\x1b[Klognet: {poller.polls} polls, {len(poller.tracker.live)} live connections, "
@@ -1070,9 +1070,10 @@ class StatusLine:
                           f" -> {self.paths}")
         self.stream.flush()
 
-    def close(self) -> None:
-        """Leave the terminal on a fresh line."""
+    def close(self, poller: Poller) -> None:
+        """Show the final counts, and leave the terminal on a fresh line."""
         if self.shown_at is not None:
+            self.update(poller, force=True)
             self.stream.write("\n")
             self.stream.flush()
 
@@ -1266,7 +1267,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             poller.close()
             if status:
-                status.close()
+                status.close(poller)
     except LognetError as exc:
         print(f"lognet: error: {exc}", file=sys.stderr)
         return 1
