@@ -670,7 +670,7 @@ class Sink:
     def _remark(self, held: int) -> list[str]:
         if self.failure is None:
             return []
-        text = f"{held} lines below are late: writing failed ({self.failure}) since {self.failure_since}"
+        text = f"the next {held} lines are late: writing failed ({self.failure}) since {self.failure_since}"
         if self.dropped:
             text += f"; {self.dropped} lines were dropped"
         return [self.format.remark(text, self.now())]

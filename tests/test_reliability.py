@@ -3,6 +3,7 @@ rotation, full disks, hostile process names and command lines."""
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -292,9 +293,10 @@ def test_full_filesystem_holds_lines_and_writes_them_late_in_order(tmp_path, hol
     wait_for(lambda: f" {second} " in ln.clog.read_text())
     assert ln.stop() == 0
     lines = assert_well_formed(ln.clog)
-    assert lines[3].startswith("#Remark: ")
-    assert "lines below are late: writing failed (No space left on device) since " in lines[3]
-    late = int(lines[3].split(" ")[1])
+    remark = re.fullmatch(r"#Remark: the next (\d+) lines are late: writing failed \(No space left on device\) "
+                          r"since \d{4}-\d\d-\d\d\|\d\d:\d\d:\d\d", lines[3])
+    assert remark, lines[3]
+    late = int(remark.group(1))
     assert late >= 4
     assert ln.stderr.splitlines() == [
         f"lognet: error: cannot write {ln.clog}: No space left on device; holding its lines until writing works again",

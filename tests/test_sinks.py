@@ -85,7 +85,7 @@ def test_failed_writes_are_held_then_written_in_order_with_a_remark(tmp_path, ca
     log.open()
     log.write(["five"])
     assert read_lines(path) == HEADER + ["one"] + HEADER + [
-        "#Remark: 3 lines below are late: writing failed (No space left on device) since 2026-11-27|07:07:12",
+        "#Remark: the next 3 lines are late: writing failed (No space left on device) since 2026-11-27|07:07:12",
         "two", "three", "four", "five"]
     assert "works again; 3 held lines written, 0 dropped" in capsys.readouterr().err
 
@@ -102,7 +102,7 @@ def test_overflowing_queue_counts_dropped_lines(tmp_path, monkeypatch, capsys):
     log.open()
     log.write(["f"])
     assert read_lines(path) == HEADER + [
-        "#Remark: 2 lines below are late: writing failed (No space left on device) since 2026-11-27|07:07:12;"
+        "#Remark: the next 2 lines are late: writing failed (No space left on device) since 2026-11-27|07:07:12;"
         " 3 lines were dropped", "d", "e", "f"]
     capsys.readouterr()
 
