@@ -1038,13 +1038,9 @@ class Poller:
             self.write_stats()
 
     def reopen(self) -> None:
-        """Reopen the log files (SIGHUP after logrotate)."""
-        for sink in self.outputs.all():
-            try:
-                if isinstance(sink, LogFile):
-                    sink.open()
-            except OSError:
-                pass  # the next write reports the failure once and holds the lines
+        """SIGHUP (after logrotate): let go of every file and socket; the next write opens
+        them afresh, a log with a fresh header, and reports a failure as any write does."""
+        self.close()
 
     def close(self) -> None:
         """Close every output."""

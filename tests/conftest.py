@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -167,3 +168,46 @@ def tcp_pair():
     yield listener, client, server
     for s in (client, server, listener):
         s.close()
+
+
+class Lognet:
+    """lognet.py running in the background, its stderr in a file."""
+
+    def __init__(self, tmp_path, *args, clog=None, plog=None, prefix=()):
+        self.clog = Path(clog or tmp_path / "connections.log")
+        self.plog = Path(plog or tmp_path / "processes.log")
+        self.errfile = tmp_path / "lognet.err"
+        with open(self.errfile, "w") as err:
+            self.proc = subprocess.Popen([*prefix, *lognet_command(*args, "-clog", self.clog, "-plog", self.plog)],
+                                         stdout=subprocess.DEVNULL, stderr=err)
+
+    def wait_for_line(self, text):
+        """Wait until connections.log holds text."""
+        wait_for(lambda: self.clog.exists() and text in self.clog.read_text())
+
+    @property
+    def stderr(self):
+        return self.errfile.read_text()
+
+    def stop(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def background(tmp_path):
+    """Factory: start lognet.py in the background; whatever is still running is killed afterwards."""
+    started = []
+
+    def start(*args, **kw):
+        started.append(Lognet(tmp_path, *args, **kw))
+        return started[-1]
+
+    yield start
+    for ln in started:
+        ln.kill()

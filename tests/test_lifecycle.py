@@ -4,7 +4,6 @@ kernel's own counters in a private network namespace."""
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -76,14 +75,13 @@ def test_chosen_subset_and_bad_names(tmp_path, holder):
         assert result.stderr == f"lognet: error: argument --fields: {message} (see lognet --help)\n"
 
 
-def test_open_state_close_with_duration_and_time_wait_continuity(tmp_path, holder):
+def test_open_state_close_with_duration_and_time_wait_continuity(tmp_path, holder, background):
     h = holder("--name", "lnlife")
-    clog = tmp_path / "c.log"
     interval = 0.2
-    lognet = subprocess.Popen(lognet_command("-i", interval, "-p", "tcp", "--fields", "+event,duration,attrib",
-                                             "-clog", clog, "-plog", tmp_path / "p.log"), stderr=subprocess.PIPE)
+    ln = background("-i", interval, "-p", "tcp", "--fields", "+event,duration,attrib")
+    clog = ln.clog
     try:
-        wait_for(lambda: clog.exists() and f" {h.info['port']} - - LISTEN " in clog.read_text())
+        ln.wait_for_line(f" {h.info['port']} - - LISTEN ")
         client = h.send("open")
         opened = time.monotonic()
         wait_for(lambda: f" {client} 127.0.0.1 {h.info['port']} ESTABLISHED " in clog.read_text())
@@ -95,9 +93,8 @@ def test_open_state_close_with_duration_and_time_wait_continuity(tmp_path, holde
                              for r in fields_by_name(clog)))
         wait_for(lambda: any(r["status"] == "TIME_WAIT" and r["lport"] == client for r in fields_by_name(clog)))
     finally:
-        lognet.send_signal(signal.SIGTERM)
-        assert lognet.wait(timeout=30) == 0
-    assert lognet.stderr.read() == b""
+        assert ln.stop() == 0
+    assert ln.stderr == ""
     rows = fields_by_name(clog)
     upid = upid_of(h.pid, "lnlife")
     server_end = [r for r in rows if r["lport"] == port and r["rport"] == client]
@@ -120,38 +117,33 @@ def test_open_state_close_with_duration_and_time_wait_continuity(tmp_path, holde
     assert read_lines(clog)[-1].startswith("#Remark: coverage ")
 
 
-def test_default_fields_keep_the_original_lines(tmp_path, holder):
+def test_default_fields_keep_the_original_lines(tmp_path, holder, background):
     h = holder("--name", "lndefault")
-    clog = tmp_path / "c.log"
-    lognet = subprocess.Popen(lognet_command("-i", "0.1", "-p", "tcp", "-clog", clog, "-plog", tmp_path / "p.log"))
+    ln = background("-i", "0.1", "-p", "tcp")
     try:
-        wait_for(lambda: clog.exists() and f" {h.info['port']} - - LISTEN " in clog.read_text())
+        ln.wait_for_line(f" {h.info['port']} - - LISTEN ")
         client = h.send("open")
-        wait_for(lambda: f" {client} 127.0.0.1 " in clog.read_text())
+        ln.wait_for_line(f" {client} 127.0.0.1 ")
         h.send("drop")
-        wait_for(lambda: f" {client} 127.0.0.1 {h.info['port']} TIME_WAIT -" in clog.read_text())
+        ln.wait_for_line(f" {client} 127.0.0.1 {h.info['port']} TIME_WAIT -")
     finally:
-        lognet.send_signal(signal.SIGTERM)
-        assert lognet.wait(timeout=30) == 0
-    lines = read_lines(clog)
+        assert ln.stop() == 0
+    lines = read_lines(ln.clog)
     assert not [line for line in lines if line.startswith("#Remark")]
     assert all(len(line.split(" ")) == 8 for line in lines if not line.startswith("#"))
 
 
-def test_direction_of_both_ends_of_a_loopback_pair(tmp_path, holder):
+def test_direction_of_both_ends_of_a_loopback_pair(tmp_path, holder, background):
     h = holder("--name", "lndirection")  # its first pair exists before lognet starts
-    clog = tmp_path / "c.log"
-    lognet = subprocess.Popen(lognet_command("-i", "0.1", "-p", "tcp", "--fields", "+direction",
-                                             "-clog", clog, "-plog", tmp_path / "p.log"))
+    ln = background("-i", "0.1", "-p", "tcp", "--fields", "+direction")
     try:
-        wait_for(lambda: clog.exists() and f" {h.info['port']} - - LISTEN " in clog.read_text())
+        ln.wait_for_line(f" {h.info['port']} - - LISTEN ")
         client = h.send("open")
-        wait_for(lambda: f" {client} 127.0.0.1 " in clog.read_text())
+        ln.wait_for_line(f" {client} 127.0.0.1 ")
     finally:
-        lognet.send_signal(signal.SIGTERM)
-        assert lognet.wait(timeout=30) == 0
+        assert ln.stop() == 0
     port, before = str(h.info["port"]), str(h.info["client_port"])
-    direction = {(r["lport"], r["rport"]): r["direction"] for r in fields_by_name(clog)
+    direction = {(r["lport"], r["rport"]): r["direction"] for r in fields_by_name(ln.clog)
                  if port in (r["lport"], r["rport"])}
     assert direction == {
         (port, "-"): "listen",
@@ -174,37 +166,33 @@ def test_another_users_socket_is_hidden(tmp_path, holder):
             ("LISTEN", "-", "hidden"), ("ESTABLISHED", "-", "hidden")]
 
 
-def test_close_after_the_process_died_is_orphan(tmp_path, holder):
+def test_close_after_the_process_died_is_orphan(tmp_path, holder, background):
     h = holder("--name", "lndies")
-    clog = tmp_path / "c.log"
-    lognet = subprocess.Popen(lognet_command("-i", "0.1", "-p", "tcp", "--fields", "+event,attrib",
-                                             "-clog", clog, "-plog", tmp_path / "p.log"))
+    ln = background("-i", "0.1", "-p", "tcp", "--fields", "+event,attrib")
     port = str(h.info["port"])
     try:
-        wait_for(lambda: clog.exists() and f" {port} - - LISTEN " in clog.read_text())
+        ln.wait_for_line(f" {port} - - LISTEN ")
         h.proc.kill()
         h.proc.wait()
         wait_for(lambda: any(r["event"] == "close" and r["status"] == "LISTEN" and r["lport"] == port
-                             for r in fields_by_name(clog)))
+                             for r in fields_by_name(ln.clog)))
     finally:
-        lognet.send_signal(signal.SIGTERM)
-        assert lognet.wait(timeout=30) == 0
-    closes = [r for r in fields_by_name(clog) if r["event"] == "close" and r["lport"] == port]
+        assert ln.stop() == 0
+    closes = [r for r in fields_by_name(ln.clog) if r["event"] == "close" and r["lport"] == port]
     assert closes and all(r["attrib"] == "orphan" and r["upid"].startswith("lndies|") for r in closes)
 
 
-def test_coverage_matches_what_was_logged_in_a_private_namespace(tmp_path):
+def test_coverage_matches_what_was_logged_in_a_private_namespace(tmp_path, background):
     require_root("unshare -n: a network namespace where only the test opens connections")
-    clog, record = tmp_path / "c.log", tmp_path / "churn.txt"
+    record = tmp_path / "churn.txt"
     interval = 0.2
-    lognet = subprocess.Popen(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
-                               *lognet_command("-i", interval, "-p", "tcp", "--fields", "+event,attrib",
-                                               "--stats-interval", "600", "-clog", clog,
-                                               "-plog", tmp_path / "p.log")], stderr=subprocess.PIPE)
+    ln = background("-i", interval, "-p", "tcp", "--fields", "+event,attrib", "--stats-interval", "600",
+                    prefix=("unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"))
+    clog = ln.clog
     try:
         wait_for(lambda: clog.exists())
         # lifetimes a quarter, half, and five times the interval; FIN close, so the client keeps a TIME_WAIT
-        churn = subprocess.run(["nsenter", f"--net=/proc/{lognet.pid}/ns/net", sys.executable,
+        churn = subprocess.run(["nsenter", f"--net=/proc/{ln.proc.pid}/ns/net", sys.executable,
                                 str(HERE / "load.py"), "churn", "--rate", "15", "--lifetimes", "0.05,0.1,1.0",
                                 "--seconds", "4", "--close", "normal", "--record", str(record)],
                                capture_output=True, text=True, timeout=60)
@@ -212,9 +200,8 @@ def test_coverage_matches_what_was_logged_in_a_private_namespace(tmp_path):
         opened = int(churn.stdout.split()[-1])
         time.sleep(3 * interval)
     finally:
-        lognet.send_signal(signal.SIGTERM)
-        assert lognet.wait(timeout=30) == 0
-    assert lognet.stderr.read() == b""
+        assert ln.stop() == 0
+    assert ln.stderr == ""
     rows = fields_by_name(clog)
     stats = read_lines(clog)[-1]
     seen = sum(1 for r in rows if r["event"] == "open" and r["raddr"] != "-")

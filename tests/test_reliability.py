@@ -55,44 +55,6 @@ def assert_well_formed(path):
     return lines
 
 
-class Lognet:
-    """lognet.py running in the background, its stderr in a file."""
-
-    def __init__(self, tmp_path, *args, clog=None, plog=None):
-        self.clog = Path(clog or tmp_path / "connections.log")
-        self.plog = Path(plog or tmp_path / "processes.log")
-        self.errfile = tmp_path / "lognet.err"
-        with open(self.errfile, "w") as err:
-            self.proc = subprocess.Popen(lognet_command(*args, "-clog", self.clog, "-plog", self.plog),
-                                         stdout=subprocess.DEVNULL, stderr=err)
-
-    @property
-    def stderr(self):
-        return self.errfile.read_text()
-
-    def stop(self, sig=signal.SIGTERM):
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture
-def background(tmp_path):
-    started = []
-
-    def start(*args, **kw):
-        started.append(Lognet(tmp_path, *args, **kw))
-        return started[-1]
-
-    yield start
-    for ln in started:
-        ln.kill()
-
-
 # ---------------------------------------------------------------- races
 
 def test_process_that_exited_is_logged_with_its_pid_alone():
