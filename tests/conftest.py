@@ -211,3 +211,64 @@ def background(tmp_path):
     yield start
     for ln in started:
         ln.kill()
+
+
+# ---------------------------------------------------------------- scripted polls for unit tests
+
+class FakeClock:
+    """A monotonic clock that moves only when slept on."""
+
+    def __init__(self):
+        self.now = 100.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+
+
+class ScriptedSource:
+    """A source that returns one prepared snapshot per poll; a poll can cost clock time.
+
+    known maps pid to ProcessInfo; reuse maps a poll index to processes that replace
+    known ones from that poll on; running_by_poll lists the pids alive at each poll
+    (default: every known pid)."""
+
+    def __init__(self, snapshots, processes, clock=None, cost=0.0):
+        self.snapshots = list(snapshots)
+        self.known = dict(processes)
+        self.clock, self.cost = clock, cost
+        self.kinds = []
+        self.looked_up = []
+        self.seen = set()
+        self.opens = []  # the kernel's TCP open counter, one reading per call
+        self.reuse = {}
+        self.running_by_poll = None
+
+    def connections(self, kind):
+        replaced = self.reuse.get(len(self.kinds))
+        if replaced is not None:
+            self.known[replaced.pid] = replaced
+        self.kinds.append(kind)
+        if self.clock:
+            self.clock.now += self.cost
+        return self.snapshots.pop(0)
+
+    def tcp_opens(self):
+        return self.opens.pop(0) if self.opens else None
+
+    def is_running(self, process):
+        if process is None:
+            return False
+        alive = self.known if self.running_by_poll is None else self.running_by_poll[len(self.kinds) - 1]
+        return process.pid in alive and self.known.get(process.pid) == process
+
+    def processes(self, pids):
+        self.looked_up.append(sorted(pids))
+        found = {pid: self.known[pid] for pid in pids}
+        new = [found[pid] for pid in sorted(pids) if found[pid] not in self.seen]
+        self.seen.update(found.values())
+        return found, new

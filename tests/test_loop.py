@@ -4,52 +4,7 @@ import socket
 import time
 
 import lognet
-from conftest import data_lines, make_conn, read_lines
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-        self.sleeps = []
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.sleeps.append(round(seconds, 6))
-        self.now += seconds
-
-
-class ScriptedSource:
-    """Returns one prepared snapshot per poll; a poll can cost clock time."""
-
-    def __init__(self, snapshots, processes, clock=None, cost=0.0):
-        self.snapshots = list(snapshots)
-        self.known = processes
-        self.clock, self.cost = clock, cost
-        self.kinds = []
-        self.looked_up = []
-        self.seen = set()
-        self.opens = []  # the kernel's TCP open counter, one reading per call
-
-    def connections(self, kind):
-        self.kinds.append(kind)
-        if self.clock:
-            self.clock.now += self.cost
-        return self.snapshots.pop(0)
-
-    def tcp_opens(self):
-        return self.opens.pop(0) if self.opens else None
-
-    def is_running(self, process):
-        return process is not None and process.pid in self.known
-
-    def processes(self, pids):
-        self.looked_up.append(sorted(pids))
-        found = {pid: self.known[pid] for pid in pids}
-        new = [found[pid] for pid in sorted(pids) if pid not in self.seen]
-        self.seen.update(pids)
-        return found, new
+from conftest import FakeClock, ScriptedSource, data_lines, make_conn, read_lines
 
 
 PROC = lognet.ProcessInfo(10, "srv", 1000.0, ("srv", "--port", "80"))
