@@ -41,7 +41,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Union
 
 try:
     import psutil
@@ -74,6 +74,8 @@ KINDS = {
     (None, "udp"): "udp", (4, "udp"): "udp4", (6, "udp"): "udp6",
 }
 PROTOCOLS = {socket.SOCK_STREAM: "TCP", socket.SOCK_DGRAM: "UDP"}
+# The statuses the tracker reads, as psutil names them (psutil.CONN_*); every engine uses these names.
+LISTEN, SYN_SENT, TIME_WAIT = "LISTEN", "SYN_SENT", "TIME_WAIT"
 FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
 
 # RFC 1918. IPv6 addresses are private to --omit-privnet-conns only when they
@@ -126,12 +128,53 @@ class ProcessInfo(NamedTuple):
     username: str | None = None
 
 
+class Connection(NamedTuple):
+    """One socket as an engine saw it: lognet's own record, from source to line.
+
+    The first seven fields are psutil's sconn, by name and order: family and type
+    are socket constants, laddr and raddr are (ip, port) or () when there is none,
+    pid is None and fd -1 when the owner is unknown. The rest are what an engine
+    may know beyond that, None where it does not."""
+
+    fd: int
+    family: int
+    type: int
+    laddr: tuple
+    raddr: tuple
+    status: str
+    pid: int | None
+    inode: int | None = None
+    cookie: int | None = None
+    uid: int | None = None
+    netns: int | None = None
+    txbytes: int | None = None
+    rxbytes: int | None = None
+
+
+class ConnectionEvent(NamedTuple):
+    """What happened to a connection (open, state or close), and what lognet knows of it then."""
+
+    event: str
+    conn: Connection
+    process: ProcessInfo | None  # the owner, when known
+    first_seen: float  # epoch seconds of the first sighting
+    last_seen: float  # of this sighting; for a close, of the last one
+    direction: str | None  # listen, in, out, or None when it cannot be told
+    attrib: str  # how the owner is known: pid, orphan or hidden
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds between the first and the last sighting; None when it just opened."""
+        return None if self.event == "open" else max(0.0, self.last_seen - self.first_seen)
+
+
 class Config(NamedTuple):
     """The settings of one run, resolved from the command line."""
 
     interval: float = DEFAULT_INTERVAL
     count: int | None = None
     kind: str = "inet"
+    engine: str = "psutil"
     omit_self_conns: bool = False
     omit_privnet_conns: bool = False
     connections_log: str = DEFAULT_CONNECTIONS_LOG
@@ -145,30 +188,34 @@ class Config(NamedTuple):
     quiet: bool = False
 
 
-def connection_id(conn) -> tuple:
-    """The identity of a psutil sconn: everything but its status."""
+def connection_id(conn: Connection) -> tuple:
+    """What makes a connection the same one from poll to poll: everything an engine
+    reports for it but its status."""
     return (conn.pid, conn.fd, conn.family, conn.type, conn.laddr, conn.raddr)
 
 
+def connection_address(conn: Connection) -> tuple:
+    """What a TCP connection keeps when its owner lets go of it."""
+    return (conn.family, conn.type, conn.laddr, conn.raddr)
+
+
 ##############################################################################
-# Snapshot source: the only code that calls psutil
+# Sources: the sockets now, and who owns them (the only code that calls psutil)
 ##############################################################################
 
-class PsutilSource:
-    """Lists connections and looks up their processes, caching each process once."""
+class Source:
+    """What every engine gives the poller: connections(kind), the sockets there are now,
+    and processes(pids), who owns them. The process details always come from psutil,
+    read once per process and cached."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._processes: dict[int, ProcessInfo] = {}
         self._clock = clock
         self._next_prune = clock() + PROCESS_PRUNE_SECONDS
 
-    def connections(self, kind: str) -> list:
-        """Return psutil's sconn tuples for kind."""
-        try:
-            return psutil.net_connections(kind)
-        except psutil.AccessDenied as exc:
-            # On macOS psutil lists connections only for root.
-            raise LognetError(f"listing connections needs more privileges on this system ({exc})") from None
+    def connections(self, kind: str) -> list[Connection]:
+        """Every socket of kind (a psutil kind: 'inet', 'tcp4', ...) open now."""
+        raise NotImplementedError
 
     def processes(self, pids: Iterable[int]) -> tuple[dict[int, ProcessInfo], list[ProcessInfo]]:
         """Return the process behind each pid that owns a newly seen connection,
@@ -191,7 +238,7 @@ class PsutilSource:
         try:
             process = psutil.Process(pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            # It exited after net_connections() saw its socket, or it is hidden from us
+            # It exited after its socket was listed, or it is hidden from us
             # (hidepid=2): log it with what we knew, or with its pid alone.
             return cached or ProcessInfo(pid, None, None, None)
         try:
@@ -247,6 +294,30 @@ def _read(attribute: Callable):
         return None
 
 
+class PsutilSource(Source):
+    """The portable engine: psutil.net_connections(), wherever psutil runs."""
+
+    def connections(self, kind: str) -> list[Connection]:
+        try:
+            return [connection_from_sconn(sconn) for sconn in psutil.net_connections(kind)]
+        except psutil.AccessDenied as exc:
+            # On macOS psutil lists connections only for root.
+            raise LognetError(f"listing connections needs more privileges on this system ({exc})") from None
+
+
+def connection_from_sconn(sconn) -> Connection:
+    """psutil's sconn as lognet's Connection: the same seven fields, nothing more known."""
+    return Connection(*sconn)
+
+
+ENGINES: dict[str, Callable[[], Source]] = {"psutil": PsutilSource}
+
+
+def open_source(config: Config) -> Source:
+    """The engine the configuration names; the one place an engine is made."""
+    return ENGINES[config.engine]()
+
+
 ##############################################################################
 # Filters: pure predicates
 ##############################################################################
@@ -265,17 +336,17 @@ def is_private_address(ip: str) -> bool:
     return any(address in network for network in PRIVATE_NETWORKS)
 
 
-def has_remote_address(conn) -> bool:
+def has_remote_address(conn: Connection) -> bool:
     """True when the connection has a peer (not a listener or an unconnected UDP socket)."""
     return bool(conn.raddr)
 
 
-def has_public_remote_address(conn) -> bool:
+def has_public_remote_address(conn: Connection) -> bool:
     """True unless the peer's address is in a private network."""
     return not (conn.raddr and is_private_address(conn.raddr[0]))
 
 
-def build_filter(config: Config) -> Callable[[object], bool]:
+def build_filter(config: Config) -> Callable[[Connection], bool]:
     """Return one predicate that keeps a connection when every active filter keeps it."""
     predicates = []
     if config.omit_self_conns:
@@ -286,11 +357,11 @@ def build_filter(config: Config) -> Callable[[object], bool]:
 
 
 ##############################################################################
-# Tracker: what is new since the last poll
+# Tracker: what opened, changed and closed since the last poll
 ##############################################################################
 
-class Entry:
-    """What lognet remembers of one live connection, beside psutil's tuple."""
+class Sighting:
+    """What the tracker remembers of one live connection."""
 
     __slots__ = ("first_seen", "direction", "process", "orphaned")
 
@@ -301,95 +372,101 @@ class Entry:
         self.orphaned = False  # seen with an owner before, without one now (TIME_WAIT)
 
 
-class Change(NamedTuple):
-    """One thing the tracker noticed: event is 'open', 'state' or 'close'."""
-
-    event: str
-    conn: object
-    entry: Entry
-
-
 class Tracker:
     """Remembers the live connections and reports what opened, changed and closed.
 
-    The whole snapshot is diffed as a set of psutil tuples, in C; only the
-    connections that differ are looked at one by one. Closed connections are
-    forgotten, so memory follows the live set, never the history.
+    The whole snapshot is diffed as a set of records, in C; only the connections
+    that differ are looked at one by one. Closed connections are forgotten, so
+    memory follows the live set, never the history.
     """
 
     def __init__(self):
-        self.live: frozenset = frozenset()
-        self.entries: dict[tuple, Entry] = {}
+        self.live: frozenset[Connection] = frozenset()
+        self.sightings: dict[tuple, Sighting] = {}  # by connection_id
         self.listening: dict[tuple, int] = {}  # (family, laddr) of live listeners: how many share it
         self.updates = 0
         self.previous_time = 0.0  # when the latest snapshot was taken
         self.last_sighting = 0.0  # when the one before it was: a connection closed now was last seen then
 
-    def update(self, connections: Iterable, now: float = 0.0) -> list[Change]:
-        """Return what opened, changed status or closed since the previous update."""
+    def update(self, connections: Iterable[Connection], now: float = 0.0) -> list[ConnectionEvent]:
+        """Return what opened, changed status or closed since the previous update.
+
+        An event's process is the owner remembered so far (None for a new connection);
+        the poller fills in the owners it looks up, through remember_owner()."""
         current = frozenset(connections)
-        # One pass that compares each tuple once; what differs is few, and split after.
-        differ = current ^ self.live
+        differ = current ^ self.live  # one pass that compares each record once; what differs is few
         self.live = current
         self.updates += 1
-        first_time = self.updates == 1
         self.last_sighting, self.previous_time = self.previous_time, now
         if not differ:
             return []
         added = [conn for conn in differ if conn in current]
-        before = {connection_id(conn): conn for conn in differ if conn not in current}
-        # A TCP socket whose owner closed it (TIME_WAIT) loses its pid, and one made while
-        # psutil was reading /proc gains it a poll late: the same addresses are the same connection.
-        by_address = {connection_address(c): c for c in before.values() if c.raddr}
-        for conn in added:
-            if conn.status == psutil.CONN_LISTEN:  # before directions: a listener seen in this poll counts
-                self.listening[(conn.family, conn.laddr)] = self.listening.get((conn.family, conn.laddr), 0) + 1
-        changes = []
-        for conn in added:
-            old = before.pop(connection_id(conn), None)
-            if old is None and conn.raddr:
-                old = by_address.get(connection_address(conn))
-                if old is not None and (old.pid is None) != (conn.pid is None) and connection_id(old) in before:
-                    del before[connection_id(old)]
-                    self.entries[connection_id(old)].orphaned = conn.pid is None
-                else:
-                    old = None
-            if old is not None:
-                entry = self.entries.pop(connection_id(old))
-                changes.append(Change("state", conn, entry))
-            else:
-                entry = Entry(now, self.direction(conn, first_time))
-                changes.append(Change("open", conn, entry))
-            self.entries[connection_id(conn)] = entry
-        for conn in before.values():
-            changes.append(Change("close", conn, self.entries.pop(connection_id(conn))))
-            if conn.status == psutil.CONN_LISTEN:
-                address = (conn.family, conn.laddr)
-                self.listening[address] -= 1
-                if not self.listening[address]:
-                    del self.listening[address]
-        return changes
+        gone = {connection_id(conn): conn for conn in differ if conn not in current}
+        by_address = {connection_address(conn): conn for conn in gone.values() if conn.raddr}
+        self._count_listeners(added, +1)  # before directions: a listener seen in this poll counts
+        events = [self._arrive(conn, gone, by_address, now) for conn in added]
+        self._count_listeners(gone.values(), -1)
+        events += [self._event("close", conn, self.sightings.pop(connection_id(conn)), self.last_sighting)
+                   for conn in gone.values()]
+        return events
 
-    def direction(self, conn, first_time: bool) -> str | None:
+    def remember_owner(self, conn: Connection, process: ProcessInfo) -> ProcessInfo:
+        """Keep the owner of a live connection, for its later lines; return it."""
+        self.sightings[connection_id(conn)].process = process
+        return process
+
+    def _arrive(self, conn: Connection, gone: dict[tuple, Connection], by_address: dict[tuple, Connection],
+                now: float) -> ConnectionEvent:
+        """An open; or a state change when conn continues a record gone from the snapshot: the
+        same id in another status, or the same TCP addresses with an owner that the kernel let
+        go of (TIME_WAIT) or that was found a poll late."""
+        old = gone.pop(connection_id(conn), None)
+        if old is None and conn.raddr:
+            old = by_address.get(connection_address(conn))
+            if old is None or (old.pid is None) == (conn.pid is None) or gone.pop(connection_id(old), None) is None:
+                old = None
+            else:
+                self.sightings[connection_id(old)].orphaned = conn.pid is None
+        if old is None:
+            sighting = self.sightings[connection_id(conn)] = Sighting(now, self.direction(conn))
+            return self._event("open", conn, sighting, now)
+        sighting = self.sightings[connection_id(conn)] = self.sightings.pop(connection_id(old))
+        return self._event("state", conn, sighting, now)
+
+    def _count_listeners(self, conns: Iterable[Connection], step: int) -> None:
+        for conn in conns:
+            if conn.status == LISTEN:
+                address = (conn.family, conn.laddr)
+                count = self.listening.get(address, 0) + step
+                if count:
+                    self.listening[address] = count
+                else:
+                    del self.listening[address]
+
+    @staticmethod
+    def _event(event: str, conn: Connection, sighting: Sighting, seen: float) -> ConnectionEvent:
+        if conn.pid is not None:
+            process, attrib = sighting.process, "pid"
+        else:
+            process = sighting.process if sighting.orphaned else None
+            attrib = "orphan" if sighting.orphaned or conn.status == TIME_WAIT else "hidden"
+        return ConnectionEvent(event, conn, process, sighting.first_seen, seen, sighting.direction, attrib)
+
+    def direction(self, conn: Connection) -> str | None:
         """'listen', 'in' (to a local listener), 'out' (this host connected), or None when unknown."""
-        if conn.status == psutil.CONN_LISTEN:
+        if conn.status == LISTEN:
             return "listen"
         if not conn.raddr:
             return None  # an unconnected UDP socket
         wildcard = ("0.0.0.0" if conn.family == socket.AF_INET else "::", conn.laddr[1])
         if (conn.family, conn.laddr) in self.listening or (conn.family, wildcard) in self.listening:
             return "in"
-        if conn.type == socket.SOCK_DGRAM or conn.status == psutil.CONN_SYN_SENT or not first_time:
+        if conn.type == socket.SOCK_DGRAM or conn.status == SYN_SENT or self.updates > 1:
             return "out"
         return None  # already established when lognet started, and no listener known: either way
 
 
-def connection_address(conn) -> tuple:
-    """What a TCP connection keeps when its owner lets go of it."""
-    return (conn.family, conn.type, conn.laddr, conn.raddr)
-
-
-def connection_order(conn) -> tuple:
+def connection_order(conn: Connection) -> tuple:
     """Owner, then address: the order of a poll's lines."""
     return (conn.pid is not None, conn.pid or 0, conn.laddr, conn.raddr, conn.fd)
 
@@ -452,58 +529,10 @@ def format_timestamp(epoch: float, utc: bool = False) -> str:
     return time.strftime("%Y-%m-%d|%H:%M:%S", time.gmtime(epoch) if utc else time.localtime(epoch))
 
 
-class ConnectionEvent(NamedTuple):
-    """One connection line to write: what happened, to which socket, owned by whom."""
-
-    event: str  # open, state or close
-    conn: object  # psutil's sconn
-    process: ProcessInfo | None
-    first_seen: float = 0.0
-    seen: float = 0.0  # when this sighting was made: the last one, for a close
-    direction: str | None = None
-    attrib: str = "pid"
-
-
-def connection_values(event: ConnectionEvent) -> dict:
-    """Every field of a connection event, None for what is missing; times in epoch seconds."""
-    conn, process = event.conn, event.process
-    laddr, raddr = conn.laddr, conn.raddr
-    return {
-        "event": event.event,
-        "prot": PROTOCOLS.get(conn.type),
-        "family": FAMILIES.get(conn.family),
-        "laddr": laddr[0] if laddr else None,
-        "lport": laddr[1] if laddr else None,
-        "raddr": raddr[0] if raddr else None,
-        "rport": raddr[1] if raddr else None,
-        "status": conn.status,
-        "pid": process.pid if process else conn.pid,
-        "name": process.name if process else None,
-        "create_time": process.create_time if process else None,
-        "upid": format_upid(process) if process else None,
-        "user": process.username if process else None,
-        "exe": process.exe if process else None,
-        "direction": event.direction,
-        "attrib": event.attrib,
-        "firstseen": event.first_seen,
-        "duration": None if event.event == "open" else max(0.0, event.seen - event.first_seen),
-    }
-
-
-def duration_decimals(interval: float) -> int:
-    """Decimals a duration can honestly have when sightings are interval apart: 3 -> 0, 0.2 -> 1, 0.05 -> 2."""
-    return max(0, math.ceil(-math.log10(interval)))
-
-
-def format_connection(conn, process: ProcessInfo | None, timestamp: str) -> str:
-    """A connections.log line with the original eight fields."""
-    return W3CFormat().connection(ConnectionEvent("open", conn, process), timestamp)
-
-
-def format_process(process: ProcessInfo, timestamp: str) -> str:
-    """One processes.log line; the command line keeps Python's list form, which is one line."""
-    cmdline = str(list(process.cmdline)) if process.cmdline else "-"
-    return f"{timestamp} {format_upid(process)} {cmdline}"
+def format_iso_timestamp(epoch: float, utc: bool = False) -> str:
+    """ISO 8601 with milliseconds and the UTC offset: '2026-11-27T07:12:01.123+00:00'."""
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    return (moment if utc else moment.astimezone()).isoformat(timespec="milliseconds")
 
 
 def format_header(fields: Iterable[str], epoch: float, utc: bool = False) -> list[str]:
@@ -512,68 +541,78 @@ def format_header(fields: Iterable[str], epoch: float, utc: bool = False) -> lis
     return ["#Version: 1.0", f"#Date: {date}", "#Fields: " + " ".join(fields)]
 
 
-def format_iso_timestamp(epoch: float, utc: bool = False) -> str:
-    """ISO 8601 with milliseconds and the UTC offset: '2026-11-27T07:12:01.123+00:00'."""
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
-    return (moment if utc else moment.astimezone()).isoformat(timespec="milliseconds")
+def format_process(process: ProcessInfo, timestamp: str) -> str:
+    """One processes.log line; the command line keeps Python's list form, which is one line."""
+    cmdline = str(list(process.cmdline)) if process.cmdline else "-"
+    return f"{timestamp} {format_upid(process)} {cmdline}"
 
 
-def to_json(record: dict) -> str:
-    """One JSON line; ASCII only, so every byte a process supplied survives as an escape."""
-    return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+def duration_decimals(interval: float) -> int:
+    """Decimals a duration can honestly have when sightings are interval apart: 3 -> 0, 0.2 -> 1, 0.05 -> 2."""
+    return max(0, math.ceil(-math.log10(interval)))
 
 
-def connection_record(event: ConnectionEvent, timestamp: str, utc: bool, decimals: int) -> dict:
-    """The JSON Lines object of a connection event: every field, None (null) for what is missing."""
-    record = {"ts": timestamp, **connection_values(event)}
-    record["firstseen"] = format_iso_timestamp(event.first_seen, utc)
-    if record["duration"] is not None:
-        record["duration"] = round(record["duration"], decimals)
-    return record
+def _owner(attribute: str) -> Callable[[ConnectionEvent], object]:
+    return lambda e: getattr(e.process, attribute) if e.process else None
 
 
-def process_record(process: ProcessInfo, timestamp: str) -> dict:
-    """The JSON Lines object of a process; cmdline is an array of its arguments."""
-    return {
-        "ts": timestamp,
-        "upid": format_upid(process),
-        "pid": process.pid,
-        "name": process.name,
-        "create_time": process.create_time,
-        "cmdline": list(process.cmdline) if process.cmdline is not None else None,
-        "exe": process.exe,
-        "username": process.username,
-    }
+# Every connection field but the timestamp, read from an event; None where it is unknown.
+# Times are epoch seconds here: each format writes them its own way. The order is JSON Lines'.
+EVENT_VALUES: dict[str, Callable[[ConnectionEvent], object]] = {
+    "event": lambda e: e.event,
+    "prot": lambda e: PROTOCOLS.get(e.conn.type),
+    "family": lambda e: FAMILIES.get(e.conn.family),
+    "laddr": lambda e: e.conn.laddr[0] if e.conn.laddr else None,
+    "lport": lambda e: e.conn.laddr[1] if e.conn.laddr else None,
+    "raddr": lambda e: e.conn.raddr[0] if e.conn.raddr else None,
+    "rport": lambda e: e.conn.raddr[1] if e.conn.raddr else None,
+    "status": lambda e: e.conn.status,
+    "pid": lambda e: e.process.pid if e.process else e.conn.pid,
+    "name": _owner("name"),
+    "create_time": _owner("create_time"),
+    "upid": lambda e: format_upid(e.process) if e.process else None,
+    "user": _owner("username"),
+    "exe": _owner("exe"),
+    "direction": lambda e: e.direction,
+    "attrib": lambda e: e.attrib,
+    "firstseen": lambda e: e.first_seen,
+    "duration": lambda e: e.duration,
+}
 
 
 class W3CFormat:
-    """The original's format: directive headers, space-separated fields, '-' for missing."""
+    """The original's format: directive headers, space-separated fields, '-' for missing.
 
-    name = "w3c"
+    One instance serves one log: it writes that log's fields (connections.log's
+    chosen fields, or processes.log's three)."""
 
-    def __init__(self, utc: bool = False, fields: tuple[str, ...] = CONNECTION_FIELDS,
+    def __init__(self, fields: tuple[str, ...] = CONNECTION_FIELDS, utc: bool = False,
                  interval: float = DEFAULT_INTERVAL):
-        self.utc = utc
         self.fields = fields
+        self.utc = utc
         self.decimals = duration_decimals(interval)
-        # fields whose text is not simply the escaped value
-        self.special = {
-            "timestamp": str,  # formatted once per poll
-            "upid": lambda upid: upid or "-",  # escaped by format_upid
-            "firstseen": lambda epoch: format_timestamp(epoch, self.utc),
-            "duration": lambda seconds: "-" if seconds is None else f"{seconds:.{self.decimals}f}",
+
+    @functools.cached_property
+    def _columns(self) -> list[Callable[[ConnectionEvent, str], str]]:
+        """What writes each field of a connection line: its escaped value, but for these."""
+        utc, decimals = self.utc, self.decimals
+        special = {
+            "timestamp": lambda e, timestamp: timestamp,  # formatted once per poll
+            "upid": lambda e, timestamp: format_upid(e.process),  # escaped by format_upid
+            "firstseen": lambda e, timestamp: format_timestamp(e.first_seen, utc),
+            "duration": lambda e, timestamp: "-" if e.duration is None else f"{e.duration:.{decimals}f}",
         }
+        return [special.get(field) or (lambda e, timestamp, value=EVENT_VALUES[field]: format_field(value(e)))
+                for field in self.fields]
 
     def timestamp(self, epoch: float) -> str:
         return format_timestamp(epoch, self.utc)
 
-    def header(self, fields: Iterable[str], epoch: float) -> list[str]:
-        return format_header(fields, epoch, self.utc)
+    def header(self, epoch: float) -> list[str]:
+        return format_header(self.fields, epoch, self.utc)
 
     def connection(self, event: ConnectionEvent, timestamp: str) -> str:
-        values = connection_values(event)
-        values["timestamp"] = timestamp
-        return " ".join(self.special.get(field, format_field)(values[field]) for field in self.fields)
+        return " ".join([column(event, timestamp) for column in self._columns])
 
     def process(self, process: ProcessInfo, timestamp: str) -> str:
         return format_process(process, timestamp)
@@ -589,31 +628,54 @@ class W3CFormat:
                            f"late lines {stats['late']}; dropped lines {stats['dropped']}", epoch)
 
 
-class JsonLinesFormat(W3CFormat):
-    """One JSON object per line, no header; every field, null for missing."""
+class JsonLinesFormat:
+    """One JSON object per line, no header; every field, null for what is missing.
+    ASCII only, so every byte a process supplied survives as an escape."""
 
-    name = "jsonl"
+    def __init__(self, fields: tuple[str, ...] = CONNECTION_FIELDS, utc: bool = False,
+                 interval: float = DEFAULT_INTERVAL):
+        self.utc = utc
+        decimals = duration_decimals(interval)
+        special = {
+            "firstseen": lambda e: format_iso_timestamp(e.first_seen, utc),
+            "duration": lambda e: None if e.duration is None else round(e.duration, decimals),
+        }
+        self._values = [(field, special.get(field, value)) for field, value in EVENT_VALUES.items()]
 
     def timestamp(self, epoch: float) -> str:
         return format_iso_timestamp(epoch, self.utc)
 
-    def header(self, fields: Iterable[str], epoch: float) -> list[str]:
+    def header(self, epoch: float) -> list[str]:
         return []
 
     def connection(self, event: ConnectionEvent, timestamp: str) -> str:
-        return to_json(connection_record(event, timestamp, self.utc, self.decimals))
+        return self._line({"ts": timestamp, **{field: value(event) for field, value in self._values}})
 
     def process(self, process: ProcessInfo, timestamp: str) -> str:
-        return to_json(process_record(process, timestamp))
+        return self._line({
+            "ts": timestamp,
+            "upid": format_upid(process),
+            "pid": process.pid,
+            "name": process.name,
+            "create_time": process.create_time,
+            "cmdline": list(process.cmdline) if process.cmdline is not None else None,
+            "exe": process.exe,
+            "username": process.username,
+        })
 
     def remark(self, text: str, epoch: float) -> str:
-        return to_json({"ts": self.timestamp(epoch), "event": "remark", "remark": text})
+        return self._line({"ts": self.timestamp(epoch), "event": "remark", "remark": text})
 
     def stats(self, stats: dict, epoch: float) -> str:
-        return to_json({"ts": self.timestamp(epoch), "event": "stats", **stats})
+        return self._line({"ts": self.timestamp(epoch), "event": "stats", **stats})
+
+    @staticmethod
+    def _line(record: dict) -> str:
+        return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
 
 
-FORMATS = {f.name: f for f in (W3CFormat, JsonLinesFormat)}
+FORMATS = {"w3c": W3CFormat, "jsonl": JsonLinesFormat}
+Format = Union[W3CFormat, JsonLinesFormat]
 
 
 ##############################################################################
@@ -632,9 +694,7 @@ class Sink:
     says how many were late or dropped. One error is printed per failure episode.
     """
 
-    name = "output"  # what messages call it
-
-    def __init__(self, fmt: W3CFormat, now: Callable[[], float] = time.time):
+    def __init__(self, fmt: Format, now: Callable[[], float] = time.time):
         self.format = fmt
         self.now = now
         self.pending: deque[str] = deque()
@@ -643,6 +703,11 @@ class Sink:
         self.failure_since = ""
         self.total_late = 0
         self.total_dropped = 0
+
+    @property
+    def name(self) -> str:
+        """What messages call this output."""
+        raise NotImplementedError
 
     def write(self, lines: list[str]) -> None:
         """Deliver lines, after any held ones; hold them all if that fails."""
@@ -689,11 +754,9 @@ class LogFile(Sink):
     """An append-only log file (or standard output for '-') that survives
     rotation, truncation and write errors."""
 
-    def __init__(self, path: str, fields: tuple[str, ...], fmt: W3CFormat | None = None, *,
-                 now: Callable[[], float] = time.time):
-        super().__init__(fmt or W3CFormat(), now)
+    def __init__(self, path: str, fmt: Format, now: Callable[[], float] = time.time):
+        super().__init__(fmt, now)
         self.path = path
-        self.fields = fields
         self.fd: int | None = None
         self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of a regular file that fd points at
         self.end = 0  # size of a regular file after our last write, to notice copytruncate
@@ -725,7 +788,7 @@ class LogFile(Sink):
 
     def _deliver(self, lead: list[str]) -> None:
         self._follow_path()
-        out = self.format.header(self.fields, self.now()) if self.needs_header else []
+        out = self.format.header(self.now()) if self.needs_header else []
         out += lead
         out.extend(self.pending)
         if out:
@@ -775,16 +838,19 @@ class SyslogSink(Sink):
     """Sends each line as one syslog message: RFC 5424 over UDP or TCP; to a local
     socket, the form syslog(3) uses, which is the one every local daemon parses."""
 
-    def __init__(self, transport: str, address: str, msgid: str, facility: str, fmt: W3CFormat,
+    def __init__(self, transport: str, address: str, msgid: str, facility: str, fmt: Format,
                  now: Callable[[], float] = time.time):
         super().__init__(fmt, now)
-        self.name = f"syslog {transport}:{address}"
         self.transport = transport
         self.address = address
         self.msgid = msgid
         self.priority = SYSLOG_FACILITIES[facility] * 8 + SYSLOG_INFO
         self.hostname = socket.gethostname() or "-"
         self.sock: socket.socket | None = None
+
+    @property
+    def name(self) -> str:
+        return f"syslog {self.transport}:{self.address}"
 
     def _connect(self) -> socket.socket:
         if self.sock is None:
@@ -851,53 +917,70 @@ def fallback_log_dir() -> str:
     return os.path.join(state, "lognet")
 
 
-class Outputs(NamedTuple):
-    """Where lines go: the format they are written in, and the sinks of each stream."""
+class Stream(NamedTuple):
+    """One stream of lines (connections or processes): its format, and the sinks that take it."""
 
-    format: W3CFormat
-    connections: list[Sink]
-    processes: list[Sink]
+    format: Format
+    sinks: list[Sink]
+
+    def write(self, lines: list[str]) -> None:
+        for sink in self.sinks:
+            sink.write(lines)
+
+
+class Outputs(NamedTuple):
+    """Where lines go: the connections stream and the processes stream."""
+
+    connections: Stream
+    processes: Stream
 
     def all(self) -> list[Sink]:
-        return self.processes + self.connections
+        return self.processes.sinks + self.connections.sinks
 
 
 def open_outputs(config: Config, defaulted: tuple[bool, bool] = (False, False)) -> Outputs:
     """Open both logs, and the syslog destination if one was asked for."""
-    fmt = FORMATS[config.format](config.utc, config.fields, config.interval)
-    connections_log, processes_log = open_logs(config, defaulted, fmt)
-    outputs = Outputs(fmt, [connections_log], [processes_log])
+    make_format = FORMATS[config.format]
+    connections = Stream(make_format(config.fields, config.utc, config.interval), [])
+    processes = Stream(make_format(PROCESS_FIELDS, config.utc), [])
+    clog, plog = open_logs(config, defaulted, (connections.format, processes.format))
+    connections.sinks.append(clog)
+    processes.sinks.append(plog)
     if config.syslog:
         transport, address = config.syslog
-        outputs.connections.append(SyslogSink(transport, address, "connection", config.syslog_facility, fmt))
-        outputs.processes.append(SyslogSink(transport, address, "process", config.syslog_facility, fmt))
-    return outputs
+        for msgid, stream in (("connection", connections), ("process", processes)):
+            stream.sinks.append(SyslogSink(transport, address, msgid, config.syslog_facility, stream.format))
+    return Outputs(connections, processes)
 
 
-def open_logs(config: Config, defaulted: tuple[bool, bool], fmt: W3CFormat | None = None) -> tuple[LogFile, LogFile]:
-    """Open both logs. A default path falls back to the per-user folder with one warning;
-    a path the user gave is never replaced: it opens, or LognetError."""
-    logs = [LogFile(config.connections_log, config.fields, fmt), LogFile(config.processes_log, PROCESS_FIELDS, fmt)]
-    fallback_reason = None
-    for log, is_default in zip(logs, defaulted):
+def open_logs(config: Config, defaulted: tuple[bool, bool], formats: tuple[Format, Format]) -> tuple[LogFile, LogFile]:
+    """Open connections.log and processes.log, each in its format. A default path falls back to
+    the per-user folder with one warning; a path the user gave is never replaced: it opens, or LognetError."""
+    logs, fallback_reason = [], None
+    for path, fmt, is_default in zip((config.connections_log, config.processes_log), formats, defaulted):
         try:
-            if is_default:
-                os.makedirs(os.path.dirname(log.path), mode=LOG_DIR_MODE, exist_ok=True)
-            log.open()
-            continue
+            logs.append(open_log(path, fmt, make_folder=is_default))
         except OSError as exc:
             if not is_default:
-                raise LognetError(f"cannot open log {log.path}: {exc.strerror}") from None
-            fallback_reason = fallback_reason or f"{os.path.dirname(log.path)}: {exc.strerror}"
-        log.path = os.path.join(fallback_log_dir(), os.path.basename(log.path))
-        try:
-            os.makedirs(os.path.dirname(log.path), mode=LOG_DIR_MODE, exist_ok=True)
-            log.open()
-        except OSError as exc:
-            raise LognetError(f"cannot open log {log.path}: {exc.strerror}") from None
+                raise LognetError(f"cannot open log {path}: {exc.strerror}") from None
+            fallback_reason = fallback_reason or f"{os.path.dirname(path)}: {exc.strerror}"
+            fallback = os.path.join(fallback_log_dir(), os.path.basename(path))
+            try:
+                logs.append(open_log(fallback, fmt, make_folder=True))
+            except OSError as exc:
+                raise LognetError(f"cannot open log {fallback}: {exc.strerror}") from None
     if fallback_reason:
         warn(f"cannot write the default log folder ({fallback_reason}); logging to {fallback_log_dir()} instead")
     return logs[0], logs[1]
+
+
+def open_log(path: str, fmt: Format, make_folder: bool) -> LogFile:
+    """An open LogFile at path; its folder is made (0750) only when make_folder. OSError if impossible."""
+    if make_folder:
+        os.makedirs(os.path.dirname(path), mode=LOG_DIR_MODE, exist_ok=True)
+    log = LogFile(path, fmt)
+    log.open()
+    return log
 
 
 ##############################################################################
@@ -942,21 +1025,20 @@ class Signals:
 class Poller:
     """One poll: snapshot, diff, filter, look up owners, format, write."""
 
-    def __init__(self, config: Config, source: PsutilSource, outputs: Outputs,
+    def __init__(self, config: Config, source: Source, outputs: Outputs,
                  now: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.source = source
         self.outputs = outputs
-        self.format = outputs.format
         self.now = now
         self.clock = clock
         self.tracker = Tracker()
-        self.wanted = build_filter(config)
+        self.keep = build_filter(config)
         # With only the original fields, lognet writes what it always wrote: no close lines,
         # no owner carried into TIME_WAIT, no statistics unless asked for.
-        self.lifecycle = config.format == "jsonl" or config.fields != CONNECTION_FIELDS
-        self.closes = config.format == "jsonl" or "event" in config.fields
-        self.stats_every = config.stats_interval or (DEFAULT_STATS_INTERVAL if self.lifecycle else None)
+        self.lifecycle_fields = config.format == "jsonl" or config.fields != CONNECTION_FIELDS
+        self.logs_closes = config.format == "jsonl" or "event" in config.fields
+        self.stats_every = config.stats_interval or (DEFAULT_STATS_INTERVAL if self.lifecycle_fields else None)
         self.next_stats = clock() + (self.stats_every or 0)
         self.tcp_opens_at_start: int | None = None
         self.tcp_seen = 0  # TCP connections first seen after the first poll
@@ -973,24 +1055,9 @@ class Poller:
             if self.tcp_opens_at_start is None:
                 warn(f"coverage is not available on this system (no TCP counters in {SNMP})")
         now = self.now()
-        changes = self.tracker.update(self.source.connections(self.config.kind), now)
-        logged = [c for c in changes if (self.closes or c.event != "close") and self.wanted(c.conn)]
-        logged.sort(key=lambda change: connection_order(change.conn))
-        owners, new_processes = self.source.processes(
-            {c.conn.pid for c in logged if c.conn.pid is not None and c.event != "close"})
-        events = [self.describe(change, owners, now) for change in logged]
-        timestamp = self.format.timestamp(now)
-        process_lines = [self.format.process(process, timestamp) for process in new_processes]
-        connection_lines = [self.format.connection(event, timestamp) for event in events]
-        if self.polls > 0:  # the first poll finds what was open before the kernel counters were read
-            self.tcp_seen += sum(1 for e in events if e.event == "open" and e.conn.type == socket.SOCK_STREAM
-                                 and e.conn.raddr)
-        # processes.log first, so a reader of a new connection line finds its command line.
-        for sink in self.outputs.processes:
-            sink.write(process_lines)
-        for sink in self.outputs.connections:
-            sink.write(connection_lines)
-        self.lines += len(process_lines) + len(connection_lines)
+        events, new_processes = self.logged_events(self.tracker.update(self.source.connections(self.config.kind), now))
+        self.count_seen(events)
+        self.write(events, new_processes, now)
         self.polls += 1
         self.last_poll_seconds = self.clock() - started
         self.poll_seconds += self.last_poll_seconds
@@ -999,20 +1066,42 @@ class Poller:
             self.write_stats()
         return len(events)
 
-    def describe(self, change: Change, owners: dict[int, ProcessInfo], now: float) -> ConnectionEvent:
-        """The event to log for a change, with its owner and how sure lognet is of it."""
-        conn, entry = change.conn, change.entry
-        if conn.pid is not None:
-            if change.event != "close":
-                entry.process = owners[conn.pid]
-            process = entry.process
-            closed_by_death = change.event == "close" and not self.source.is_running(process)
-            attrib = "orphan" if closed_by_death else "pid"
-        else:
-            process = entry.process if self.lifecycle and entry.orphaned else None
-            attrib = "orphan" if entry.orphaned or conn.status == psutil.CONN_TIME_WAIT else "hidden"
-        seen = self.tracker.last_sighting if change.event == "close" else now
-        return ConnectionEvent(change.event, conn, process, entry.first_seen, seen, entry.direction, attrib)
+    def logged_events(self, events: list[ConnectionEvent]) -> tuple[list[ConnectionEvent], list[ProcessInfo]]:
+        """The events the filters keep, in line order, each with its owner; and the owners
+        that lognet had not met before."""
+        logged = [e for e in events if (self.logs_closes or e.event != "close") and self.keep(e.conn)]
+        logged.sort(key=lambda event: connection_order(event.conn))
+        owners, new_processes = self.source.processes(
+            {e.conn.pid for e in logged if e.conn.pid is not None and e.event != "close"})
+        return [self.attribute(event, owners) for event in logged], new_processes
+
+    def attribute(self, event: ConnectionEvent, owners: dict[int, ProcessInfo]) -> ConnectionEvent:
+        """The event with the owner looked up in this poll; a close whose owner has died is an orphan."""
+        conn = event.conn
+        if conn.pid is None:
+            # Only lifecycle lines carry an owner into TIME_WAIT; the original eight fields never did.
+            return event if self.lifecycle_fields else event._replace(process=None)
+        if event.event != "close":
+            return event._replace(process=self.tracker.remember_owner(conn, owners[conn.pid]))
+        return event if self.source.is_running(event.process) else event._replace(attrib="orphan")
+
+    def count_seen(self, events: list[ConnectionEvent]) -> None:
+        """Count the TCP connections seen opening, for coverage."""
+        if self.polls > 0:  # the first poll finds what was open before the kernel counters were read
+            self.tcp_seen += sum(1 for e in events if e.event == "open" and e.conn.type == socket.SOCK_STREAM
+                                 and e.conn.raddr)
+
+    def write(self, events: list[ConnectionEvent], new_processes: list[ProcessInfo], now: float) -> None:
+        """Format and write a poll's lines: processes.log first, so that a reader of a new
+        connection line finds its command line."""
+        connections, processes = self.outputs
+        timestamp = processes.format.timestamp(now)
+        process_lines = [processes.format.process(process, timestamp) for process in new_processes]
+        timestamp = connections.format.timestamp(now)
+        connection_lines = [connections.format.connection(event, timestamp) for event in events]
+        processes.write(process_lines)
+        connections.write(connection_lines)
+        self.lines += len(process_lines) + len(connection_lines)
 
     def stats(self) -> dict:
         """Coverage and health since the start: kernel TCP opens against connections seen."""
@@ -1027,9 +1116,7 @@ class Poller:
 
     def write_stats(self) -> None:
         """The statistics remark, to every connections output."""
-        line = self.format.stats(self.stats(), self.now())
-        for sink in self.outputs.connections:
-            sink.write([line])
+        self.outputs.connections.write([self.outputs.connections.format.stats(self.stats(), self.now())])
         self.lines += 1
 
     def finish(self) -> None:
@@ -1053,7 +1140,7 @@ class StatusLine:
 
     def __init__(self, stream, outputs: Outputs, clock: Callable[[], float] = time.monotonic):
         self.stream = stream
-        self.paths = " ".join(sink.name for sink in outputs.connections + outputs.processes)
+        self.paths = " ".join(sink.name for sink in outputs.connections.sinks + outputs.processes.sinks)
         self.clock = clock
         self.shown_at: float | None = None
 
@@ -1085,8 +1172,8 @@ def run(config: Config, poller: Poller, *, signals: Signals | None = None, statu
     deadline = clock()
     next_gc = deadline + GC_SECONDS
     # A poll makes no reference cycles, but psutil's many allocations set off cycle
-    # collections that walk every live connection lognet holds (measured: psutil's call
-    # took 15% longer). So the collector runs here, between polls, once a minute.
+    # collections that walk every live connection lognet holds (measured: a poll took
+    # about 3% longer). So the collector runs here, between polls, once a minute.
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -1270,7 +1357,7 @@ def main(argv: list[str] | None = None) -> int:
     signals.install()
     try:
         outputs = open_outputs(config, defaulted)
-        poller = Poller(config, PsutilSource(), outputs)
+        poller = Poller(config, open_source(config), outputs)
         status = StatusLine(sys.stderr, outputs) if sys.stderr.isatty() and not config.quiet else None
         try:
             run(config, poller, signals=signals, status=status)

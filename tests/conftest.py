@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+import lognet
+
 ROOT = Path(__file__).resolve().parent.parent
 LOGNET = ROOT / "lognet.py"
 HERE = Path(__file__).resolve().parent
@@ -28,10 +30,15 @@ addr = namedtuple("addr", "ip port")
 sconn = namedtuple("sconn", "fd family type laddr raddr status pid")
 
 
-def make_conn(laddr=("127.0.0.1", 8080), raddr=(), status="LISTEN", pid=100, fd=3,
-              family=socket.AF_INET, type=socket.SOCK_STREAM):
+def make_sconn(laddr=("127.0.0.1", 8080), raddr=(), status="LISTEN", pid=100, fd=3,
+               family=socket.AF_INET, type=socket.SOCK_STREAM):
     """A psutil-like sconn; raddr=() means no peer, as psutil reports it."""
     return sconn(fd, family, type, addr(*laddr), addr(*raddr) if raddr else (), status, pid)
+
+
+def make_conn(*args, **kw):
+    """lognet's Connection for the sconn that make_sconn(*args, **kw) builds, as the psutil engine maps it."""
+    return lognet.connection_from_sconn(make_sconn(*args, **kw))
 
 
 def require_root(why: str) -> None:
@@ -80,6 +87,30 @@ def as_nobody(*command, caps: str = "") -> list[str]:
     """command run as nobody, with only the given capabilities ('+sys_ptrace,...') as ambient ones."""
     ambient = [f"--inh-caps={caps}", f"--ambient-caps={caps}"] if caps else ["--inh-caps=-all"]
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *ambient, *map(str, command)]
+
+
+class Nobody:
+    """Runs lognet and holders as the user nobody, from a folder of nobody's."""
+
+    uid = NOBODY
+
+    def __init__(self, home: Path):
+        self.home = home
+
+    def lognet(self, *args, caps: str = "") -> list[str]:
+        """The command that runs lognet.py as nobody with these capabilities."""
+        return as_nobody(SYSTEM_PYTHON, self.home / "lognet.py", *args, caps=caps)
+
+    def holder_options(self) -> dict:
+        """The options of the holder fixture that start a holder as nobody."""
+        return {"prefix": as_nobody(), "python": SYSTEM_PYTHON, "script": self.home / "holder.py"}
+
+
+@pytest.fixture
+def nobody():
+    """Nobody, with a home that holds copies of lognet.py and holder.py; root is needed."""
+    with nobody_home() as home:
+        yield Nobody(home)
 
 
 def upid_of(pid: int, name: str) -> str:

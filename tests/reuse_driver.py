@@ -9,8 +9,10 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import Holder, lognet_command, wait_for
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # lognet, which conftest imports
+from conftest import Holder, lognet_command, wait_for  # noqa: E402
 
 
 def main() -> int:

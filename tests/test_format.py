@@ -10,6 +10,12 @@ from conftest import make_conn
 TS = "2026-11-27|07:30:00"
 
 
+def format_connection(conn, process, timestamp):
+    """A connections.log line with the original eight fields, for an open of conn."""
+    event = lognet.ConnectionEvent("open", conn, process, 0.0, 0.0, None, "pid")
+    return lognet.W3CFormat(lognet.CONNECTION_FIELDS).connection(event, timestamp)
+
+
 @pytest.mark.parametrize("text, expected", [
     ("python3", "python3"),
     ("Web Content", "Web\\x20Content"),
@@ -40,7 +46,7 @@ def test_escaped_field_never_splits():
 def test_format_connection_established():
     conn = make_conn(("192.168.1.210", 40100), ("104.244.42.66", 443), "ESTABLISHED", pid=5545)
     process = lognet.ProcessInfo(5545, "vivaldi-bin", 1658892385.62, ("/opt/vivaldi/vivaldi-bin",))
-    assert lognet.format_connection(conn, process, TS) == (
+    assert format_connection(conn, process, TS) == (
         "2026-11-27|07:30:00 TCP 192.168.1.210 40100 104.244.42.66 443 ESTABLISHED vivaldi-bin|5545|1658892385.62")
 
 
@@ -48,15 +54,15 @@ def test_format_connection_listen_and_udp_use_dashes():
     listen = make_conn(("::", 17500), family=socket.AF_INET6, pid=4312)
     udp = make_conn(("0.0.0.0", 5353), status="NONE", type=socket.SOCK_DGRAM, pid=4312)
     process = lognet.ProcessInfo(4312, "dropbox", 1658892270.25, None)
-    assert lognet.format_connection(listen, process, TS) == (
+    assert format_connection(listen, process, TS) == (
         "2026-11-27|07:30:00 TCP :: 17500 - - LISTEN dropbox|4312|1658892270.25")
-    assert lognet.format_connection(udp, process, TS) == (
+    assert format_connection(udp, process, TS) == (
         "2026-11-27|07:30:00 UDP 0.0.0.0 5353 - - NONE dropbox|4312|1658892270.25")
 
 
 def test_unknown_owner_is_a_dash_never_lognet():
     conn = make_conn(("127.0.0.1", 5000), ("127.0.0.1", 6000), "TIME_WAIT", pid=None, fd=-1)
-    assert lognet.format_connection(conn, None, TS) == (
+    assert format_connection(conn, None, TS) == (
         "2026-11-27|07:30:00 TCP 127.0.0.1 5000 127.0.0.1 6000 TIME_WAIT -")
 
 
@@ -67,7 +73,7 @@ def test_upid_of_vanished_process_keeps_pid():
 def test_connection_line_with_hostile_name_has_eight_fields():
     conn = make_conn(("127.0.0.1", 5000), ("127.0.0.1", 6000), "ESTABLISHED", pid=9)
     process = lognet.ProcessInfo(9, "Web Content\n2026-11-27|00:00:00 TCP", 1.5, None)
-    line = lognet.format_connection(conn, process, TS)
+    line = format_connection(conn, process, TS)
     assert "\n" not in line
     assert line.split(" ") == ["2026-11-27|07:30:00", "TCP", "127.0.0.1", "5000", "127.0.0.1", "6000", "ESTABLISHED",
                                "Web\\x20Content\\x0a2026-11-27\\x7c00:00:00\\x20TCP|9|1.50"]

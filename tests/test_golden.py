@@ -89,7 +89,8 @@ def render(tmp_path: Path, name: str, settings: dict) -> str:
     lognet.run(config, poller, clock=clock, sleep=clock.sleep)
     poller.finish()
     poller.close()
-    logs = f"== {name}: connections\n{(folder / 'c.log').read_text()}== {name}: processes\n{(folder / 'p.log').read_text()}"
+    logs = "".join(f"== {name}: {stream}\n{(folder / log).read_text()}"
+                   for stream, log in (("connections", "c.log"), ("processes", "p.log")))
     # The sinks date their headers by the real clock; the formatter's #Date is pinned in test_format.py.
     return re.sub(r"^#Date: .*$", "#Date: (when the log was opened)", logs, flags=re.M)
 

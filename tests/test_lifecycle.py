@@ -13,11 +13,8 @@ import psutil
 import lognet
 from conftest import (
     HERE,
-    SYSTEM_PYTHON,
-    as_nobody,
     data_lines,
     lognet_command,
-    nobody_home,
     read_lines,
     require_root,
     upid_of,
@@ -154,16 +151,16 @@ def test_direction_of_both_ends_of_a_loopback_pair(tmp_path, holder, background)
     }
 
 
-def test_another_users_socket_is_hidden(tmp_path, holder):
+def test_another_users_socket_is_hidden(tmp_path, holder, nobody):
     h = holder("--name", "lnhidden")
-    with nobody_home() as home:
-        result = subprocess.run(as_nobody(SYSTEM_PYTHON, home / "lognet.py", "-n", "1", "-p", "tcp", "--fields",
-                                          "+attrib", "-clog", home / "c.log", "-plog", home / "p.log"),
-                                capture_output=True, text=True, timeout=60)
-        assert (result.returncode, result.stderr) == (0, "")
-        rows = [r for r in fields_by_name(home / "c.log") if r["lport"] == str(h.info["port"])]
-        assert [(r["status"], r["upid"], r["attrib"]) for r in rows] == [
-            ("LISTEN", "-", "hidden"), ("ESTABLISHED", "-", "hidden")]
+    home = nobody.home
+    result = subprocess.run(nobody.lognet("-n", "1", "-p", "tcp", "--fields", "+attrib",
+                                          "-clog", home / "c.log", "-plog", home / "p.log"),
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    rows = [r for r in fields_by_name(home / "c.log") if r["lport"] == str(h.info["port"])]
+    assert [(r["status"], r["upid"], r["attrib"]) for r in rows] == [
+        ("LISTEN", "-", "hidden"), ("ESTABLISHED", "-", "hidden")]
 
 
 def test_close_after_the_process_died_is_orphan(tmp_path, holder, background):

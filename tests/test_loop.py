@@ -6,7 +6,6 @@ import time
 import lognet
 from conftest import FakeClock, ScriptedSource, data_lines, make_conn, read_lines
 
-
 PROC = lognet.ProcessInfo(10, "srv", 1000.0, ("srv", "--port", "80"))
 LISTEN = make_conn(("127.0.0.1", 80), pid=10, fd=3)
 ESTAB = make_conn(("127.0.0.1", 80), ("127.0.0.1", 5000), "ESTABLISHED", pid=10, fd=4)

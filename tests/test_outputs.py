@@ -18,13 +18,9 @@ import psutil
 import pytest
 
 from conftest import (
-    NOBODY,
     ROOT,
-    SYSTEM_PYTHON,
-    as_nobody,
     data_lines,
     lognet_command,
-    nobody_home,
     read_lines,
     require_tool,
     upid_of,
@@ -257,16 +253,15 @@ CAPS = "+sys_ptrace,+dac_read_search"
 
 
 @pytest.mark.parametrize("caps, sees_owner", [(CAPS, True), ("+sys_ptrace", False), ("+dac_read_search", False)])
-def test_nobody_with_two_capabilities_sees_roots_sockets(tmp_path, holder, caps, sees_owner):
+def test_nobody_with_two_capabilities_sees_roots_sockets(tmp_path, holder, nobody, caps, sees_owner):
     h = holder("--name", "lnrootcap")
-    with nobody_home() as home:
-        result = subprocess.run(as_nobody(SYSTEM_PYTHON, home / "lognet.py", "-n", "1", "-p", "tcp",
-                                          "-clog", home / "c.log", "-plog", home / "p.log", caps=caps),
-                                capture_output=True, text=True, timeout=60)
-        assert (result.returncode, result.stderr) == (0, "")
-        owners = [line.split(" ")[7] for line in data_lines(home / "c.log") if f" {h.info['port']} - - LISTEN " in line]
-        assert owners == [upid_of(h.pid, "lnrootcap") if sees_owner else "-"]
-        assert os.stat(home / "c.log").st_uid == NOBODY
+    home = nobody.home
+    result = subprocess.run(nobody.lognet("-n", "1", "-p", "tcp", "-clog", home / "c.log", "-plog", home / "p.log",
+                                          caps=caps), capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    owners = [line.split(" ")[7] for line in data_lines(home / "c.log") if f" {h.info['port']} - - LISTEN " in line]
+    assert owners == [upid_of(h.pid, "lnrootcap") if sees_owner else "-"]
+    assert os.stat(home / "c.log").st_uid == nobody.uid
 
 
 # ---------------------------------------------------------------- status line

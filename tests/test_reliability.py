@@ -17,11 +17,8 @@ import pytest
 import lognet
 from conftest import (
     ROOT,
-    SYSTEM_PYTHON,
-    as_nobody,
     data_lines,
     lognet_command,
-    nobody_home,
     read_lines,
     require_root,
     require_tool,
@@ -135,23 +132,23 @@ def test_reused_pid_is_a_new_upid(tmp_path):
 
 # ---------------------------------------------------------------- another user
 
-def test_unprivileged_run_hides_other_users_owners_and_falls_back(holder):
+def test_unprivileged_run_hides_other_users_owners_and_falls_back(holder, nobody):
     mine = holder("--name", "lnroot")
-    with nobody_home() as home:
-        theirs = holder("--name", "lnnobody", prefix=as_nobody(), python=SYSTEM_PYTHON, script=home / "holder.py")
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_STATE_HOME": str(home / "state")}
-        result = subprocess.run(as_nobody(SYSTEM_PYTHON, home / "lognet.py", "-n", "2", "-i", "0.2", "-p", "tcp"),
-                                capture_output=True, text=True, timeout=60, env=env)
-        assert result.returncode == 0
-        assert result.stderr == ("lognet: warning: cannot write the default log folder (/var/log/netlog: "
-                                 f"Permission denied); logging to {home}/state/lognet instead\n")
-        clog = home / "state" / "lognet" / "connections.log"
-        assert stat.S_IMODE(os.stat(clog).st_mode) == 0o640
-        lines = data_lines(clog)
-        root_listen = [line.split(" ")[7] for line in lines if f" {mine.info['port']} - - LISTEN " in line]
-        nobody_listen = [line.split(" ")[7] for line in lines if f" {theirs.info['port']} - - LISTEN " in line]
-        assert root_listen == ["-"]
-        assert nobody_listen == [upid_of(theirs.pid, "lnnobody")]
+    home = nobody.home
+    theirs = holder("--name", "lnnobody", **nobody.holder_options())
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_STATE_HOME": str(home / "state")}
+    result = subprocess.run(nobody.lognet("-n", "2", "-i", "0.2", "-p", "tcp"),
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0
+    assert result.stderr == ("lognet: warning: cannot write the default log folder (/var/log/netlog: "
+                             f"Permission denied); logging to {home}/state/lognet instead\n")
+    clog = home / "state" / "lognet" / "connections.log"
+    assert stat.S_IMODE(os.stat(clog).st_mode) == 0o640
+    lines = data_lines(clog)
+    root_listen = [line.split(" ")[7] for line in lines if f" {mine.info['port']} - - LISTEN " in line]
+    nobody_listen = [line.split(" ")[7] for line in lines if f" {theirs.info['port']} - - LISTEN " in line]
+    assert root_listen == ["-"]
+    assert nobody_listen == [upid_of(theirs.pid, "lnnobody")]
 
 
 # ---------------------------------------------------------------- signals

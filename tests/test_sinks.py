@@ -13,7 +13,7 @@ HEADER = ["#Version: 1.0", "#Date: 2026-11-27 07:07:12", "#Fields: timestamp pro
 
 
 def make_log(path):
-    log = lognet.LogFile(str(path), lognet.CONNECTION_FIELDS, lognet.W3CFormat(utc=True), now=lambda: EPOCH)
+    log = lognet.LogFile(str(path), lognet.W3CFormat(lognet.CONNECTION_FIELDS, utc=True), now=lambda: EPOCH)
     log.open()
     return log
 
@@ -113,20 +113,21 @@ def config(tmp_path, clog, plog):
 
 def test_user_path_in_missing_folder_is_an_error(tmp_path):
     with pytest.raises(lognet.LognetError, match=r"cannot open log .*/nope/c.log: No such file or directory"):
-        lognet.open_logs(config(tmp_path, tmp_path / "nope" / "c.log", tmp_path / "p.log"), (False, False))
+        lognet.open_outputs(config(tmp_path, tmp_path / "nope" / "c.log", tmp_path / "p.log"), (False, False))
 
 
 def test_user_path_that_is_a_folder_is_an_error(tmp_path):
     with pytest.raises(lognet.LognetError, match=r"Is a directory"):
-        lognet.open_logs(config(tmp_path, tmp_path, tmp_path / "p.log"), (False, False))
+        lognet.open_outputs(config(tmp_path, tmp_path, tmp_path / "p.log"), (False, False))
 
 
 def test_default_path_falls_back_to_the_state_folder_with_one_warning(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the default folder should be")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    clog, plog = lognet.open_logs(config(tmp_path, blocker / "netlog" / "connections.log",
+    outputs = lognet.open_outputs(config(tmp_path, blocker / "netlog" / "connections.log",
                                          blocker / "netlog" / "processes.log"), (True, True))
+    (clog,), (plog,) = outputs.connections.sinks, outputs.processes.sinks
     assert clog.path == str(tmp_path / "state" / "lognet" / "connections.log")
     assert plog.path == str(tmp_path / "state" / "lognet" / "processes.log")
     err = capsys.readouterr().err.splitlines()

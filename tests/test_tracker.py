@@ -32,8 +32,8 @@ def test_status_change_is_a_state_change_of_the_same_entry():
     close_wait = ESTAB._replace(status="CLOSE_WAIT")
     changes = tracker.update([LISTEN, close_wait], now=4.0)
     assert events(changes) == [("state", close_wait)]
-    assert changes[0].entry is [c.entry for c in first if c.conn == ESTAB][0]
-    assert changes[0].entry.first_seen == 1.0
+    assert changes[0].first_seen == [c.first_seen for c in first if c.conn == ESTAB][0] == 1.0
+    assert changes[0].duration == 3.0
 
 
 def test_gone_connection_is_closed_and_forgotten():
@@ -42,7 +42,7 @@ def test_gone_connection_is_closed_and_forgotten():
     tracker.update([LISTEN, ESTAB], now=2.0)
     assert events(tracker.update([LISTEN], now=3.0)) == [("close", ESTAB)]
     assert tracker.last_sighting == 2.0  # a connection closed now was last seen then
-    assert tracker.live == frozenset([LISTEN]) and len(tracker.entries) == 1
+    assert tracker.live == frozenset([LISTEN]) and len(tracker.sightings) == 1
     assert events(tracker.update([LISTEN, ESTAB], now=4.0)) == [("open", ESTAB)]  # it came back: logged again
 
 
@@ -59,7 +59,7 @@ def test_time_wait_keeps_identity_and_process():
     time_wait = CLIENT._replace(status="TIME_WAIT", pid=None, fd=-1)
     changes = tracker.update([time_wait], now=2.0)
     assert events(changes) == [("state", time_wait)]
-    assert changes[0].entry.orphaned and changes[0].entry.first_seen == 1.0
+    assert changes[0].attrib == "orphan" and changes[0].first_seen == 1.0
     assert events(tracker.update([], now=3.0)) == [("close", time_wait)]
 
 
@@ -69,19 +69,19 @@ def test_owner_seen_a_poll_late_is_the_same_connection():
     tracker.update([ownerless], now=1.0)
     changes = tracker.update([CLIENT], now=2.0)
     assert events(changes) == [("state", CLIENT)]
-    assert not changes[0].entry.orphaned and changes[0].entry.first_seen == 1.0
+    assert changes[0].attrib == "pid" and changes[0].first_seen == 1.0
 
 
 def test_direction():
     tracker = lognet.Tracker()
     udp = make_conn(("0.0.0.0", 53), status="NONE", type=socket.SOCK_DGRAM, fd=6)
     before = make_conn(("127.0.0.1", 6000), ("127.0.0.1", 7000), "ESTABLISHED", pid=13, fd=7)
-    first = {c.conn: c.entry.direction for c in tracker.update([LISTEN, ESTAB, udp, before])}
+    first = {c.conn: c.direction for c in tracker.update([LISTEN, ESTAB, udp, before])}
     assert first == {LISTEN: "listen", ESTAB: "in", udp: None, before: None}  # established before lognet: unknown
     wildcard = make_conn(("0.0.0.0", 8080), pid=14, fd=3)
     inbound = make_conn(("10.0.0.5", 8080), ("192.0.2.9", 4000), "ESTABLISHED", pid=14, fd=4)
     syn = make_conn(("127.0.0.1", 5001), ("127.0.0.1", 9), "SYN_SENT", pid=11, fd=8)
-    later = {c.conn: c.entry.direction for c in tracker.update([LISTEN, ESTAB, udp, before, CLIENT, wildcard,
+    later = {c.conn: c.direction for c in tracker.update([LISTEN, ESTAB, udp, before, CLIENT, wildcard,
                                                                  inbound, syn])}
     assert later == {CLIENT: "out", wildcard: "listen", inbound: "in", syn: "out"}
 
@@ -90,7 +90,7 @@ def test_memory_follows_the_live_set():
     tracker = lognet.Tracker()
     for port in range(1000, 6000):
         tracker.update([LISTEN, make_conn(("127.0.0.1", 80), ("127.0.0.1", port), "ESTABLISHED")])
-    assert len(tracker.live) == 2 and len(tracker.entries) == 2
+    assert len(tracker.live) == 2 and len(tracker.sightings) == 2
 
 
 def test_duplicate_tuples_collapse():
@@ -106,4 +106,4 @@ def test_listeners_are_forgotten_when_they_close():
     tracker.update([])
     assert tracker.listening == {}
     late = tracker.update([ESTAB._replace(fd=9)])
-    assert late[0].entry.direction == "out"  # no listener any more: nothing says the peer connected in
+    assert late[0].direction == "out"  # no listener any more: nothing says the peer connected in
