@@ -30,6 +30,7 @@ import errno
 import functools
 import gc
 import ipaddress
+import itertools
 import json
 import math
 import os
@@ -37,10 +38,12 @@ import select
 import signal
 import socket
 import stat
+import struct
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Callable, NamedTuple, Union
 
 try:
@@ -56,6 +59,7 @@ __version__ = "1.0.0"
 ##############################################################################
 
 DEFAULT_INTERVAL = 3.0
+DEFAULT_WATCH = 0.02  # seconds between the watcher's looks for new sockets (see README, Performance)
 DEFAULT_LOG_DIR = "/var/log/netlog"
 DEFAULT_CONNECTIONS_LOG = DEFAULT_LOG_DIR + "/connections.log"
 DEFAULT_PROCESSES_LOG = DEFAULT_LOG_DIR + "/processes.log"
@@ -64,7 +68,7 @@ LOG_FILE_MODE = 0o640  # command lines can carry secrets
 
 CONNECTION_FIELDS = ("timestamp", "prot", "laddr", "lport", "raddr", "rport", "status", "upid")
 # What --fields may add (the W3C way to choose logged fields); JSON Lines always has them all.
-EXTRA_FIELDS = ("event", "duration", "direction", "family", "user", "exe", "attrib", "firstseen")
+EXTRA_FIELDS = ("event", "duration", "direction", "family", "user", "exe", "attrib", "firstseen", "txbytes", "rxbytes")
 PROCESS_FIELDS = ("timestamp", "upid", "[command_line with parameters]")
 
 # The narrowest psutil kind for each (ip_version, protocol) the filters allow.
@@ -151,6 +155,15 @@ class Connection(NamedTuple):
     rxbytes: int | None = None
 
 
+class Closed(NamedTuple):
+    """A socket the kernel reported destroyed, with what its tcp_info said of its bytes."""
+
+    conn: Connection  # status CLOSE; txbytes is the payload sent, exactly
+    time: float  # epoch seconds when lognet read the event
+    received: int | None  # tcp_info's bytes_received, which counts the peer's FIN when it came
+    acked_beyond: int | None  # bytes_acked beyond the payload: our SYN if we connected, our FIN once acked
+
+
 class ConnectionEvent(NamedTuple):
     """What happened to a connection (open, state or close), and what lognet knows of it then."""
 
@@ -158,14 +171,18 @@ class ConnectionEvent(NamedTuple):
     conn: Connection
     process: ProcessInfo | None  # the owner, when known
     first_seen: float  # epoch seconds of the first sighting
-    last_seen: float  # of this sighting; for a close, of the last one
+    last_seen: float  # of this sighting; for a close, of the last one, or the kernel's close
     direction: str | None  # listen, in, out, or None when it cannot be told
-    attrib: str  # how the owner is known: pid, orphan or hidden
+    attrib: str  # how the owner is known: pid, orphan, hidden, or unseen (never seen alive)
+    time: float = 0.0  # when it happened, as well as lognet knows: the line's timestamp
+    kernel_close: bool = False  # the kernel reported this close
 
     @property
     def duration(self) -> float | None:
-        """Seconds between the first and the last sighting; None when it just opened."""
-        return None if self.event == "open" else max(0.0, self.last_seen - self.first_seen)
+        """Seconds between the first and the last sighting; None when it just opened or was never seen."""
+        if self.event == "open" or self.attrib == "unseen":
+            return None
+        return max(0.0, self.last_seen - self.first_seen)
 
 
 class Config(NamedTuple):
@@ -174,9 +191,11 @@ class Config(NamedTuple):
     interval: float = DEFAULT_INTERVAL
     count: int | None = None
     kind: str = "inet"
-    engine: str = "psutil"
+    engine: str = "auto"  # psutil, netlink, or auto: netlink where Linux allows it, else psutil
+    watch: float = DEFAULT_WATCH  # seconds between the watcher's looks (netlink engine); 0: no watcher
     omit_self_conns: bool = False
     omit_privnet_conns: bool = False
+    omit_loopback_conns: bool = False
     connections_log: str = DEFAULT_CONNECTIONS_LOG
     processes_log: str = DEFAULT_PROCESSES_LOG
     utc: bool = False
@@ -189,14 +208,14 @@ class Config(NamedTuple):
 
 
 def connection_id(conn: Connection) -> tuple:
-    """What makes a connection the same one from poll to poll: everything an engine
-    reports for it but its status."""
-    return (conn.pid, conn.fd, conn.family, conn.type, conn.laddr, conn.raddr)
+    """What makes a connection the same one from poll to poll: what an engine reports of
+    its socket and holder, but its status (and bytes, known only at its close)."""
+    return (conn.netns, conn.cookie, conn.pid, conn.fd, conn.family, conn.type, conn.laddr, conn.raddr)
 
 
 def connection_address(conn: Connection) -> tuple:
     """What a TCP connection keeps when its owner lets go of it."""
-    return (conn.family, conn.type, conn.laddr, conn.raddr)
+    return (conn.netns, conn.family, conn.type, conn.laddr, conn.raddr)
 
 
 ##############################################################################
@@ -210,12 +229,26 @@ class Source:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._processes: dict[int, ProcessInfo] = {}
+        self._unreported: set[int] = set()  # pids read ahead of a poll, while they lived
+        self.lock = threading.Lock()  # the watcher's thread reads ahead while a poll reads
         self._clock = clock
         self._next_prune = clock() + PROCESS_PRUNE_SECONDS
+
+    has_close_events = False  # whether between_polls() reports the kernel's closes
 
     def connections(self, kind: str) -> list[Connection]:
         """Every socket of kind (a psutil kind: 'inet', 'tcp4', ...) open now."""
         raise NotImplementedError
+
+    def between_polls(self) -> tuple[list[tuple[Connection, float]], list[Closed]]:
+        """What happened since the last poll that its snapshot may not show: sockets found
+        alive (with the epoch time they were seen), and sockets the kernel closed."""
+        return [], []
+
+    lost_events = 0  # close events the kernel dropped
+
+    def close(self) -> None:
+        """Let go of what the engine holds open."""
 
     def processes(self, pids: Iterable[int]) -> tuple[dict[int, ProcessInfo], list[ProcessInfo]]:
         """Return the process behind each pid that owns a newly seen connection,
@@ -225,14 +258,25 @@ class Source:
         looked up again instead of inheriting the old process's name.
         """
         found, new = {}, []
-        for pid in sorted(pids):
+        with self.lock:
+            for pid in sorted(pids):
+                cached = self._processes.get(pid)
+                info = found[pid] = self._look_up(pid, cached)
+                if info is not cached or pid in self._unreported:
+                    self._processes[pid] = info
+                    self._unreported.discard(pid)
+                    new.append(info)
+            self._prune()
+        return found, new
+
+    def read_ahead(self, pids: Iterable[int]) -> None:
+        """Read the details of processes now, while they live; processes() reports them later."""
+        for pid in pids:
             cached = self._processes.get(pid)
-            info = found[pid] = self._look_up(pid, cached)
+            info = self._look_up(pid, cached)
             if info is not cached:
                 self._processes[pid] = info
-                new.append(info)
-        self._prune()
-        return found, new
+                self._unreported.add(pid)
 
     def _look_up(self, pid: int, cached: ProcessInfo | None) -> ProcessInfo:
         try:
@@ -280,7 +324,7 @@ class Source:
             return
         self._next_prune = self._clock() + PROCESS_PRUNE_SECONDS
         alive = set(psutil.pids())
-        for pid in self._processes.keys() - alive:
+        for pid in self._processes.keys() - alive - self._unreported:
             del self._processes[pid]
 
 
@@ -310,12 +354,465 @@ def connection_from_sconn(sconn) -> Connection:
     return Connection(*sconn)
 
 
-ENGINES: dict[str, Callable[[], Source]] = {"psutil": PsutilSource}
+##############################################################################
+# Sources: the Linux engine, on the kernel's sock_diag netlink interface
+##############################################################################
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_DUMP_REQUEST = 0x301  # NLM_F_REQUEST | NLM_F_DUMP
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
+SO_RCVBUFFORCE = 33
+INET_DIAG_INFO = 2  # attribute type of struct tcp_info
+NLMSG_HEADER = struct.Struct("=IHHII")  # struct nlmsghdr: length, type, flags, seq, pid
+DIAG_REQUEST = struct.Struct("=BBBBI48x")  # struct inet_diag_req_v2, its socket id all zeros
+DIAG_MSG = struct.Struct("=BB2x4x16s16s4xII12xII")  # inet_diag_msg: family, state, src, dst, cookie, uid, inode
+DIAG_PORTS = struct.Struct("!HH")  # sport, dport: big-endian, at offset 4 of inet_diag_msg
+DIAG_MSG_SIZE = 72
+RTATTR = struct.Struct("=HH")
+TCP_INFO_BYTES = struct.Struct("=QQ")  # bytes_acked, bytes_received at offset 120 of struct tcp_info
+TCP_INFO_SENT = struct.Struct("=QQ")  # bytes_sent, bytes_retrans at offset 200 (Linux 4.19 and later)
+# The kernel's TCP states (include/net/tcp_states.h) by psutil's names; 12 is a request socket.
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
+              7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "SYN_RECV"}
+ALL_STATES = 0xFFFFFFFF
+# States whose sockets no process holds (TIME_WAIT, request sockets): the watcher leaves them out.
+OWNED_STATES = ALL_STATES & ~(1 << 6 | 1 << 3 | 1 << 12)
+# The sock_diag destroy groups (enum sknetlink_groups), the interface of `ss -E`.
+DESTROY_GROUPS = {(socket.AF_INET, socket.IPPROTO_TCP): 1, (socket.AF_INET, socket.IPPROTO_UDP): 2,
+                  (socket.AF_INET6, socket.IPPROTO_TCP): 3, (socket.AF_INET6, socket.IPPROTO_UDP): 4}
+SOCKET_TYPES = {socket.IPPROTO_TCP: socket.SOCK_STREAM, socket.IPPROTO_UDP: socket.SOCK_DGRAM}
+EVENT_BUFFER = 8 << 20  # bytes the kernel may queue for lognet's close events
+RECV_SIZE = 1 << 20  # one recv() takes many messages
+
+
+def kind_sockets(kind: str) -> list[tuple[int, int]]:
+    """The (family, protocol) pairs of a psutil kind: 'tcp4' -> [(AF_INET, IPPROTO_TCP)]."""
+    ip_version, protocol = next(key for key, name in KINDS.items() if name == kind)
+    families = [f for f, v in FAMILIES.items() if ip_version in (None, v)]
+    protocols = [p for p, name in ((socket.IPPROTO_TCP, "tcp"), (socket.IPPROTO_UDP, "udp"))
+                 if protocol in (None, name)]
+    return [(f, p) for p in protocols for f in families]
+
+
+def netlink_messages(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(type, offset of the payload, end) of each netlink message in data; OSError for NLMSG_ERROR."""
+    offset = 0
+    while offset + NLMSG_HEADER.size <= len(data):
+        length, kind = NLMSG_HEADER.unpack_from(data, offset)[:2]
+        if length < NLMSG_HEADER.size:
+            return  # malformed: nothing after it can be trusted
+        if kind == NLMSG_ERROR:
+            error = -struct.unpack_from("=i", data, offset + NLMSG_HEADER.size)[0]
+            if error:
+                raise OSError(error, os.strerror(error))
+        yield kind, offset + NLMSG_HEADER.size, offset + length
+        offset += (length + 3) & ~3
+
+
+def decode_address(family: int, packed: bytes, port: int) -> tuple:
+    """(ip, port) as psutil writes it, or () for port 0 (no address), as psutil does."""
+    if not port:
+        return ()
+    return (socket.inet_ntop(family, packed[:4] if family == socket.AF_INET else packed), port)
+
+
+def decode_socket(data: bytes, offset: int, protocol: int, netns: int | None) -> Connection:
+    """One inet_diag_msg as an ownerless Connection: what the kernel reports, and no owner yet."""
+    family, state, src, dst, cookie_low, cookie_high, uid, inode = DIAG_MSG.unpack_from(data, offset)
+    sport, dport = DIAG_PORTS.unpack_from(data, offset + 4)
+    status = TCP_STATES.get(state, "NONE") if protocol == socket.IPPROTO_TCP else "NONE"
+    return Connection(-1, socket.AddressFamily(family), SOCKET_TYPES[protocol], decode_address(family, src, sport),
+                      decode_address(family, dst, dport), status, None, inode or None,
+                      cookie_low | cookie_high << 32, uid, netns)
+
+
+def socket_cookie(data: bytes, offset: int) -> bytes:
+    """The 8 bytes of an inet_diag_msg's cookie: a socket's identity, cheap to compare."""
+    return data[offset + 44:offset + 52]
+
+
+def tcp_info_bytes(data: bytes, start: int, end: int) -> tuple[int, int, int] | None:
+    """(payload sent, bytes received, bytes acked beyond payload) from the tcp_info attribute
+    of a message, or None without one. bytes_received still counts the peer's FIN, and the
+    beyond-payload count is our SYN (when we connected) plus our FIN (when it was acked)."""
+    offset = start + DIAG_MSG_SIZE
+    while offset + RTATTR.size <= end:
+        length, kind = RTATTR.unpack_from(data, offset)
+        if length < RTATTR.size:
+            return None
+        if kind == INET_DIAG_INFO and length - RTATTR.size >= 216:
+            info = offset + RTATTR.size
+            acked, received = TCP_INFO_BYTES.unpack_from(data, info + 120)
+            sent, retransmitted = TCP_INFO_SENT.unpack_from(data, info + 200)
+            payload = sent - retransmitted
+            return payload, received, acked - payload
+        offset += (length + 3) & ~3
+    return None
+
+
+class SockDiag:
+    """One NETLINK_SOCK_DIAG socket: dumps of the sockets there are, or the destroy events."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+        self.lost = 0  # events the kernel dropped (ENOBUFS): counted, never hidden
+
+    def dump(self, family: int, protocol: int, states: int = ALL_STATES, ext: int = 0) -> list[bytes]:
+        """Every socket of (family, protocol) in states, as the chunks the kernel sent."""
+        header = NLMSG_HEADER.pack(NLMSG_HEADER.size + DIAG_REQUEST.size, SOCK_DIAG_BY_FAMILY, NLM_F_DUMP_REQUEST, 0, 0)
+        self.sock.send(header + DIAG_REQUEST.pack(family, protocol, ext, 0, states))
+        chunks = []
+        while True:
+            data = self.sock.recv(RECV_SIZE)
+            chunks.append(data)
+            # The dump ends with NLMSG_DONE (20 bytes), or is refused with one NLMSG_ERROR.
+            if len(data) >= 20 and NLMSG_HEADER.unpack_from(data, len(data) - 20)[:2] == (20, NLMSG_DONE):
+                return chunks
+            if NLMSG_HEADER.unpack_from(data)[1] == NLMSG_ERROR:
+                list(netlink_messages(data))  # raises the error it carries
+                return []
+
+    def subscribe(self, groups: Iterable[int]) -> None:
+        """Join the destroy groups; events then wait in a buffer that events() empties."""
+        self.sock.bind((0, 0))
+        for option, size in ((SO_RCVBUFFORCE, EVENT_BUFFER), (socket.SO_RCVBUF, EVENT_BUFFER)):
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, option, size)
+                break
+            except OSError:
+                pass  # SO_RCVBUFFORCE needs CAP_NET_ADMIN; SO_RCVBUF is capped by net.core.rmem_max
+        for group in groups:
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+        self.sock.setblocking(False)
+
+    def events(self) -> list[tuple[bytes, int]]:
+        """What has arrived since the last call, without waiting: (data, group mask) pairs."""
+        chunks = []
+        while True:
+            try:
+                data, (_, groups) = self.sock.recvfrom(RECV_SIZE)
+                chunks.append((data, groups))
+            except BlockingIOError:
+                return chunks
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                self.lost += 1  # the kernel dropped events: at least one; the count says so
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def decode_dump(chunks: list[bytes], protocol: int, netns: int | None,
+                known: dict[bytes, Connection]) -> dict[bytes, Connection]:
+    """The sockets of a dump, by cookie and state; a socket met before is not decoded again."""
+    found = {}
+    for data in chunks:
+        for kind, start, _ in netlink_messages(data):
+            if kind == SOCK_DIAG_BY_FAMILY:
+                key = data[start + 44:start + 52] + data[start + 1:start + 2]  # cookie and state
+                found[key] = known.get(key) or decode_socket(data, start, protocol, netns)
+    return found
+
+
+class FdTable:
+    """Who holds which socket: socket inodes mapped to (pid, fd) through /proc/<pid>/fd.
+
+    A scan lists every process's fds but reads the link of an fd only the first time that
+    fd is met; search() reads the likeliest processes first and stops when every socket
+    asked for is found."""
+
+    def __init__(self, proc: str = "/proc"):
+        self.proc = proc
+        self.links: dict[int, dict[str, int | None]] = {}  # pid -> fd -> socket inode (None: not a socket)
+        self.owners: dict[int, list[tuple[int, int]]] = {}  # socket inode -> [(pid, fd)]
+        self.recent: deque[int] = deque(maxlen=32)  # pids that lately owned new sockets
+        self.known_pids: set[int] = set()
+
+    def pids(self) -> list[int]:
+        return [int(name) for name in os.listdir(self.proc) if name.isdigit()]
+
+    def scan(self) -> None:
+        """Bring the table up to date with every process: new fds read, closed fds and exited pids forgotten."""
+        pids = self.pids()
+        for pid in self.links.keys() - set(pids):
+            self._update(pid, {})
+        for pid in pids:
+            self._read(pid, reread=False)
+        self.known_pids = set(pids)
+
+    def search(self, inodes: set[int], uids: set[int] = frozenset()) -> None:
+        """Find the holders of sockets the table does not know: new processes first, then
+        those that lately owned new sockets, then those of the sockets' users, then the rest."""
+        missing = inodes - self.owners.keys()
+        if not missing:
+            return
+        pids = self.pids()
+        new = [pid for pid in pids if pid not in self.known_pids]
+        self.known_pids.update(new)
+        visited = set()
+        for pid in itertools.chain(new, reversed(self.recent), self._of_users(pids, uids), pids):
+            if pid in visited:
+                continue
+            visited.add(pid)
+            found = missing.intersection(self._read(pid, reread=True))
+            if found:
+                missing -= found
+                if pid not in self.recent:
+                    self.recent.append(pid)
+                if not missing:
+                    return
+
+    def forget(self, inodes: Iterable[int]) -> None:
+        """These sockets are closed: their fds are read again when next met, since fd numbers are reused."""
+        for inode in inodes:
+            for pid, fd in self.owners.pop(inode, ()):
+                self.links.get(pid, {}).pop(str(fd), None)
+
+    def _read(self, pid: int, reread: bool) -> list[int]:
+        """Read pid's fds (only the new ones unless reread); return the socket inodes it holds."""
+        folder = f"{self.proc}/{pid}/fd"
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            # ENOENT: it exited; EACCES: another user's, which we may not read (psutil likewise).
+            self._update(pid, {})
+            return []
+        old = self.links.get(pid, {})
+        links = {}
+        for name in names:
+            if name in old and not reread:
+                links[name] = old[name]
+                continue
+            try:
+                target = os.readlink(f"{folder}/{name}")
+            except OSError:
+                continue  # the fd was closed while we read the folder
+            links[name] = int(target[8:-1]) if target.startswith("socket:[") else None
+        self._update(pid, links)
+        return [inode for inode in links.values() if inode]
+
+    def _update(self, pid: int, links: dict[str, int | None]) -> None:
+        """Replace what pid holds, keeping the inode index in step."""
+        old = self.links.pop(pid, {})
+        for name, inode in old.items():
+            if inode and links.get(name) != inode:
+                holders = self.owners.get(inode, [])
+                if (pid, int(name)) in holders:
+                    holders.remove((pid, int(name)))
+                if not holders:
+                    self.owners.pop(inode, None)
+        for name, inode in links.items():
+            if inode and old.get(name) != inode:
+                self.owners.setdefault(inode, []).append((pid, int(name)))
+        if links:
+            self.links[pid] = links
+
+    def _of_users(self, pids: list[int], uids: set[int]) -> list[int]:
+        if not uids:
+            return []
+        theirs = []
+        for pid in pids:
+            try:
+                if os.stat(f"{self.proc}/{pid}").st_uid in uids:
+                    theirs.append(pid)
+            except OSError:
+                pass  # it exited
+        return theirs
+
+
+class KernelCounters:
+    """The kernel's counters that move when a socket opens: TCP opens (/proc/net/snmp) and
+    UDP sockets in use (/proc/net/sockstat, sockstat6), read with pread on fds kept open."""
+
+    def __init__(self, pairs: list[tuple[int, int]], proc: str = "/proc/self/net"):
+        protocols = {protocol for _, protocol in pairs}
+        files = []
+        if socket.IPPROTO_TCP in protocols:
+            files.append((f"{proc}/snmp", self._tcp_opens))
+        if socket.IPPROTO_UDP in protocols:
+            files += [(f"{proc}/sockstat", self._udp_in_use), (f"{proc}/sockstat6", self._udp_in_use)]
+        self.readers = [(os.open(path, os.O_RDONLY | os.O_CLOEXEC), parse) for path, parse in files]
+        self.last: list[int] = []
+
+    def moved(self) -> bool:
+        """True when any counter differs from the last reading (and at the first)."""
+        now = [parse(os.pread(fd, 8192, 0)) for fd, parse in self.readers]
+        moved, self.last = now != self.last, now
+        return moved
+
+    @staticmethod
+    def _tcp_opens(data: bytes) -> int:
+        values = data[data.index(b"\nTcp: ", data.index(b"Tcp: ") + 1) + 1:].split(b"\n", 1)[0].split()
+        return int(values[5]) + int(values[6])  # ActiveOpens + PassiveOpens
+
+    @staticmethod
+    def _udp_in_use(data: bytes) -> int:
+        start = data.find(b"UDP")  # "UDP: inuse N" or "UDP6: inuse N"
+        return int(data[start:].split(None, 3)[2]) if start >= 0 else 0
+
+    def close(self) -> None:
+        for fd, _ in self.readers:
+            os.close(fd)
+
+
+def netns_inode(pid: int | str = "self") -> int | None:
+    """The network namespace of pid, as `lsns -t net` numbers it."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None  # it exited, or it is not ours to inspect
+
+
+class NetlinkSource(Source):
+    """The Linux engine: sock_diag dumps, owners from /proc/<pid>/fd for sockets not met
+    before, the sockets the watcher finds between polls, and the kernel's close events."""
+
+    has_close_events = True
+
+    def __init__(self, kind: str = "inet", clock: Callable[[], float] = time.monotonic,
+                 now: Callable[[], float] = time.time):
+        super().__init__(clock)
+        self.pairs = kind_sockets(kind)
+        self.now = now
+        self.netns = netns_inode()
+        self.diag = SockDiag()
+        try:
+            self.diag.dump(*self.pairs[0], states=1 << 10)  # refused here rather than at the first poll
+        except OSError:
+            self.diag.close()
+            raise
+        self.fds = FdTable()
+        self.counters = KernelCounters(self.pairs)
+        self.records: dict[bytes, Connection] = {}  # the last full dump, by cookie and state
+        self.owned: dict[bytes, tuple[list, list[Connection]]] = {}  # a record's holders, and it once per holder
+        self.reported: set[int] = set()  # cookies the tracker has been given
+        self.unfound: set[int] = set()  # inodes searched for in vain: another user's, not ours to see
+        self.arrivals: list[tuple[Connection, float]] = []
+        self.departures: list[Closed] = []
+        self.events = SockDiag()
+        try:
+            self.events.subscribe(DESTROY_GROUPS[pair] for pair in self.pairs)
+        except OSError as exc:
+            warn(f"close events are not available ({exc.strerror}); closes are seen by polling only")
+            self.events.close()
+            self.events = None
+            self.has_close_events = False
+
+    def connections(self, kind: str) -> list[Connection]:
+        with self.lock:
+            records = self._dump(ALL_STATES, self.records)
+            self.fds.forget(r.inode for key, r in self.records.items() if r.inode and key not in records)
+            self.fds.scan()
+            inodes = {r.inode for r in records.values() if r.inode}
+            self.unfound &= inodes
+            missing = inodes - self.fds.owners.keys() - self.unfound
+            self.fds.search(missing, {r.uid for r in records.values() if r.inode in missing})
+            self.unfound |= missing - self.fds.owners.keys()
+            self.records = records
+            self.owned = {key: self._holders(key, record) for key, record in records.items()}
+            self.reported = {record.cookie for record in records.values()}
+            return [conn for _, conns in self.owned.values() for conn in conns]
+
+    def between_polls(self) -> tuple[list[tuple[Connection, float]], list[Closed]]:
+        if self.events is not None:
+            self.read_events()  # the watcher's too, now: the poll's dump must not outrun them
+        with self.lock:
+            arrivals, self.arrivals = self.arrivals, []
+            departures, self.departures = self.departures, []
+        return arrivals, departures
+
+    def watch(self) -> None:
+        """The watcher's look between polls: take the close events, and when the kernel's
+        counters moved, dump and find the owners of new sockets while they live."""
+        if self.events is not None:
+            self.read_events()
+        if not self.counters.moved():
+            return
+        with self.lock:
+            records = self._dump(OWNED_STATES, self.records)
+            new = {key: r for key, r in records.items() if r.cookie not in self.reported and r.inode}
+            if not new:
+                return
+            seen = self.now()
+            self.fds.search({r.inode for r in new.values()}, {r.uid for r in new.values()})
+            arrivals = [(conn, seen) for key, record in new.items() for conn in self._holders(key, record)[1]]
+            self.read_ahead({conn.pid for conn, _ in arrivals if conn.pid is not None})
+            self.arrivals += arrivals
+            self.reported.update(record.cookie for record in new.values())
+
+    def read_events(self) -> None:
+        """Decode the close events that have arrived."""
+        chunks = self.events.events()
+        if not chunks:
+            return
+        seen = self.now()
+        closed = []
+        for data, group in chunks:
+            family, protocol = next(pair for pair, g in DESTROY_GROUPS.items() if group == 1 << (g - 1))
+            for kind, start, end in netlink_messages(data):
+                if kind == SOCK_DIAG_BY_FAMILY:
+                    conn = decode_socket(data, start, protocol, self.netns)._replace(inode=None, uid=None)
+                    counts = tcp_info_bytes(data, start, end) if protocol == socket.IPPROTO_TCP else None
+                    sent, received, beyond = counts or (None, None, None)
+                    closed.append(Closed(conn._replace(txbytes=sent), seen, received, beyond))
+        with self.lock:
+            self.departures += closed
+
+    @property
+    def lost_events(self) -> int:
+        return self.events.lost if self.events is not None else 0
+
+    def _dump(self, states: int, known: dict[bytes, Connection]) -> dict[bytes, Connection]:
+        records = {}
+        for family, protocol in self.pairs:
+            chunks = self.diag.dump(family, protocol, states if protocol == socket.IPPROTO_TCP else ALL_STATES)
+            records.update(decode_dump(chunks, protocol, self.netns, known))
+        return records
+
+    def _holders(self, key: bytes, record: Connection) -> tuple[list, list[Connection]]:
+        """The record once per process that holds it, ownerless when none is known (as psutil lists it)."""
+        holders = self.fds.owners.get(record.inode, []) if record.inode else []
+        cached = self.owned.get(key)
+        if cached is not None and cached[0] == holders:
+            return cached
+        conns = [record._replace(pid=pid, fd=fd) for pid, fd in holders] or [record]
+        return list(holders), conns
+
+    def close(self) -> None:
+        for diag in (self.diag, self.events):
+            if diag is not None:
+                diag.close()
+        self.counters.close()
+
+
+ENGINES: dict[str, Callable[[Config], Source]] = {
+    "netlink": lambda config: NetlinkSource(config.kind),
+    "psutil": lambda config: PsutilSource(),
+}
 
 
 def open_source(config: Config) -> Source:
-    """The engine the configuration names; the one place an engine is made."""
-    return ENGINES[config.engine]()
+    """The engine the configuration names, the one place an engine is made. 'auto' is
+    netlink on Linux, and psutil with one warning where netlink is refused or missing."""
+    if config.engine != "auto":
+        try:
+            return ENGINES[config.engine](config)
+        except OSError as exc:
+            raise LognetError(f"the {config.engine} engine is not available: {exc.strerror or exc}") from None
+    if not sys.platform.startswith("linux"):
+        warn(f"the netlink engine is not available (sock_diag is Linux's, this is {sys.platform}); using psutil")
+        return ENGINES["psutil"](config)
+    try:
+        return ENGINES["netlink"](config)
+    except OSError as exc:
+        warn(f"the netlink engine is not available ({exc.strerror or exc}); using psutil, which polls only")
+        return ENGINES["psutil"](config)
 
 
 ##############################################################################
@@ -346,6 +843,22 @@ def has_public_remote_address(conn: Connection) -> bool:
     return not (conn.raddr and is_private_address(conn.raddr[0]))
 
 
+@functools.lru_cache(maxsize=4096)
+def is_loopback_address(ip: str) -> bool:
+    """True for 127.0.0.0/8, ::1, and IPv4 loopback written IPv4-mapped: '::ffff:127.0.0.1' -> True."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    return address.is_loopback or (address.version == 6 and bool(address.ipv4_mapped)
+                                   and address.ipv4_mapped.is_loopback)
+
+
+def has_remote_address_off_host(conn: Connection) -> bool:
+    """True unless the peer's address is a loopback address."""
+    return not (conn.raddr and is_loopback_address(conn.raddr[0]))
+
+
 def build_filter(config: Config) -> Callable[[Connection], bool]:
     """Return one predicate that keeps a connection when every active filter keeps it."""
     predicates = []
@@ -353,6 +866,8 @@ def build_filter(config: Config) -> Callable[[Connection], bool]:
         predicates.append(has_remote_address)
     if config.omit_privnet_conns:
         predicates.append(has_public_remote_address)
+    if config.omit_loopback_conns:
+        predicates.append(has_remote_address_off_host)
     return lambda conn: all(keep(conn) for keep in predicates)
 
 
@@ -363,13 +878,27 @@ def build_filter(config: Config) -> Callable[[Connection], bool]:
 class Sighting:
     """What the tracker remembers of one live connection."""
 
-    __slots__ = ("first_seen", "direction", "process", "orphaned")
+    __slots__ = ("first_seen", "direction", "process", "orphaned", "record", "peer_fin", "closed", "vanished")
 
-    def __init__(self, first_seen: float, direction: str | None):
+    def __init__(self, first_seen: float, direction: str | None, record: Connection):
         self.first_seen = first_seen
         self.direction = direction
         self.process: ProcessInfo | None = None  # the owner, once looked up
         self.orphaned = False  # seen with an owner before, without one now (TIME_WAIT)
+        self.record = record  # the latest record of it in a snapshot
+        # Whether the peer's FIN came before the kernel closed the socket: True once seen in a
+        # state it leads to; None while unknown.
+        self.peer_fin = True if record.status in PEER_CLOSED_STATES else None
+        self.closed: Closed | None = None  # the kernel's close of it, once reported
+        self.vanished = 0.0  # when it left the snapshot, while its close waits for the kernel's word
+
+    @property
+    def key(self) -> tuple:
+        return connection_id(self.record)
+
+
+PEER_CLOSED_STATES = frozenset(("CLOSE_WAIT", "LAST_ACK", "CLOSING"))
+ENDED_STATES = frozenset(("TIME_WAIT", "FIN_WAIT2"))  # what an active close leaves behind, ownerless
 
 
 class Tracker:
@@ -380,40 +909,114 @@ class Tracker:
     memory follows the live set, never the history.
     """
 
-    def __init__(self):
+    def __init__(self, awaits_kernel_closes: bool = False):
+        # The kernel reports a close a moment after the socket leaves its tables, so with
+        # close events a connection gone from a snapshot waits one update for its event.
+        self.awaits_kernel_closes = awaits_kernel_closes
+        self.waiting: list[Sighting] = []
         self.live: frozenset[Connection] = frozenset()
         self.sightings: dict[tuple, Sighting] = {}  # by connection_id
+        self.cookies: dict[int, list[Sighting]] = {}  # the kernel's socket cookie -> its sightings (one per holder)
         self.listening: dict[tuple, int] = {}  # (family, laddr) of live listeners: how many share it
+        self.peer_sent: dict[tuple, int] = {}  # (netns, laddr, raddr) -> payload sent, of the last two updates' closes
+        self._sent_before: dict[tuple, int] = {}
         self.updates = 0
         self.previous_time = 0.0  # when the latest snapshot was taken
         self.last_sighting = 0.0  # when the one before it was: a connection closed now was last seen then
 
-    def update(self, connections: Iterable[Connection], now: float = 0.0) -> list[ConnectionEvent]:
+    def update(self, connections: Iterable[Connection], now: float = 0.0,
+               arrivals: Iterable[tuple[Connection, float]] = (), departures: Iterable[Closed] = ()
+               ) -> list[ConnectionEvent]:
         """Return what opened, changed status or closed since the previous update.
 
-        An event's process is the owner remembered so far (None for a new connection);
-        the poller fills in the owners it looks up, through remember_owner()."""
+        arrivals are connections seen alive between two snapshots, with when; departures
+        are the kernel's closes. An event's process is the owner remembered so far (None
+        for a new connection); the poller fills in the owners it looks up, through
+        remember_owner()."""
+        self.updates += 1
+        self.last_sighting, self.previous_time = self.previous_time, now
+        events = self._admit(arrivals)
+        departures = list(departures)
+        sent = {(c.conn.netns, c.conn.laddr, c.conn.raddr): c.conn.txbytes for c in departures
+                if c.conn.txbytes is not None and c.conn.raddr}
+        self.peer_sent, self._sent_before = {**self._sent_before, **sent}, sent
+        closing, unseen = self._note_closes(departures)
         current = frozenset(connections)
         differ = current ^ self.live  # one pass that compares each record once; what differs is few
         self.live = current
-        self.updates += 1
-        self.last_sighting, self.previous_time = self.previous_time, now
-        if not differ:
-            return []
         added = [conn for conn in differ if conn in current]
-        gone = {connection_id(conn): conn for conn in differ if conn not in current}
-        by_address = {connection_address(conn): conn for conn in gone.values() if conn.raddr}
-        self._count_listeners(added, +1)  # before directions: a listener seen in this poll counts
-        events = [self._arrive(conn, gone, by_address, now) for conn in added]
-        self._count_listeners(gone.values(), -1)
-        events += [self._event("close", conn, self.sightings.pop(connection_id(conn)), self.last_sighting)
-                   for conn in gone.values()]
+        waited, self.waiting = self.waiting, []
+        if differ:
+            gone = {connection_id(conn): conn for conn in differ if conn not in current}
+            by_address = {connection_address(conn): conn for conn in gone.values() if conn.raddr}
+            self._count_listeners(added, +1)  # before directions: a listener seen in this poll counts
+            events += [self._arrive(conn, gone, by_address, now) for conn in added]
+            self._count_listeners(gone.values(), -1)
+            for key in gone:
+                sighting = self.sightings.pop(key)
+                if sighting.closed is None and self.awaits_kernel_closes and sighting.record.cookie is not None:
+                    sighting.vanished = now
+                    self.waiting.append(sighting)
+                else:
+                    events.append(self._leave(sighting, now))
+        events += [self._leave(sighting, sighting.vanished) for sighting in waited]
+        if closing or unseen:
+            ended = {connection_address(c): c.status for c in added if c.pid is None and c.status in ENDED_STATES}
+            events += [self._leave(s, s.closed.time) for s in closing if self._closed_after_the_snapshot(s)]
+            events += [self._unseen(closed, ended) for closed in unseen]
         return events
 
+    def release(self) -> list[ConnectionEvent]:
+        """The closes still waiting for the kernel's word, at exit: they closed all the same."""
+        waited, self.waiting = self.waiting, []
+        return [self._leave(sighting, sighting.vanished) for sighting in waited]
+
+    def owner(self, conn: Connection) -> ProcessInfo | None:
+        """The owner remembered for a live connection."""
+        sighting = self.sightings.get(connection_id(conn))
+        return sighting.process if sighting is not None else None
+
     def remember_owner(self, conn: Connection, process: ProcessInfo) -> ProcessInfo:
-        """Keep the owner of a live connection, for its later lines; return it."""
-        self.sightings[connection_id(conn)].process = process
+        """Keep the owner of a connection, for its later lines, while it lives; return it."""
+        sighting = self.sightings.get(connection_id(conn))
+        if sighting is not None:
+            sighting.process = process
         return process
+
+    def _admit(self, arrivals: Iterable[tuple[Connection, float]]) -> list[ConnectionEvent]:
+        """Opens for the connections found between snapshots, at the time each was seen; the
+        snapshot's diff then finds them alive or gone like any other."""
+        new = {conn: seen for conn, seen in arrivals if conn not in self.live}
+        if not new:
+            return []
+        self.live = self.live.union(new)
+        self._count_listeners(new, +1)
+        return [self._event("open", conn, self._start(conn, seen), seen, seen) for conn, seen in new.items()]
+
+    def _note_closes(self, departures: Iterable[Closed]) -> tuple[list[Sighting], list[Closed]]:
+        """Give each kernel close to the sightings of its socket; return those sightings, and
+        the closes of sockets never seen alive."""
+        closing, unseen = [], []
+        for closed in departures:
+            sightings = self.cookies.get(closed.conn.cookie)
+            if not sightings:
+                unseen.append(closed)
+            for sighting in sightings or ():
+                sighting.closed = closed
+                closing.append(sighting)
+        return closing, unseen
+
+    def _closed_after_the_snapshot(self, sighting: Sighting) -> bool:
+        """True for a socket the kernel closed that the snapshot still showed (the close came
+        after the dump): it is closed now. One that lives on as TIME_WAIT keeps waiting."""
+        record = sighting.record
+        if self.sightings.get(sighting.key) is not sighting or record.cookie != sighting.closed.conn.cookie or (
+                record.inode is None and record.status in ENDED_STATES):  # TIME_WAIT keeps the cookie
+            return False
+        del self.sightings[sighting.key]
+        self.live = self.live - {sighting.record}
+        self._count_listeners([sighting.record], -1)
+        return True
 
     def _arrive(self, conn: Connection, gone: dict[tuple, Connection], by_address: dict[tuple, Connection],
                 now: float) -> ConnectionEvent:
@@ -428,10 +1031,55 @@ class Tracker:
             else:
                 self.sightings[connection_id(old)].orphaned = conn.pid is None
         if old is None:
-            sighting = self.sightings[connection_id(conn)] = Sighting(now, self.direction(conn))
-            return self._event("open", conn, sighting, now)
-        sighting = self.sightings[connection_id(conn)] = self.sightings.pop(connection_id(old))
-        return self._event("state", conn, sighting, now)
+            return self._event("open", conn, self._start(conn, now), now, now)
+        sighting = self.sightings.pop(connection_id(old))
+        sighting.record = conn
+        if conn.status in PEER_CLOSED_STATES:
+            sighting.peer_fin = True
+        elif sighting.peer_fin is None and conn.pid is None and conn.status in ENDED_STATES:
+            sighting.peer_fin = ended_after_peer_fin(conn.status)
+        self.sightings[connection_id(conn)] = sighting
+        return self._event("state", conn, sighting, now, now)
+
+    def _start(self, conn: Connection, first_seen: float) -> Sighting:
+        sighting = self.sightings[connection_id(conn)] = Sighting(first_seen, self.direction(conn), conn)
+        if conn.cookie is not None:
+            self.cookies.setdefault(conn.cookie, []).append(sighting)
+        return sighting
+
+    def _leave(self, sighting: Sighting, now: float) -> ConnectionEvent:
+        """The close of a connection that has left the live set: gone from the snapshot, or
+        closed by the kernel, which then says when, and with how many bytes."""
+        others = self.cookies.pop(sighting.record.cookie, [])
+        if len(others) > 1:  # the same socket, held by other processes too
+            self.cookies[sighting.record.cookie] = [s for s in others if s is not sighting]
+        conn, closed = sighting.record, sighting.closed
+        if closed is None:
+            return self._event("close", conn, sighting, max(self.last_sighting, sighting.first_seen), now)
+        conn = conn._replace(txbytes=closed.conn.txbytes,
+                             rxbytes=self._received(conn, closed, sighting.peer_fin, sighting.direction))
+        return self._event("close", conn, sighting, max(closed.time, sighting.first_seen), closed.time)._replace(
+            kernel_close=True)
+
+    def _unseen(self, closed: Closed, ended: dict[tuple, str]) -> ConnectionEvent:
+        """The close of a socket lognet never saw alive: its addresses, bytes and time, no owner."""
+        conn = closed.conn
+        direction = "in" if conn.laddr and self._is_listening(conn.family, conn.laddr) else None
+        left = ended.get(connection_address(conn))
+        peer_fin = None if left is None else ended_after_peer_fin(left)
+        conn = conn._replace(rxbytes=self._received(conn, closed, peer_fin, direction))
+        return ConnectionEvent("close", conn, None, closed.time, closed.time, direction, "unseen", closed.time, True)
+
+    def _received(self, conn: Connection, closed: Closed, peer_fin: bool | None, direction: str | None) -> int | None:
+        """The payload a closed TCP socket received. When the other end is on this host too,
+        that is exactly what it sent; else tcp_info's bytes_received, less the peer's FIN
+        when it came before the close."""
+        peer = self.peer_sent.get((conn.netns, conn.raddr, conn.laddr)) if conn.raddr else None
+        if peer is not None or closed.received is None:
+            return peer
+        if peer_fin is None:
+            peer_fin = received_fin(closed, direction)
+        return closed.received - 1 if peer_fin and closed.received > 0 else closed.received
 
     def _count_listeners(self, conns: Iterable[Connection], step: int) -> None:
         for conn in conns:
@@ -443,14 +1091,18 @@ class Tracker:
                 else:
                     del self.listening[address]
 
+    def _is_listening(self, family: int, laddr: tuple) -> bool:
+        wildcard = ("0.0.0.0" if family == socket.AF_INET else "::", laddr[1])
+        return (family, laddr) in self.listening or (family, wildcard) in self.listening
+
     @staticmethod
-    def _event(event: str, conn: Connection, sighting: Sighting, seen: float) -> ConnectionEvent:
+    def _event(event: str, conn: Connection, sighting: Sighting, seen: float, time: float) -> ConnectionEvent:
         if conn.pid is not None:
             process, attrib = sighting.process, "pid"
         else:
             process = sighting.process if sighting.orphaned else None
             attrib = "orphan" if sighting.orphaned or conn.status == TIME_WAIT else "hidden"
-        return ConnectionEvent(event, conn, process, sighting.first_seen, seen, sighting.direction, attrib)
+        return ConnectionEvent(event, conn, process, sighting.first_seen, seen, sighting.direction, attrib, time)
 
     def direction(self, conn: Connection) -> str | None:
         """'listen', 'in' (to a local listener), 'out' (this host connected), or None when unknown."""
@@ -458,12 +1110,29 @@ class Tracker:
             return "listen"
         if not conn.raddr:
             return None  # an unconnected UDP socket
-        wildcard = ("0.0.0.0" if conn.family == socket.AF_INET else "::", conn.laddr[1])
-        if (conn.family, conn.laddr) in self.listening or (conn.family, wildcard) in self.listening:
+        if self._is_listening(conn.family, conn.laddr):
             return "in"
         if conn.type == socket.SOCK_DGRAM or conn.status == SYN_SENT or self.updates > 1:
             return "out"
         return None  # already established when lognet started, and no listener known: either way
+
+
+def ended_after_peer_fin(status: str) -> bool:
+    """What the ownerless socket an active close leaves says of the peer's FIN: FIN_WAIT2
+    means it had not come when the kernel closed the socket; TIME_WAIT that it came, most
+    likely before (a peer that closes at once acks our FIN with its own)."""
+    return status == TIME_WAIT
+
+
+def received_fin(closed: Closed, direction: str | None) -> bool:
+    """Whether the peer's FIN came before the kernel closed a socket that left nothing
+    behind: a passive close, which ends when our FIN is acked. bytes_acked counts it beyond
+    the payload, after our SYN when we connected; a reset acks no FIN, and ends without
+    the peer's."""
+    if closed.acked_beyond is None:
+        return False
+    syn = 1 if direction == "out" or closed.acked_beyond >= 2 else 0
+    return closed.acked_beyond - syn >= 1
 
 
 def connection_order(conn: Connection) -> tuple:
@@ -577,6 +1246,8 @@ EVENT_VALUES: dict[str, Callable[[ConnectionEvent], object]] = {
     "attrib": lambda e: e.attrib,
     "firstseen": lambda e: e.first_seen,
     "duration": lambda e: e.duration,
+    "txbytes": lambda e: e.conn.txbytes,
+    "rxbytes": lambda e: e.conn.rxbytes,
 }
 
 
@@ -591,28 +1262,31 @@ class W3CFormat:
         self.fields = fields
         self.utc = utc
         self.decimals = duration_decimals(interval)
+        self._second, self._second_text = None, ""
 
     @functools.cached_property
-    def _columns(self) -> list[Callable[[ConnectionEvent, str], str]]:
+    def _columns(self) -> list[Callable[[ConnectionEvent], str]]:
         """What writes each field of a connection line: its escaped value, but for these."""
         utc, decimals = self.utc, self.decimals
         special = {
-            "timestamp": lambda e, timestamp: timestamp,  # formatted once per poll
-            "upid": lambda e, timestamp: format_upid(e.process),  # escaped by format_upid
-            "firstseen": lambda e, timestamp: format_timestamp(e.first_seen, utc),
-            "duration": lambda e, timestamp: "-" if e.duration is None else f"{e.duration:.{decimals}f}",
+            "timestamp": lambda e: self.timestamp(e.time),
+            "upid": lambda e: format_upid(e.process),  # escaped by format_upid
+            "firstseen": lambda e: format_timestamp(e.first_seen, utc),
+            "duration": lambda e: "-" if e.duration is None else f"{e.duration:.{decimals}f}",
         }
-        return [special.get(field) or (lambda e, timestamp, value=EVENT_VALUES[field]: format_field(value(e)))
+        return [special.get(field) or (lambda e, value=EVENT_VALUES[field]: format_field(value(e)))
                 for field in self.fields]
 
     def timestamp(self, epoch: float) -> str:
-        return format_timestamp(epoch, self.utc)
+        if int(epoch) != self._second:  # a poll's lines mostly share their second: format it once
+            self._second, self._second_text = int(epoch), format_timestamp(epoch, self.utc)
+        return self._second_text
 
     def header(self, epoch: float) -> list[str]:
         return format_header(self.fields, epoch, self.utc)
 
-    def connection(self, event: ConnectionEvent, timestamp: str) -> str:
-        return " ".join([column(event, timestamp) for column in self._columns])
+    def connection(self, event: ConnectionEvent) -> str:
+        return " ".join([column(event) for column in self._columns])
 
     def process(self, process: ProcessInfo, timestamp: str) -> str:
         return format_process(process, timestamp)
@@ -621,10 +1295,16 @@ class W3CFormat:
         return f"#Remark: {text}"
 
     def stats(self, stats: dict, epoch: float) -> str:
-        coverage = "-" if stats["coverage"] is None else f"{stats['coverage']:.3f}"
-        opens = "-" if stats["tcp_opens"] is None else stats["tcp_opens"]
-        return self.remark(f"coverage {coverage} (kernel TCP opens {opens}, seen {stats['tcp_seen']}); "
-                           f"polls {stats['polls']}; average poll {stats['avg_poll_ms']:.1f} ms; "
+        coverage = stats["coverage"]
+        if isinstance(coverage, dict):  # the kernel's closes, per protocol
+            text = "; ".join(f"{protocol} {c['ratio']:.3f} (closed {c['closed']}, with process {c['with_process']}, "
+                             f"without {c['without']})" for protocol, c in coverage.items()) or "- (closed 0)"
+            text += f"; close events lost {stats['lost_events']}" if stats["lost_events"] else ""
+        else:
+            ratio = "-" if coverage is None else f"{coverage:.3f}"
+            opens = "-" if stats["tcp_opens"] is None else stats["tcp_opens"]
+            text = f"{ratio} (kernel TCP opens {opens}, seen {stats['tcp_seen']})"
+        return self.remark(f"coverage {text}; polls {stats['polls']}; average poll {stats['avg_poll_ms']:.1f} ms; "
                            f"late lines {stats['late']}; dropped lines {stats['dropped']}", epoch)
 
 
@@ -641,15 +1321,18 @@ class JsonLinesFormat:
             "duration": lambda e: None if e.duration is None else round(e.duration, decimals),
         }
         self._values = [(field, special.get(field, value)) for field, value in EVENT_VALUES.items()]
+        self._epoch, self._epoch_text = None, ""
 
     def timestamp(self, epoch: float) -> str:
-        return format_iso_timestamp(epoch, self.utc)
+        if epoch != self._epoch:  # a poll's lines mostly share their time: format it once
+            self._epoch, self._epoch_text = epoch, format_iso_timestamp(epoch, self.utc)
+        return self._epoch_text
 
     def header(self, epoch: float) -> list[str]:
         return []
 
-    def connection(self, event: ConnectionEvent, timestamp: str) -> str:
-        return self._line({"ts": timestamp, **{field: value(event) for field, value in self._values}})
+    def connection(self, event: ConnectionEvent) -> str:
+        return self._line({"ts": self.timestamp(event.time), **{field: value(event) for field, value in self._values}})
 
     def process(self, process: ProcessInfo, timestamp: str) -> str:
         return self._line({
@@ -1032,7 +1715,7 @@ class Poller:
         self.outputs = outputs
         self.now = now
         self.clock = clock
-        self.tracker = Tracker()
+        self.tracker = Tracker(awaits_kernel_closes=source.has_close_events)
         self.keep = build_filter(config)
         # With only the original fields, lognet writes what it always wrote: no close lines,
         # no owner carried into TIME_WAIT, no statistics unless asked for.
@@ -1042,6 +1725,7 @@ class Poller:
         self.next_stats = clock() + (self.stats_every or 0)
         self.tcp_opens_at_start: int | None = None
         self.tcp_seen = 0  # TCP connections first seen after the first poll
+        self.closes: dict[str, list[int]] = {}  # protocol -> the kernel's closes [with process, without]
         self.polls = 0
         self.lines = 0  # lines given to the logs, both streams
         self.poll_seconds = 0.0
@@ -1050,13 +1734,14 @@ class Poller:
     def poll(self) -> int:
         """Run one poll and return the number of connection lines it wrote."""
         started = self.clock()
-        if self.polls == 0 and self.stats_every:
+        if self.polls == 0 and self.stats_every and not self.source.has_close_events:
             self.tcp_opens_at_start = self.source.tcp_opens()
             if self.tcp_opens_at_start is None:
                 warn(f"coverage is not available on this system (no TCP counters in {SNMP})")
         now = self.now()
-        events, new_processes = self.logged_events(self.tracker.update(self.source.connections(self.config.kind), now))
-        self.count_seen(events)
+        snapshot = self.source.connections(self.config.kind)
+        arrivals, departures = self.source.between_polls()  # after the dump: a close it missed is here
+        events, new_processes = self.logged_events(self.tracker.update(snapshot, now, arrivals, departures))
         self.write(events, new_processes, now)
         self.polls += 1
         self.last_poll_seconds = self.clock() - started
@@ -1068,25 +1753,40 @@ class Poller:
 
     def logged_events(self, events: list[ConnectionEvent]) -> tuple[list[ConnectionEvent], list[ProcessInfo]]:
         """The events the filters keep, in line order, each with its owner; and the owners
-        that lognet had not met before."""
-        logged = [e for e in events if (self.logs_closes or e.event != "close") and self.keep(e.conn)]
-        logged.sort(key=lambda event: connection_order(event.conn))
+        that lognet had not met before. Close lines are lifecycle lines, but for a socket
+        never seen alive: its close is all there is of it."""
+        kept = [e for e in events if self.keep(e.conn)]
+        kept.sort(key=lambda event: connection_order(event.conn))
         owners, new_processes = self.source.processes(
-            {e.conn.pid for e in logged if e.conn.pid is not None and e.event != "close"})
-        return [self.attribute(event, owners) for event in logged], new_processes
+            {e.conn.pid for e in kept if e.conn.pid is not None and (e.event != "close" or e.process is None)})
+        # Owned events first: they teach the tracker the owners that TIME_WAIT lines carry on.
+        owned = {i: self.attribute(e, owners) for i, e in enumerate(kept) if e.conn.pid is not None}
+        kept = [owned[i] if i in owned else self.attribute(e, owners) for i, e in enumerate(kept)]
+        self.count_seen(kept)
+        return [e for e in kept if self.logs_closes or e.event != "close" or e.attrib == "unseen"], new_processes
 
     def attribute(self, event: ConnectionEvent, owners: dict[int, ProcessInfo]) -> ConnectionEvent:
         """The event with the owner looked up in this poll; a close whose owner has died is an orphan."""
         conn = event.conn
         if conn.pid is None:
             # Only lifecycle lines carry an owner into TIME_WAIT; the original eight fields never did.
-            return event if self.lifecycle_fields else event._replace(process=None)
+            if not self.lifecycle_fields:
+                return event._replace(process=None)
+            return event if event.attrib != "orphan" or event.process else event._replace(
+                process=self.tracker.owner(conn))
         if event.event != "close":
             return event._replace(process=self.tracker.remember_owner(conn, owners[conn.pid]))
+        if event.process is None:  # found and closed between two polls
+            event = event._replace(process=owners[conn.pid])
         return event if self.source.is_running(event.process) else event._replace(attrib="orphan")
 
     def count_seen(self, events: list[ConnectionEvent]) -> None:
-        """Count the TCP connections seen opening, for coverage."""
+        """Count, for coverage, the TCP connections seen opening (against the kernel's open
+        counter), and the kernel's closes logged with and without their process."""
+        for e in events:
+            if e.kernel_close:
+                counts = self.closes.setdefault(PROTOCOLS[e.conn.type].lower(), [0, 0])
+                counts[e.process is None or e.attrib == "unseen"] += 1
         if self.polls > 0:  # the first poll finds what was open before the kernel counters were read
             self.tcp_seen += sum(1 for e in events if e.event == "open" and e.conn.type == socket.SOCK_STREAM
                                  and e.conn.raddr)
@@ -1097,21 +1797,29 @@ class Poller:
         connections, processes = self.outputs
         timestamp = processes.format.timestamp(now)
         process_lines = [processes.format.process(process, timestamp) for process in new_processes]
-        timestamp = connections.format.timestamp(now)
-        connection_lines = [connections.format.connection(event, timestamp) for event in events]
+        connection_lines = [connections.format.connection(event) for event in events]
         processes.write(process_lines)
         connections.write(connection_lines)
         self.lines += len(process_lines) + len(connection_lines)
 
     def stats(self) -> dict:
-        """Coverage and health since the start: kernel TCP opens against connections seen."""
-        opens = self.source.tcp_opens()
-        kernel = None if opens is None or self.tcp_opens_at_start is None else opens - self.tcp_opens_at_start
+        """Coverage and health since the start. Coverage is exact where the kernel reports
+        closes: of the sockets it closed, those logged with their process. Elsewhere it is
+        the kernel's TCP open counter against the connections seen opening."""
+        if self.source.has_close_events:
+            coverage = {"coverage": {protocol: {"ratio": round(with_process / (with_process + without), 4),
+                                                "closed": with_process + without, "with_process": with_process,
+                                                "without": without}
+                                     for protocol, (with_process, without) in sorted(self.closes.items())},
+                        "lost_events": self.source.lost_events}
+        else:
+            opens = self.source.tcp_opens()
+            kernel = None if opens is None or self.tcp_opens_at_start is None else opens - self.tcp_opens_at_start
+            coverage = {"coverage": round(self.tcp_seen / kernel, 4) if kernel else None, "tcp_opens": kernel,
+                        "tcp_seen": self.tcp_seen}
         late = sum(sink.total_late for sink in self.outputs.all())
         dropped = sum(sink.total_dropped + sink.dropped for sink in self.outputs.all())
-        return {"coverage": round(self.tcp_seen / kernel, 4) if kernel else None, "tcp_opens": kernel,
-                "tcp_seen": self.tcp_seen, "polls": self.polls,
-                "avg_poll_ms": round(self.poll_seconds / max(1, self.polls) * 1e3, 3),
+        return {**coverage, "polls": self.polls, "avg_poll_ms": round(self.poll_seconds / max(1, self.polls) * 1e3, 3),
                 "late": late, "dropped": dropped, "held": sum(len(sink.pending) for sink in self.outputs.all())}
 
     def write_stats(self) -> None:
@@ -1120,7 +1828,10 @@ class Poller:
         self.lines += 1
 
     def finish(self) -> None:
-        """At exit: the last statistics. Connections still open get no close line: they did not close."""
+        """At exit: the closes still waiting for the kernel's word, and the last statistics.
+        Connections still open get no close line: they did not close."""
+        events, new_processes = self.logged_events(self.tracker.release())
+        self.write(events, new_processes, self.now())
         if self.stats_every and self.polls:
             self.write_stats()
 
@@ -1133,6 +1844,35 @@ class Poller:
         """Close every output."""
         for sink in self.outputs.all():
             sink.close()
+
+
+class Watcher:
+    """Calls source.watch() every `every` seconds in a thread of its own, between polls,
+    so that a slow log or syslog write never holds it up."""
+
+    def __init__(self, source: NetlinkSource, every: float):
+        self.source = source
+        self.every = every
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="lognet-watcher", daemon=True)
+        self.failure: str | None = None
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self.stopping.wait(self.every):
+            try:
+                self.source.watch()
+            except (OSError, psutil.Error) as exc:
+                # A look that failed is lost, not the watcher: the next poll reconciles.
+                if str(exc) != self.failure:
+                    self.failure = str(exc)
+                    warn(f"the watcher's look between polls failed: {exc}")
 
 
 class StatusLine:
@@ -1262,6 +2002,17 @@ def field_list(text: str) -> tuple[str, ...]:
     return fields
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number, zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number above zero."""
     try:
@@ -1302,6 +2053,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="omits connections without remote address")
     parser.add_argument("--omit-privnet-conns", action="store_true",
                         help="omits connections to private networks (RFC 1918, also IPv4-mapped IPv6)")
+    parser.add_argument("--omit-loopback-conns", action="store_true",
+                        help="omits connections to loopback addresses (127.0.0.0/8, ::1, ::ffff:127.x)")
+    parser.add_argument("--engine", choices=("auto", "netlink", "psutil"), default="auto",
+                        help="how sockets are found: netlink (Linux's sock_diag, with a watcher between polls and "
+                             "the kernel's close events), psutil (net_connections(), polls only, everywhere); "
+                             "auto: netlink on Linux, else psutil (default)")
+    parser.add_argument("--watch", type=non_negative_float, default=DEFAULT_WATCH, metavar="SECONDS",
+                        help=f"netlink engine: look for new sockets and their owners this often between polls "
+                             f"(default {DEFAULT_WATCH:g}; 0: no watcher, polls only)")
     parser.add_argument("-n", "--count", type=positive_int, metavar="N",
                         help="stop after N polls and exit 0 (default: run until stopped)")
     parser.add_argument("--utc", action="store_true", help="timestamps in UTC instead of local time")
@@ -1331,8 +2091,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, tuple[bool, bool]
         interval=args.interval,
         count=args.count,
         kind=KINDS[(args.ip_version, args.protocol)],
+        engine=args.engine,
+        watch=args.watch,
         omit_self_conns=args.omit_self_conns,
         omit_privnet_conns=args.omit_privnet_conns,
+        omit_loopback_conns=args.omit_loopback_conns,
         connections_log=args.connections_log or DEFAULT_CONNECTIONS_LOG,
         processes_log=args.processes_log or DEFAULT_PROCESSES_LOG,
         utc=args.utc,
@@ -1357,13 +2120,22 @@ def main(argv: list[str] | None = None) -> int:
     signals.install()
     try:
         outputs = open_outputs(config, defaulted)
-        poller = Poller(config, open_source(config), outputs)
+        source = open_source(config)
+        poller = Poller(config, source, outputs)
+        watcher = Watcher(source, config.watch) if config.watch and isinstance(source, NetlinkSource) else None
         status = StatusLine(sys.stderr, outputs) if sys.stderr.isatty() and not config.quiet else None
         try:
+            if watcher:
+                watcher.start()
             run(config, poller, signals=signals, status=status)
+            if watcher:
+                watcher.stop()
             poller.finish()
         finally:
+            if watcher:
+                watcher.stop()
             poller.close()
+            source.close()
             if status:
                 status.close(poller)
     except LognetError as exc:

@@ -261,7 +261,7 @@ class FakeClock:
         self.now += seconds
 
 
-class ScriptedSource:
+class ScriptedSource(lognet.Source):
     """A source that returns one prepared snapshot per poll; a poll can cost clock time.
 
     known maps pid to ProcessInfo; reuse maps a poll index to processes that replace
@@ -269,6 +269,7 @@ class ScriptedSource:
     (default: every known pid)."""
 
     def __init__(self, snapshots, processes, clock=None, cost=0.0):
+        super().__init__()
         self.snapshots = list(snapshots)
         self.known = dict(processes)
         self.clock, self.cost = clock, cost

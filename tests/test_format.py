@@ -10,10 +10,15 @@ from conftest import make_conn
 TS = "2026-11-27|07:30:00"
 
 
+EPOCH_TS = 1795763232.0  # 2026-11-27 07:07:12 UTC
+
+
 def format_connection(conn, process, timestamp):
-    """A connections.log line with the original eight fields, for an open of conn."""
-    event = lognet.ConnectionEvent("open", conn, process, 0.0, 0.0, None, "pid")
-    return lognet.W3CFormat(lognet.CONNECTION_FIELDS).connection(event, timestamp)
+    """A connections.log line with the original eight fields, for an open of conn at EPOCH_TS."""
+    event = lognet.ConnectionEvent("open", conn, process, EPOCH_TS, EPOCH_TS, None, "pid", EPOCH_TS)
+    line = lognet.W3CFormat(lognet.CONNECTION_FIELDS, utc=True).connection(event)
+    assert line.startswith("2026-11-27|07:07:12 ")
+    return timestamp + line[len("2026-11-27|07:07:12"):]
 
 
 @pytest.mark.parametrize("text, expected", [

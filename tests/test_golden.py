@@ -61,8 +61,8 @@ TCP_OPENS = [100, 107, 109]  # the kernel's counter: at the first poll, at the r
 
 RUNS = {
     "w3c default fields": {},
-    "w3c every field, utc, -i 0.2": {"utc": True, "interval": 0.2,
-                                     "fields": lognet.CONNECTION_FIELDS + lognet.EXTRA_FIELDS},
+    "w3c every field, utc, -i 0.2": {"utc": True, "interval": 0.2, "fields": lognet.CONNECTION_FIELDS + (
+        "event", "duration", "direction", "family", "user", "exe", "attrib", "firstseen")},
     "w3c chosen fields": {"fields": ("upid", "lport", "event", "duration", "attrib")},
     "w3c filters, tcp": {"omit_self_conns": True, "omit_privnet_conns": True, "kind": "tcp",
                          "fields": lognet.CONNECTION_FIELDS + ("event", "attrib")},

@@ -65,7 +65,7 @@ def test_chosen_subset_and_bad_names(tmp_path, holder):
     assert f"{upid_of(h.pid, 'lnsubset')} {h.info['port']} listen" in data_lines(clog)
     for bad, message in (("+bogus", "unknown field 'bogus' (choose from timestamp, prot, laddr, lport, raddr, "
                                     "rport, status, upid, event, duration, direction, family, user, exe, attrib, "
-                                    "firstseen)"),
+                                    "firstseen, txbytes, rxbytes)"),
                          ("upid,upid", "each field once, at least one: 'upid,upid'")):
         result = subprocess.run(lognet_command("--fields", bad), capture_output=True, text=True, timeout=30)
         assert result.returncode == 2
@@ -179,11 +179,12 @@ def test_close_after_the_process_died_is_orphan(tmp_path, holder, background):
     assert closes and all(r["attrib"] == "orphan" and r["upid"].startswith("lndies|") for r in closes)
 
 
-def test_coverage_matches_what_was_logged_in_a_private_namespace(tmp_path, background):
+def test_psutil_coverage_matches_what_was_logged_in_a_private_namespace(tmp_path, background):
     require_root("unshare -n: a network namespace where only the test opens connections")
     record = tmp_path / "churn.txt"
     interval = 0.2
-    ln = background("-i", interval, "-p", "tcp", "--fields", "+event,attrib", "--stats-interval", "600",
+    ln = background("--engine", "psutil", "-i", interval, "-p", "tcp", "--fields", "+event,attrib",
+                    "--stats-interval", "600",
                     prefix=("unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"))
     clog = ln.clog
     try:

@@ -58,7 +58,7 @@ def test_jsonl_objects_carry_every_field(tmp_path, holder):
                          "raddr": None, "rport": None, "status": "LISTEN", "pid": h.pid, "name": "lnjson",
                          "create_time": process.create_time(), "upid": upid, "user": process.username(),
                          "exe": os.path.realpath(sys.executable), "direction": "listen", "attrib": "pid",
-                         "duration": None}
+                         "duration": None, "txbytes": None, "rxbytes": None}
     ours = [p for p in processes if p["pid"] == h.pid]
     assert len(ours) == 1
     assert ISO.match(ours[0].pop("ts"))

@@ -11,8 +11,8 @@ import lognet
 def test_psutil_engine_maps_each_sconn_field_by_field(tcp_pair):
     listener, client, server = tcp_pair
     port = client.getsockname()[1]
-    conns = [c for c in lognet.PsutilSource().connections("tcp4") if c.laddr and c.laddr[1] == port]
-    sconns = [c for c in psutil.net_connections("tcp4") if c.laddr and c.laddr[1] == port]
+    conns = [c for c in lognet.PsutilSource().connections("tcp4") if c.fd == client.fileno() and c.pid == os.getpid()]
+    sconns = [c for c in psutil.net_connections("tcp4") if c.fd == client.fileno() and c.pid == os.getpid()]
     assert len(conns) == len(sconns) == 1
     conn, sconn = conns[0], sconns[0]
     assert isinstance(conn, lognet.Connection)
@@ -25,8 +25,15 @@ def test_psutil_engine_maps_each_sconn_field_by_field(tcp_pair):
 
 
 def test_engines_are_made_in_one_place_from_the_table():
-    assert lognet.ENGINES == {"psutil": lognet.PsutilSource}
-    assert type(lognet.open_source(lognet.Config())) is lognet.PsutilSource
+    assert set(lognet.ENGINES) == {"netlink", "psutil"}
+    assert type(lognet.open_source(lognet.Config(engine="psutil"))) is lognet.PsutilSource
+    netlink = lognet.open_source(lognet.Config(engine="netlink"))
+    try:
+        assert type(netlink) is lognet.NetlinkSource
+        assert netlink.pairs == [(socket.AF_INET, socket.IPPROTO_TCP), (socket.AF_INET6, socket.IPPROTO_TCP),
+                                 (socket.AF_INET, socket.IPPROTO_UDP), (socket.AF_INET6, socket.IPPROTO_UDP)]
+    finally:
+        netlink.close()
 
 
 def test_process_details_of_this_process():
