@@ -691,7 +691,7 @@ class NetlinkSource(Source):
         self.counters = KernelCounters(self.pairs)
         self.records: dict[bytes, Connection] = {}  # the last full dump, by cookie and state
         self.owned: dict[bytes, tuple[list, list[Connection]]] = {}  # a record's holders, and it once per holder
-        self.reported: set[int] = set()  # cookies the tracker has been given
+        self.reported: set[int] | None = None  # cookies the tracker has been given; None before the first poll
         self.unfound: set[int] = set()  # inodes searched for in vain: another user's, not ours to see
         self.arrivals: list[tuple[Connection, float]] = []
         self.departures: list[Closed] = []
@@ -732,8 +732,8 @@ class NetlinkSource(Source):
         counters moved, dump and find the owners of new sockets while they live."""
         if self.events is not None:
             self.read_events()
-        if not self.counters.moved():
-            return
+        if self.reported is None or not self.counters.moved():
+            return  # before the first poll, everything would be new: the poll finds it
         with self.lock:
             records = self._dump(OWNED_STATES, self.records)
             new = {key: r for key, r in records.items() if r.cookie not in self.reported and r.inode}
@@ -1058,8 +1058,12 @@ class Tracker:
             return self._event("close", conn, sighting, max(self.last_sighting, sighting.first_seen), now)
         conn = conn._replace(txbytes=closed.conn.txbytes,
                              rxbytes=self._received(conn, closed, sighting.peer_fin, sighting.direction))
-        return self._event("close", conn, sighting, max(closed.time, sighting.first_seen), closed.time)._replace(
-            kernel_close=True)
+        if conn.status in ENDED_STATES and conn.inode is None:
+            # The kernel's word came as the socket went into TIME_WAIT: the connection ends with that, now.
+            last_seen, time = max(self.last_sighting, sighting.first_seen), now
+        else:
+            last_seen, time = max(closed.time, sighting.first_seen), closed.time
+        return self._event("close", conn, sighting, last_seen, time)._replace(kernel_close=True)
 
     def _unseen(self, closed: Closed, ended: dict[tuple, str]) -> ConnectionEvent:
         """The close of a socket lognet never saw alive: its addresses, bytes and time, no owner."""
@@ -1830,8 +1834,13 @@ class Poller:
     def finish(self) -> None:
         """At exit: the closes still waiting for the kernel's word, and the last statistics.
         Connections still open get no close line: they did not close."""
-        events, new_processes = self.logged_events(self.tracker.release())
-        self.write(events, new_processes, self.now())
+        now = self.now()
+        arrivals, departures = self.source.between_polls()
+        # What the watcher found since the last poll, and the kernel's closes: with no new dump,
+        # the live set stands in for one.
+        still = self.tracker.live.union(conn for conn, _ in arrivals)
+        events = self.tracker.update(still, now, arrivals, departures) + self.tracker.release()
+        self.write(*self.logged_events(events), now)
         if self.stats_every and self.polls:
             self.write_stats()
 

@@ -190,6 +190,12 @@ def holder():
         h.stop()
 
 
+@pytest.fixture(params=["netlink", "psutil"])
+def engine(request):
+    """Each engine in turn: the tests that take this fixture run against both."""
+    return request.param
+
+
 @pytest.fixture
 def tcp_pair():
     """A real established TCP pair on loopback: (listener, client, server)."""

@@ -21,6 +21,9 @@ from conftest import run_lognet
     (["-n", "1.5"], "argument -n/--count: not a whole number: '1.5'"),
     (["--interval"], "argument -i/--interval: expected one argument"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--engine", "x"], "argument --engine: invalid choice: 'x' (choose from 'auto', 'netlink', 'psutil')"),
+    (["--watch", "-1"], "argument --watch: must be 0 or more: '-1'"),
+    (["--watch", "x"], "argument --watch: not a number: 'x'"),
 ])
 def test_bad_value_is_one_line_and_exit_2(argv, message):
     result = run_lognet(*argv, "-clog", "/nonexistent/c.log", "-plog", "/nonexistent/p.log")

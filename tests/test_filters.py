@@ -18,6 +18,22 @@ def test_is_private_address(ip, private):
     assert lognet.is_private_address(ip) is private
 
 
+@pytest.mark.parametrize("ip, loopback", [
+    ("127.0.0.1", True), ("127.255.0.9", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("128.0.0.1", False), ("::2", False), ("::ffff:10.0.0.1", False), ("192.0.2.1", False), ("bogus", False),
+])
+def test_is_loopback_address(ip, loopback):
+    assert lognet.is_loopback_address(ip) is loopback
+
+
+def test_omit_loopback_conns_drops_loopback_peers_only():
+    keep = lognet.build_filter(config(omit_loopback_conns=True))
+    assert not keep(make_conn(raddr=("127.0.0.1", 80), status="ESTABLISHED"))
+    assert not keep(make_conn(("::1", 5), ("::ffff:127.0.0.2", 80), "ESTABLISHED", family=socket.AF_INET6))
+    assert keep(make_conn(("127.0.0.1", 80)))  # a listener has no peer: it stays
+    assert keep(make_conn(raddr=("198.51.100.7", 443), status="ESTABLISHED"))
+
+
 def config(**kw):
     return lognet.Config(**kw)
 

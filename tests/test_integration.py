@@ -17,11 +17,11 @@ def fields_of(lines, *ports):
     return [line.split(" ")[1:] for line in lines if {line.split(" ")[3], line.split(" ")[5]} & wanted]
 
 
-def test_real_process_lines_status_change_and_no_duplicates(tmp_path, holder):
+def test_real_process_lines_status_change_and_no_duplicates(tmp_path, holder, engine):
     h = holder("--name", "lnholder", "--udp6", "lognet-integration-tag")
     clog, plog = tmp_path / "connections.log", tmp_path / "processes.log"
     started = time.time()
-    lognet = subprocess.Popen(lognet_command("-i", "0.2", "-n", "25", "-clog", clog, "-plog", plog),
+    lognet = subprocess.Popen(lognet_command("--engine", engine, "-i", "0.2", "-n", "25", "-clog", clog, "-plog", plog),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         port, client = h.info["port"], h.info["client_port"]
@@ -61,12 +61,12 @@ def test_real_process_lines_status_change_and_no_duplicates(tmp_path, holder):
     assert started - 1 <= first <= time.time()
 
 
-def test_restart_appends_a_second_header_block(tmp_path, holder):
+def test_restart_appends_a_second_header_block(tmp_path, holder, engine):
     h = holder("--name", "lnrestart")
     clog, plog = tmp_path / "connections.log", tmp_path / "processes.log"
     for _ in range(2):
-        result = subprocess.run(lognet_command("-n", "1", "-p", "tcp", "-clog", clog, "-plog", plog),
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(lognet_command("--engine", engine, "-n", "1", "-p", "tcp", "-clog", clog,
+                                               "-plog", plog), capture_output=True, text=True, timeout=60)
         assert (result.returncode, result.stderr) == (0, "")
     for path, fields in ((clog, CONNECTION_HEADER), (plog, PROCESS_HEADER)):
         lines = read_lines(path)

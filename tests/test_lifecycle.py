@@ -37,11 +37,12 @@ def fields_by_name(path):
     return rows
 
 
-def test_field_selection_names_exactly_what_follows(tmp_path, holder):
+def test_field_selection_names_exactly_what_follows(tmp_path, holder, engine):
     h = holder("--name", "lnfields")
     clog = tmp_path / "c.log"
-    result = subprocess.run(lognet_command("-n", "1", "-p", "tcp", "--fields", ALL_EXTRA, "-clog", clog,
-                                           "-plog", tmp_path / "p.log"), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(lognet_command("--engine", engine, "-n", "1", "-p", "tcp", "--fields", ALL_EXTRA,
+                                           "-clog", clog, "-plog", tmp_path / "p.log"),
+                            capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stderr) == (0, "")
     assert read_lines(clog)[2] == ("#Fields: timestamp prot laddr lport raddr rport status upid "
                                    "event duration direction family user exe attrib firstseen")
@@ -72,10 +73,10 @@ def test_chosen_subset_and_bad_names(tmp_path, holder):
         assert result.stderr == f"lognet: error: argument --fields: {message} (see lognet --help)\n"
 
 
-def test_open_state_close_with_duration_and_time_wait_continuity(tmp_path, holder, background):
+def test_open_state_close_with_duration_and_time_wait_continuity(tmp_path, holder, background, engine):
     h = holder("--name", "lnlife")
     interval = 0.2
-    ln = background("-i", interval, "-p", "tcp", "--fields", "+event,duration,attrib")
+    ln = background("--engine", engine, "-i", interval, "-p", "tcp", "--fields", "+event,duration,attrib")
     clog = ln.clog
     try:
         ln.wait_for_line(f" {h.info['port']} - - LISTEN ")
@@ -114,9 +115,9 @@ def test_open_state_close_with_duration_and_time_wait_continuity(tmp_path, holde
     assert read_lines(clog)[-1].startswith("#Remark: coverage ")
 
 
-def test_default_fields_keep_the_original_lines(tmp_path, holder, background):
+def test_default_fields_keep_the_original_lines(tmp_path, holder, background, engine):
     h = holder("--name", "lndefault")
-    ln = background("-i", "0.1", "-p", "tcp")
+    ln = background("--engine", engine, "-i", "0.1", "-p", "tcp")
     try:
         ln.wait_for_line(f" {h.info['port']} - - LISTEN ")
         client = h.send("open")
@@ -130,9 +131,9 @@ def test_default_fields_keep_the_original_lines(tmp_path, holder, background):
     assert all(len(line.split(" ")) == 8 for line in lines if not line.startswith("#"))
 
 
-def test_direction_of_both_ends_of_a_loopback_pair(tmp_path, holder, background):
+def test_direction_of_both_ends_of_a_loopback_pair(tmp_path, holder, background, engine):
     h = holder("--name", "lndirection")  # its first pair exists before lognet starts
-    ln = background("-i", "0.1", "-p", "tcp", "--fields", "+direction")
+    ln = background("--engine", engine, "-i", "0.1", "-p", "tcp", "--fields", "+direction")
     try:
         ln.wait_for_line(f" {h.info['port']} - - LISTEN ")
         client = h.send("open")
@@ -163,9 +164,9 @@ def test_another_users_socket_is_hidden(tmp_path, holder, nobody):
         ("LISTEN", "-", "hidden"), ("ESTABLISHED", "-", "hidden")]
 
 
-def test_close_after_the_process_died_is_orphan(tmp_path, holder, background):
+def test_close_after_the_process_died_is_orphan(tmp_path, holder, background, engine):
     h = holder("--name", "lndies")
-    ln = background("-i", "0.1", "-p", "tcp", "--fields", "+event,attrib")
+    ln = background("--engine", engine, "-i", "0.1", "-p", "tcp", "--fields", "+event,attrib")
     port = str(h.info["port"])
     try:
         ln.wait_for_line(f" {port} - - LISTEN ")

@@ -2,6 +2,8 @@
 
 import socket
 
+import pytest
+
 import lognet
 from conftest import make_conn
 
@@ -107,3 +109,82 @@ def test_listeners_are_forgotten_when_they_close():
     assert tracker.listening == {}
     late = tracker.update([ESTAB._replace(fd=9)])
     assert late[0].direction == "out"  # no listener any more: nothing says the peer connected in
+
+
+# ---------------------------------------------------------------- arrivals and the kernel's closes
+
+def record(*args, cookie, **kw):
+    return make_conn(*args, **kw)._replace(cookie=cookie, inode=cookie + 1000, netns=4026531840)
+
+
+def closed_of(conn, time, sent=None, received=None, beyond=None):
+    gone = conn._replace(fd=-1, pid=None, status="CLOSE", inode=None, txbytes=sent)
+    return lognet.Closed(gone, time, received, beyond)
+
+
+def test_arrival_between_polls_opens_at_its_time_and_closes_with_the_kernel():
+    tracker = lognet.Tracker(awaits_kernel_closes=True)
+    listen = record(("127.0.0.1", 80), pid=10, fd=3, cookie=1)
+    tracker.update([listen], now=10.0)
+    short = record(("127.0.0.1", 5000), ("127.0.0.1", 80), "ESTABLISHED", pid=11, fd=3, cookie=2)
+    events = tracker.update([listen], now=13.0, arrivals=[(short, 11.5)],
+                            departures=[closed_of(short, 12.0, sent=100, received=51, beyond=2)])
+    assert [(e.event, e.time, e.direction, e.conn.txbytes, e.conn.rxbytes, e.kernel_close) for e in events] == [
+        ("open", 11.5, "out", None, None, False), ("close", 12.0, "out", 100, 50, True)]
+    assert events[1].duration == 0.5
+    assert tracker.sightings.keys() == {lognet.connection_id(listen)}
+
+
+def test_a_close_the_kernel_has_not_told_yet_waits_one_update():
+    tracker = lognet.Tracker(awaits_kernel_closes=True)
+    conn = record(("127.0.0.1", 80), ("127.0.0.1", 5000), "ESTABLISHED", pid=10, fd=4, cookie=7)
+    tracker.update([conn], now=1.0)
+    assert tracker.update([], now=2.0) == []  # gone from the dump, its event not read yet
+    events = tracker.update([], now=3.0, departures=[closed_of(conn, 2.5, sent=9, received=6, beyond=1)])
+    assert [(e.event, e.time, e.conn.txbytes, e.conn.rxbytes, e.attrib) for e in events] == [
+        ("close", 2.5, 9, 5, "pid")]  # a passive closer: the peer's FIN came first
+    tracker.update([conn], now=4.0)
+    assert [(e.event, e.time) for e in tracker.update([], now=5.0)] == []
+    # no word from the kernel: it closed all the same
+    assert [(e.event, e.time) for e in tracker.update([], now=6.0)] == [("close", 5.0)]
+
+
+def test_time_wait_keeps_the_kernels_bytes_for_its_close():
+    tracker = lognet.Tracker(awaits_kernel_closes=True)
+    client = record(("127.0.0.1", 5000), ("127.0.0.1", 80), "ESTABLISHED", pid=11, fd=3, cookie=3)
+    tracker.update([client], now=1.0)
+    time_wait = client._replace(status="TIME_WAIT", pid=None, fd=-1, inode=None)  # the kernel keeps the cookie
+    events = tracker.update([time_wait], now=2.0, departures=[closed_of(client, 1.5, sent=10, received=21, beyond=2)])
+    assert [(e.event, e.conn.status, e.attrib) for e in events] == [("state", "TIME_WAIT", "orphan")]
+    events = tracker.update([], now=62.0)
+    assert [(e.event, e.conn.txbytes, e.conn.rxbytes, e.time) for e in events] == [("close", 10, 20, 62.0)]
+
+
+def test_a_socket_never_seen_alive_is_an_unseen_close():
+    tracker = lognet.Tracker(awaits_kernel_closes=True)
+    ghost = record(("127.0.0.1", 5000), ("127.0.0.1", 80), "ESTABLISHED", pid=11, fd=3, cookie=9)
+    events = tracker.update([], now=1.0, departures=[closed_of(ghost, 0.5, sent=3, received=4, beyond=1)])
+    assert [(e.event, e.attrib, e.process, e.duration, e.conn.status) for e in events] == [
+        ("close", "unseen", None, None, "CLOSE")]
+
+
+def test_the_peer_on_this_host_says_exactly_what_was_received():
+    tracker = lognet.Tracker(awaits_kernel_closes=True)
+    a = record(("127.0.0.1", 5000), ("127.0.0.1", 80), "ESTABLISHED", pid=11, fd=3, cookie=20)
+    b = record(("127.0.0.1", 80), ("127.0.0.1", 5000), "ESTABLISHED", pid=10, fd=4, cookie=21)
+    tracker.update([a, b], now=1.0)
+    # Counts that alone would mislead: a reset, with the peer's FIN already counted.
+    events = tracker.update([], now=2.0, departures=[closed_of(a, 1.5, sent=300, received=71, beyond=1),
+                                                     closed_of(b, 1.5, sent=70, received=301, beyond=1)])
+    assert sorted((e.conn.laddr[1], e.conn.txbytes, e.conn.rxbytes) for e in events) == [(80, 70, 300), (5000, 300, 70)]
+
+
+@pytest.mark.parametrize("received, beyond, direction, fin", [
+    (501, 2, "out", True),    # we connected, and closed after the peer: its FIN came first
+    (500, 1, "out", False),   # we connected and reset (unread data): no FIN of ours acked
+    (1001, 1, "in", True),    # they connected, our FIN acked (no SYN of ours counted)
+    (1000, 0, "in", False),   # they connected, we were reset
+])
+def test_received_fin_from_the_measured_counts(received, beyond, direction, fin):
+    closed = lognet.Closed(make_conn(), 0.0, received, beyond)
+    assert lognet.received_fin(closed, direction) is fin

@@ -1,0 +1,301 @@
+"""The Linux engine with real processes and real sockets: the watcher between polls, the
+kernel's close events with bytes, unseen sockets, exact coverage, parity with psutil, and
+the fallback when netlink is refused. Traffic stays on loopback, or inside a network
+namespace the test makes."""
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import lognet
+from conftest import (
+    LOGNET,
+    data_lines,
+    read_lines,
+    require_root,
+    run_lognet,
+    upid_of,
+    wait_for,
+)
+
+# A short-lived client, the way curl or pip connects: a new process that connects, holds
+# the connection a while, and exits. Its command line is distinctive.
+CLIENT = """
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"x" * int(sys.argv[3]))
+time.sleep(float(sys.argv[2]))
+s.close()
+"""
+
+PRIVATE_NETNS = ("unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh")
+
+
+def rows(path):
+    """The data lines of a W3C log as dicts, named by its #Fields directive."""
+    names, out = None, []
+    for line in read_lines(path):
+        if line.startswith("#Fields: "):
+            names = line[len("#Fields: "):].split(" ")
+        elif not line.startswith("#"):
+            out.append(dict(zip(names, line.split(" "))))
+    return out
+
+
+def start_client(port, hold, tag, size=10):
+    """A new python3 process with the command line [python3, -c, CLIENT, port, hold, size, tag]."""
+    return subprocess.Popen([sys.executable, "-c", CLIENT, str(port), str(hold), str(size), tag])
+
+
+def test_new_process_holding_100ms_is_logged_with_pid_and_command_line_at_the_default_interval(
+        tmp_path, background):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    ln = background("-p", "tcp", "--omit-self-conns")  # the defaults: -i 3, the watcher at its default
+    try:
+        wait_for(lambda: ln.clog.exists())
+        time.sleep(0.5)  # past the first poll: what follows can only be caught between polls
+        client = start_client(port, 0.1, "lnshortlived-tag")
+        server, _ = listener.accept()
+        client_port = server.getpeername()[1]
+        name_and_pid = f"python3|{client.pid}|"
+        assert client.wait(timeout=10) == 0
+        server.close()
+        wait_for(lambda: any(r["lport"] == str(client_port) and r["upid"].startswith(name_and_pid)
+                             for r in rows(ln.clog)), timeout=10)
+    finally:
+        assert ln.stop() == 0
+        listener.close()
+    ours = [r for r in rows(ln.clog) if r["lport"] == str(client_port)]
+    assert ours[0]["status"] == "ESTABLISHED" and ours[0]["upid"].startswith(name_and_pid)
+    command_lines = [line for line in data_lines(ln.plog) if f"|{client.pid}|" in line]
+    assert len(command_lines) == 1
+    assert command_lines[0].endswith(repr([sys.executable, "-c", CLIENT, str(port), "0.1", "10", "lnshortlived-tag"]))
+    assert ln.stderr == ""
+
+
+@pytest.mark.parametrize("first_closer", ["client", "server"])
+def test_close_lines_carry_the_bytes_sent_and_received(tmp_path, background, first_closer):
+    ln = background("-i", "0.2", "-p", "tcp", "--fields", "+event,txbytes,rxbytes")
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        wait_for(lambda: ln.clog.exists())
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        client.sendall(b"c" * 12345)
+        received = 0
+        while received < 12345:
+            received += len(server.recv(65536))
+        server.sendall(b"s" * 678)
+        received = 0
+        while received < 678:
+            received += len(client.recv(65536))
+        time.sleep(0.3)
+        first, second = (client, server) if first_closer == "client" else (server, client)
+        first.close()
+        time.sleep(0.05)
+        second.close()
+        # The passive closer's end closes at once; the active closer's waits in TIME_WAIT for a minute.
+        port = str(listener.getsockname()[1])
+        passive_end = "lport" if first_closer == "client" else "rport"
+        sent, got = (678, 12345) if first_closer == "client" else (12345, 678)
+        wait_for(lambda: [r for r in rows(ln.clog) if r["event"] == "close" and r[passive_end] == port])
+    finally:
+        assert ln.stop() == 0
+        listener.close()
+    closes = [r for r in rows(ln.clog) if r["event"] == "close" and port in (r["lport"], r["rport"])
+              and r["raddr"] != "-"]
+    assert [(r[passive_end], r["txbytes"], r["rxbytes"]) for r in closes] == [(port, str(sent), str(got))]
+    assert ln.stderr == ""
+
+
+def test_socket_that_lived_5ms_is_unseen_and_counted(tmp_path, background):
+    require_root("unshare -n: a namespace where the test's sockets are the only ones")
+    script = tmp_path / "five_ms.py"
+    script.write_text("import socket, time\n"
+                      "listener = socket.create_server(('127.0.0.1', 0))\n"
+                      "client = socket.create_connection(listener.getsockname())\n"
+                      "server, _ = listener.accept()\n"
+                      "port = listener.getsockname()[1]\n"
+                      "time.sleep(0.005)\n"
+                      "client.close(); server.close(); listener.close()\n"
+                      "print(port, flush=True)\n")
+    ln = background("-i", "5", "-p", "tcp", "--watch", "0", "--fields", "+event,attrib",
+                    "--stats-interval", "600", prefix=PRIVATE_NETNS)
+    try:
+        wait_for(lambda: ln.clog.exists())  # the first poll is done: the next is 5 s away
+        run = subprocess.run(["nsenter", f"--net=/proc/{ln.proc.pid}/ns/net", sys.executable, str(script)],
+                             capture_output=True, text=True, timeout=30)
+        assert run.returncode == 0, run.stderr
+        port = run.stdout.strip()
+        wait_for(lambda: len([r for r in rows(ln.clog) if r["attrib"] == "unseen"]) >= 3)
+    finally:
+        assert ln.stop() == 0
+    unseen = [r for r in rows(ln.clog) if r["attrib"] == "unseen"]
+    # both ends of the connection, and the listener: each closed, none with an owner
+    assert sorted((r["lport"] == port, r["rport"] == port, r["raddr"] != "-", r["upid"]) for r in unseen) == [
+        (False, True, True, "-"), (True, False, False, "-"), (True, False, True, "-")]
+    remark = read_lines(ln.clog)[-1]
+    assert remark.startswith("#Remark: coverage tcp 0.000 (closed 3, with process 0, without 3); polls ")
+    assert ln.stderr == ""
+
+
+def test_both_engines_write_the_same_lines_for_the_same_holder(tmp_path, holder):
+    h = holder("--name", "lnparity", "--udp6")
+    lines = {}
+    for engine in ("netlink", "psutil"):
+        clog = tmp_path / f"{engine}.log"
+        result = run_lognet("--engine", engine, "-n", "1", "-clog", clog, "-plog", tmp_path / f"{engine}-p.log")
+        assert (result.returncode, result.stderr) == (0, "")
+        ports = {str(h.info[key]) for key in ("port", "client_port", "udp_port", "udp6_port")}
+        lines[engine] = sorted(line.split(" ", 1)[1] for line in data_lines(clog)
+                               if {line.split(" ")[3], line.split(" ")[5]} & ports)
+    upid = upid_of(h.pid, "lnparity")
+    assert len(lines["netlink"]) == 5 and all(line.endswith(" " + upid) for line in lines["netlink"])
+    assert lines["netlink"] == lines["psutil"]
+
+
+def test_the_watcher_catches_a_connection_between_two_polls_at_i_5(tmp_path, background):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    ln = background("-i", "5", "-p", "tcp", "--fields", "+event,attrib")
+    try:
+        wait_for(lambda: ln.clog.exists())
+        time.sleep(0.5)
+        client = start_client(port, 0.2, "lnbetweenpolls-tag")
+        server, _ = listener.accept()
+        client_port = str(server.getpeername()[1])
+        assert client.wait(timeout=10) == 0
+        server.close()
+        opened = time.time()
+        wait_for(lambda: any(r["lport"] == client_port for r in rows(ln.clog)), timeout=15)
+    finally:
+        assert ln.stop() == 0
+        listener.close()
+    ours = [r for r in rows(ln.clog) if r["lport"] == client_port]
+    assert ours[0]["event"] == "open" and ours[0]["upid"].startswith(f"python3|{client.pid}|")
+    # written at the next poll, with the time it was first seen
+    first = time.mktime(time.strptime(ours[0]["timestamp"], "%Y-%m-%d|%H:%M:%S"))
+    assert first <= opened
+
+
+def test_watch_0_polls_only(tmp_path, background):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    ln = background("-i", "5", "-p", "tcp", "--watch", "0", "--fields", "+event,attrib")
+    try:
+        wait_for(lambda: ln.clog.exists())
+        time.sleep(0.5)
+        client = start_client(port, 0.2, "lnwatch0-tag")
+        server, _ = listener.accept()
+        client_port = str(server.getpeername()[1])
+        assert client.wait(timeout=10) == 0
+        server.close()
+        wait_for(lambda: any(r["rport"] == client_port and r["event"] == "close" for r in rows(ln.clog)),
+                 timeout=15)
+    finally:
+        assert ln.stop() == 0
+        listener.close()
+    # Between polls nothing looked: the server end is known only from the kernel's close.
+    ours = [r for r in rows(ln.clog) if client_port in (r["lport"], r["rport"])]
+    assert [(r["event"], r["attrib"], r["upid"]) for r in ours if r["rport"] == client_port] == [
+        ("close", "unseen", "-")]
+    assert not [r for r in ours if r["upid"].startswith(f"python3|{client.pid}|")]
+
+
+FAIL_NETLINK = """
+import errno, runpy, socket, sys
+real = socket.socket
+class Refused(real):
+    def __init__(self, family=-1, *args, **kwargs):
+        if family == socket.AF_NETLINK:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        super().__init__(family, *args, **kwargs)
+socket.socket = Refused
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_refused_netlink_falls_back_to_psutil_with_one_warning(tmp_path, holder):
+    h = holder("--name", "lnfallback")
+    clog = tmp_path / "c.log"
+    result = subprocess.run([sys.executable, "-c", FAIL_NETLINK, str(LOGNET), "-n", "2", "-i", "0.1", "-p", "tcp",
+                             "-clog", clog, "-plog", tmp_path / "p.log"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stderr == ("lognet: warning: the netlink engine is not available (Operation not permitted); "
+                             "using psutil, which polls only\n")
+    assert f"TCP 127.0.0.1 {h.info['port']} - - LISTEN {upid_of(h.pid, 'lnfallback')}" in clog.read_text()
+    asked = subprocess.run([sys.executable, "-c", FAIL_NETLINK, str(LOGNET), "--engine", "netlink", "-n", "1",
+                            "-clog", clog, "-plog", tmp_path / "p.log"], capture_output=True, text=True, timeout=60)
+    assert (asked.returncode, asked.stderr) == (
+        1, "lognet: error: the netlink engine is not available: Operation not permitted\n")
+
+
+def test_omit_loopback_conns_leaves_out_loopback_peers(tmp_path):
+    require_root("unshare -n: a namespace with a test address of its own on its lo")
+    clog = tmp_path / "c.log"
+    run = subprocess.run([*PRIVATE_NETNS, "sh", "-c", 'ip addr add 192.0.2.1/32 dev lo && exec "$@"', "sh",
+                          sys.executable, "-c", LOOPBACK_SCRIPT, str(LOGNET), str(clog), str(tmp_path / "p.log")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert {(r["raddr"], r["status"]) for r in rows(clog)} == {("-", "LISTEN"), ("192.0.2.1", "ESTABLISHED")}
+    assert len([r for r in rows(clog) if r["raddr"] == "192.0.2.1"]) == 2  # both ends
+
+
+# Inside the namespace: one connection over 127.0.0.1, one over ::1, one over ::ffff:127.0.0.1,
+# and one to 192.0.2.1 (on lo too); lognet with --omit-loopback-conns keeps only the last.
+LOOPBACK_SCRIPT = """
+import socket, subprocess, sys
+lognet, clog, plog = sys.argv[1:4]
+v4 = socket.create_server(("0.0.0.0", 0))
+v6 = socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True)
+keep = [socket.create_connection(("127.0.0.1", v4.getsockname()[1])), v4.accept()[0],
+        socket.create_connection(("::1", v6.getsockname()[1])), v6.accept()[0],
+        socket.create_connection(("::ffff:127.0.0.1", v6.getsockname()[1])), v6.accept()[0],
+        socket.create_connection(("192.0.2.1", v4.getsockname()[1])), v4.accept()[0]]
+v6.close()
+sys.exit(subprocess.run([sys.executable, lognet, "-n", "1", "-p", "tcp", "--omit-loopback-conns",
+                         "-clog", clog, "-plog", plog]).returncode)
+"""
+
+
+@pytest.mark.parametrize("kind, pairs", [
+    ("inet", 4), ("tcp", 2), ("udp6", 1), ("tcp4", 1),
+])
+def test_kind_sockets(kind, pairs):
+    assert len(lognet.kind_sockets(kind)) == pairs
+
+
+def test_close_event_bytes_from_a_real_kernel_close():
+    """The Closed record decoded from the kernel's event matches what went through the socket."""
+    source = lognet.NetlinkSource("tcp4")
+    try:
+        source.connections("tcp4")
+        listener = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        client.sendall(b"a" * 4000)
+        got = 0
+        while got < 4000:
+            got += len(server.recv(65536))
+        port, server_port = client.getsockname()[1], listener.getsockname()[1]
+        server.close()  # the server closes first: the client end is the passive closer
+        client.recv(10)
+        client.close()
+        listener.close()
+
+        def ours():
+            source.read_events()
+            return [c for c in source.departures if c.conn.laddr and c.conn.laddr[1] == port]
+        closed = wait_for(ours)[0]
+    finally:
+        source.close()
+    assert closed.conn.status == "CLOSE" and closed.conn.raddr == ("127.0.0.1", server_port)
+    assert closed.conn.txbytes == 4000
+    assert (closed.received, closed.acked_beyond) == (1, 2)  # the server's FIN; our SYN and FIN
+    assert lognet.received_fin(closed, "out") is True
+    assert closed.conn.cookie
