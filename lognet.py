@@ -349,9 +349,14 @@ class PsutilSource(Source):
             raise LognetError(f"listing connections needs more privileges on this system ({exc})") from None
 
 
+_UNKNOWN_TO_PSUTIL = (None,) * (len(Connection._fields) - 7)
+
+
 def connection_from_sconn(sconn) -> Connection:
     """psutil's sconn as lognet's Connection: the same seven fields, nothing more known."""
-    return Connection(*sconn)
+    # tuple.__new__ skips the keyword handling of Connection(...): half the cost, paid for
+    # every socket of every poll.
+    return tuple.__new__(Connection, sconn + _UNKNOWN_TO_PSUTIL)
 
 
 ##############################################################################
@@ -385,6 +390,14 @@ DESTROY_GROUPS = {(socket.AF_INET, socket.IPPROTO_TCP): 1, (socket.AF_INET, sock
 SOCKET_TYPES = {socket.IPPROTO_TCP: socket.SOCK_STREAM, socket.IPPROTO_UDP: socket.SOCK_DGRAM}
 EVENT_BUFFER = 8 << 20  # bytes the kernel may queue for lognet's close events
 RECV_SIZE = 1 << 20  # one recv() takes many messages
+# The watcher's dumps take at most this share of one core, over time, with bursts up to
+# WATCH_BURST CPU seconds: a flood of opens slows them, and never the polls.
+WATCH_CPU_SHARE = 0.025
+WATCH_BURST = 0.05
+# After WATCH_QUIET_AFTER seconds with no socket opened, the watcher looks every WATCH_QUIET
+# seconds, since each wake-up costs CPU; the first open seen brings back --watch.
+WATCH_QUIET_AFTER = 1.0
+WATCH_QUIET = 0.1
 
 
 def kind_sockets(kind: str) -> list[tuple[int, int]]:
@@ -508,15 +521,21 @@ class SockDiag:
         self.sock.close()
 
 
-def decode_dump(chunks: list[bytes], protocol: int, netns: int | None,
-                known: dict[bytes, Connection]) -> dict[bytes, Connection]:
-    """The sockets of a dump, by cookie and state; a socket met before is not decoded again."""
+def dump_messages(chunks: list[bytes]) -> dict[bytes, tuple[bytes, int]]:
+    """Where each socket of a dump is, undecoded, by its key: its cookie and state. Decoding
+    is left to the sockets not met before, which are few."""
     found = {}
+    unpack = NLMSG_HEADER.unpack_from
     for data in chunks:
-        for kind, start, _ in netlink_messages(data):
+        offset, last = 0, len(data) - NLMSG_HEADER.size
+        while offset <= last:
+            length, kind = unpack(data, offset)[:2]
             if kind == SOCK_DIAG_BY_FAMILY:
-                key = data[start + 44:start + 52] + data[start + 1:start + 2]  # cookie and state
-                found[key] = known.get(key) or decode_socket(data, start, protocol, netns)
+                start = offset + NLMSG_HEADER.size
+                found[data[start + 44:start + 52] + data[start + 1:start + 2]] = (data, start)
+            if length < NLMSG_HEADER.size:
+                break  # malformed: nothing after it can be trusted
+            offset += (length + 3) & ~3
     return found
 
 
@@ -533,6 +552,7 @@ class FdTable:
         self.owners: dict[int, list[tuple[int, int]]] = {}  # socket inode -> [(pid, fd)]
         self.recent: deque[int] = deque(maxlen=32)  # pids that lately owned new sockets
         self.known_pids: set[int] = set()
+        self.changed: set[int] = set()  # inodes whose holders changed: the reader of this empties it
 
     def pids(self) -> list[int]:
         return [int(name) for name in os.listdir(self.proc) if name.isdigit()]
@@ -556,7 +576,7 @@ class FdTable:
         new = [pid for pid in pids if pid not in self.known_pids]
         self.known_pids.update(new)
         visited = set()
-        for pid in itertools.chain(new, reversed(self.recent), self._of_users(pids, uids), pids):
+        for pid in itertools.chain(new, list(reversed(self.recent)), self._of_users(pids, uids), pids):
             if pid in visited:
                 continue
             visited.add(pid)
@@ -571,11 +591,13 @@ class FdTable:
     def forget(self, inodes: Iterable[int]) -> None:
         """These sockets are closed: their fds are read again when next met, since fd numbers are reused."""
         for inode in inodes:
+            self.changed.add(inode)
             for pid, fd in self.owners.pop(inode, ()):
                 self.links.get(pid, {}).pop(str(fd), None)
 
     def _read(self, pid: int, reread: bool) -> list[int]:
-        """Read pid's fds (only the new ones unless reread); return the socket inodes it holds."""
+        """Read pid's fds (only the new ones unless reread); return the socket inodes it holds
+        (when reread)."""
         folder = f"{self.proc}/{pid}/fd"
         try:
             names = os.listdir(folder)
@@ -584,6 +606,8 @@ class FdTable:
             self._update(pid, {})
             return []
         old = self.links.get(pid, {})
+        if not reread and old.keys() == set(names):
+            return []  # the same fds as last time: a scan has nothing to learn here
         links = {}
         for name in names:
             if name in old and not reread:
@@ -592,7 +616,7 @@ class FdTable:
             try:
                 target = os.readlink(f"{folder}/{name}")
             except OSError:
-                continue  # the fd was closed while we read the folder
+                target = ""  # closed while we read the folder, or not ours to read: no socket we can name
             links[name] = int(target[8:-1]) if target.startswith("socket:[") else None
         self._update(pid, links)
         return [inode for inode in links.values() if inode]
@@ -602,6 +626,7 @@ class FdTable:
         old = self.links.pop(pid, {})
         for name, inode in old.items():
             if inode and links.get(name) != inode:
+                self.changed.add(inode)
                 holders = self.owners.get(inode, [])
                 if (pid, int(name)) in holders:
                     holders.remove((pid, int(name)))
@@ -609,6 +634,7 @@ class FdTable:
                     self.owners.pop(inode, None)
         for name, inode in links.items():
             if inode and old.get(name) != inode:
+                self.changed.add(inode)
                 self.owners.setdefault(inode, []).append((pid, int(name)))
         if links:
             self.links[pid] = links
@@ -638,13 +664,9 @@ class KernelCounters:
         if socket.IPPROTO_UDP in protocols:
             files += [(f"{proc}/sockstat", self._udp_in_use), (f"{proc}/sockstat6", self._udp_in_use)]
         self.readers = [(os.open(path, os.O_RDONLY | os.O_CLOEXEC), parse) for path, parse in files]
-        self.last: list[int] = []
 
-    def moved(self) -> bool:
-        """True when any counter differs from the last reading (and at the first)."""
-        now = [parse(os.pread(fd, 8192, 0)) for fd, parse in self.readers]
-        moved, self.last = now != self.last, now
-        return moved
+    def read(self) -> list[int]:
+        return [parse(os.pread(fd, 8192, 0)) for fd, parse in self.readers]
 
     @staticmethod
     def _tcp_opens(data: bytes) -> int:
@@ -689,9 +711,13 @@ class NetlinkSource(Source):
             raise
         self.fds = FdTable()
         self.counters = KernelCounters(self.pairs)
+        self.counted: list[int] = []  # the counters when the watcher last dumped
+        self.allowance = WATCH_BURST  # CPU seconds the watcher may spend on dumps now
+        self.allowed_at = self.moved_at = clock()
         self.records: dict[bytes, Connection] = {}  # the last full dump, by cookie and state
-        self.owned: dict[bytes, tuple[list, list[Connection]]] = {}  # a record's holders, and it once per holder
+        self.owned: dict[bytes, list[Connection]] = {}  # each record once per process that holds it
         self.reported: set[int] | None = None  # cookies the tracker has been given; None before the first poll
+        self.watched: set[bytes] = set()  # keys the watcher decoded since the last poll
         self.unfound: set[int] = set()  # inodes searched for in vain: another user's, not ours to see
         self.arrivals: list[tuple[Connection, float]] = []
         self.departures: list[Closed] = []
@@ -706,18 +732,25 @@ class NetlinkSource(Source):
 
     def connections(self, kind: str) -> list[Connection]:
         with self.lock:
-            records = self._dump(ALL_STATES, self.records)
-            self.fds.forget(r.inode for key, r in self.records.items() if r.inode and key not in records)
+            records = self._dump()
+            self.fds.forget(self.records[key].inode for key in self.records.keys() - records.keys())
             self.fds.scan()
             inodes = {r.inode for r in records.values() if r.inode}
             self.unfound &= inodes
             missing = inodes - self.fds.owners.keys() - self.unfound
             self.fds.search(missing, {r.uid for r in records.values() if r.inode in missing})
             self.unfound |= missing - self.fds.owners.keys()
+            changed, self.fds.changed = self.fds.changed, set()
+            owned = self.owned
+            for key in owned.keys() - records.keys():
+                del owned[key]
+            for key, record in records.items():
+                if key not in owned or record.inode in changed:
+                    owned[key] = self._holders(record)
             self.records = records
-            self.owned = {key: self._holders(key, record) for key, record in records.items()}
             self.reported = {record.cookie for record in records.values()}
-            return [conn for _, conns in self.owned.values() for conn in conns]
+            self.watched = set()
+            return [conn for conns in owned.values() for conn in conns]
 
     def between_polls(self) -> tuple[list[tuple[Connection, float]], list[Closed]]:
         if self.events is not None:
@@ -732,19 +765,43 @@ class NetlinkSource(Source):
         counters moved, dump and find the owners of new sockets while they live."""
         if self.events is not None:
             self.read_events()
-        if self.reported is None or not self.counters.moved():
-            return  # before the first poll, everything would be new: the poll finds it
+        if self.reported is None:
+            return  # before the first poll everything would be new: the poll finds it
+        counted = self.counters.read()
+        now = self._clock()
+        self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_CPU_SHARE)
+        self.allowed_at = now
+        if counted == self.counted or self.allowance <= 0:
+            return  # nothing opened; or, under a flood of opens, the dumps wait for their share of CPU
+        self.counted, self.moved_at = counted, now
+        started = time.thread_time()
+        try:
+            self._find_new()
+        finally:
+            self.allowance -= time.thread_time() - started
+
+    def quiet(self) -> bool:
+        """True after a spell with no socket opened: the watcher may look less often."""
+        return self._clock() - self.moved_at > WATCH_QUIET_AFTER
+
+    def _find_new(self) -> None:
         with self.lock:
-            records = self._dump(OWNED_STATES, self.records)
-            new = {key: r for key, r in records.items() if r.cookie not in self.reported and r.inode}
+            new = []
+            for family, protocol in self.pairs:
+                messages = dump_messages(self.diag.dump(family, protocol, OWNED_STATES))
+                for key in messages.keys() - self.records.keys() - self.watched:
+                    record = decode_socket(*messages[key], protocol, self.netns)
+                    if record.inode and record.cookie not in self.reported:
+                        new.append(record)
+                self.watched.update(messages.keys() - self.records.keys())
             if not new:
                 return
             seen = self.now()
-            self.fds.search({r.inode for r in new.values()}, {r.uid for r in new.values()})
-            arrivals = [(conn, seen) for key, record in new.items() for conn in self._holders(key, record)[1]]
+            self.fds.search({r.inode for r in new}, {r.uid for r in new})
+            arrivals = [(conn, seen) for record in new for conn in self._holders(record)]
             self.read_ahead({conn.pid for conn, _ in arrivals if conn.pid is not None})
             self.arrivals += arrivals
-            self.reported.update(record.cookie for record in new.values())
+            self.reported.update(record.cookie for record in new)
 
     def read_events(self) -> None:
         """Decode the close events that have arrived."""
@@ -768,21 +825,23 @@ class NetlinkSource(Source):
     def lost_events(self) -> int:
         return self.events.lost if self.events is not None else 0
 
-    def _dump(self, states: int, known: dict[bytes, Connection]) -> dict[bytes, Connection]:
-        records = {}
+    def _dump(self) -> dict[bytes, Connection]:
+        """Every socket of the kinds asked for, by key; the last dump's records are reused."""
+        known = self.records
+        records, keys = dict(known), set()
         for family, protocol in self.pairs:
-            chunks = self.diag.dump(family, protocol, states if protocol == socket.IPPROTO_TCP else ALL_STATES)
-            records.update(decode_dump(chunks, protocol, self.netns, known))
+            messages = dump_messages(self.diag.dump(family, protocol))
+            keys |= messages.keys()
+            for key in messages.keys() - known.keys():
+                records[key] = decode_socket(*messages[key], protocol, self.netns)
+        for key in known.keys() - keys:
+            del records[key]
         return records
 
-    def _holders(self, key: bytes, record: Connection) -> tuple[list, list[Connection]]:
+    def _holders(self, record: Connection) -> list[Connection]:
         """The record once per process that holds it, ownerless when none is known (as psutil lists it)."""
-        holders = self.fds.owners.get(record.inode, []) if record.inode else []
-        cached = self.owned.get(key)
-        if cached is not None and cached[0] == holders:
-            return cached
-        conns = [record._replace(pid=pid, fd=fd) for pid, fd in holders] or [record]
-        return list(holders), conns
+        holders = self.fds.owners.get(record.inode, ()) if record.inode else ()
+        return [record._replace(pid=pid, fd=fd) for pid, fd in holders] or [record]
 
     def close(self) -> None:
         for diag in (self.diag, self.events):
@@ -1862,7 +1921,7 @@ class Watcher:
     def __init__(self, source: NetlinkSource, every: float):
         self.source = source
         self.every = every
-        self.stopping = threading.Event()
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self.thread = threading.Thread(target=self._run, name="lognet-watcher", daemon=True)
         self.failure: str | None = None
 
@@ -1870,18 +1929,26 @@ class Watcher:
         self.thread.start()
 
     def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=5)
+        if self._stop_w is not None:
+            os.write(self._stop_w, b"x")
+            self.thread.join(timeout=5)
+            os.close(self._stop_w)
+            self._stop_w = None
 
     def _run(self) -> None:
-        while not self.stopping.wait(self.every):
+        while True:
+            every = max(self.every, WATCH_QUIET) if self.source.quiet() else self.every
+            if select.select([self._stop_r], [], [], every)[0]:
+                os.close(self._stop_r)
+                return
             try:
                 self.source.watch()
-            except (OSError, psutil.Error) as exc:
-                # A look that failed is lost, not the watcher: the next poll reconciles.
-                if str(exc) != self.failure:
-                    self.failure = str(exc)
-                    warn(f"the watcher's look between polls failed: {exc}")
+            except Exception as exc:  # noqa: BLE001
+                # Whatever failed, a look is lost, not the watcher: the next poll reconciles
+                # what it missed. Said once for each kind of failure, never silently.
+                if repr(exc) != self.failure:
+                    self.failure = repr(exc)
+                    warn(f"the watcher's look between polls failed: {exc!r}")
 
 
 class StatusLine:

@@ -51,8 +51,13 @@ def run_cpu(argv: list[str]) -> tuple[float, float]:
     return usage.ru_utime + usage.ru_stime, time.perf_counter() - start
 
 
-def lognet_argv(tmp: Path, *args) -> list[str]:
-    return [sys.executable, str(LOGNET), *map(str, args), "-clog", str(tmp / "c.log"), "-plog", str(tmp / "p.log")]
+WATCH: list[str] = []  # --watch for the netlink engine's runs, when the benchmark is told one
+
+
+def lognet_argv(tmp: Path, *args, engine: str = "psutil") -> list[str]:
+    watch = WATCH if engine == "netlink" else []
+    return [sys.executable, str(LOGNET), "--engine", engine, *watch, *map(str, args),
+            "-clog", str(tmp / "c.log"), "-plog", str(tmp / "p.log")]
 
 
 def cli_overhead(tmp: Path, kind_args: list[str], kind: str, polls: int, rounds: int) -> dict:
@@ -210,6 +215,212 @@ def sustained(tmp: Path, interval: float, polls: int) -> dict:
             "wall_minus_startup_s": wall - one, "cpu_s": cpu}
 
 
+
+# ---------------------------------------------------------------- the Linux engine against psutil's
+
+SHORT_CLIENT = """
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+time.sleep(float(sys.argv[2]))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00")
+s.close()
+"""
+
+
+def running_cpu(argv: list[str], seconds: float, during=None) -> tuple[float, int]:
+    """CPU seconds of argv over `seconds` of running (it is stopped with SIGTERM), and its
+    peak RSS in KB; `during(proc)` runs meanwhile, if given."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + seconds
+    if during:
+        during(proc)
+    time.sleep(max(0.0, end - time.monotonic()))
+    proc.send_signal(signal.SIGTERM)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{argv} exited {os.waitstatus_to_exitcode(status)}")
+    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+
+
+def idle_cpu(tmp: Path, seconds: float, rounds: int) -> dict:
+    """CPU share of one core with nothing changing: the netlink engine at its defaults
+    against the psutil engine at -i 1, interleaved; start-up (a run of -n 1) left out."""
+    shares = {"netlink": [], "psutil -i 1": []}
+    for _ in range(rounds):
+        for label, argv in (("netlink", lognet_argv(tmp, engine="netlink")),
+                            ("psutil -i 1", lognet_argv(tmp, "-i", 1))):
+            startup, _ = run_cpu(argv + ["-n", "1"])
+            cpu, _ = running_cpu(argv, seconds)
+            shares[label].append(max(0.0, cpu - startup) / seconds)
+    return {label: statistics.median(values) for label, values in shares.items()}
+
+
+def poll_cost(rounds: int) -> dict:
+    """CPU of one full poll of the netlink engine (dump, owners, records) against one
+    psutil.net_connections() call, interleaved, medians."""
+    source = lognet.NetlinkSource("inet")
+    tracker = lognet.Tracker(awaits_kernel_closes=True)
+    try:
+        tracker.update(source.connections("inet"))
+        a, b = [], []
+        for _ in range(rounds):
+            t = time.process_time()
+            psutil.net_connections("inet")
+            a.append(time.process_time() - t)
+            t = time.process_time()
+            tracker.update(source.connections("inet"), 0.0, *source.between_polls())
+            b.append(time.process_time() - t)
+        connections = len(source.records)
+    finally:
+        source.close()
+    psutil_ms, netlink_ms = statistics.median(a) * 1e3, statistics.median(b) * 1e3
+    return {"sockets": connections, "psutil_ms": psutil_ms, "netlink_ms": netlink_ms, "ratio": netlink_ms / psutil_ms}
+
+
+def churn_cpu(tmp: Path, rate: float, seconds: float) -> dict:
+    """CPU share of the netlink engine at its defaults while a churner opens `rate` connections a second."""
+    load = Load()
+    startup, _ = run_cpu(lognet_argv(tmp, "-n", "1", engine="netlink"))
+    try:
+        cpu, _ = running_cpu(lognet_argv(tmp, engine="netlink"), seconds, during=lambda proc: (
+            time.sleep(1), load.start("churn", "--rate", rate, "--lifetimes", "0.05", "--seconds", seconds)))
+    finally:
+        load.stop()
+    return {"rate": rate, "seconds": seconds, "cpu_share": max(0.0, cpu - startup) / seconds}
+
+
+def netlink_rss(tmp: Path, checkpoints: list[int], rate: float) -> list[dict]:
+    """RSS of the netlink engine at its defaults as connections churn past each checkpoint."""
+    load = Load()
+    record = tmp / "rss-churn.txt"
+    (tmp / "rss").mkdir(exist_ok=True)
+    cli = subprocess.Popen(lognet_argv(tmp / "rss", "-p", "tcp", engine="netlink"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    seconds = checkpoints[-1] / rate * 1.5 + 30
+    load.start("churn", "--rate", rate, "--lifetimes", "0.02", "--seconds", seconds, "--record", record)
+    results = []
+    try:
+        for target in checkpoints:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and sum(1 for _ in open(record)) < target:
+                time.sleep(1)
+            time.sleep(lognet.DEFAULT_INTERVAL * 2)  # a poll or two past it
+            results.append({"churned": sum(1 for _ in open(record)), "rss_mb": rss_mb(cli.pid)})
+    finally:
+        load.stop()
+        cli.terminate()
+        cli.wait(timeout=30)
+    return results
+
+
+def capture_at_defaults(tmp: Path, lifetimes: list[float], per_lifetime: int, way: str) -> list[dict]:
+    """Connections of known lifetimes to a listener of this process, each from a client
+    port recorded here: from one long-running churner ('one process'), or from a new
+    python3 process per connection ('a process each'). Returns the share logged with the
+    connecting process, and logged at all, by the netlink engine at its defaults."""
+    folder = tmp / f"capture-{way.replace(' ', '-')}"
+    folder.mkdir()
+    cli = subprocess.Popen(lognet_argv(folder, "-p", "tcp", engine="netlink"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2)
+    made: list[tuple[str, float, int]] = []  # (client port, lifetime, pid)
+    if way == "one process":
+        load = Load()
+        record = folder / "churn.txt"
+        rate = 5.0
+        churner = load.start("churn", "--rate", rate, "--lifetimes", ",".join(map(str, lifetimes)),
+                             "--seconds", per_lifetime * len(lifetimes) / rate + 2, "--record", record)
+        churner.wait(timeout=per_lifetime * len(lifetimes) / rate + 120)
+        load.stop()
+        made = [(line.split()[0], float(line.split()[1]), churner.pid) for line in open(record)]
+    else:
+        listener = __import__("socket").create_server(("127.0.0.1", 0), backlog=128)
+        for lifetime in lifetimes * per_lifetime:
+            client = subprocess.Popen([sys.executable, "-c", SHORT_CLIENT, str(listener.getsockname()[1]),
+                                       str(lifetime)])
+            server, peer = listener.accept()
+            client.wait(timeout=30)
+            server.close()
+            made.append((str(peer[1]), lifetime, client.pid))
+            time.sleep(0.1)
+        listener.close()
+    time.sleep(lognet.DEFAULT_INTERVAL * 2)
+    cli.terminate()
+    cli.wait(timeout=30)
+    lines = [line.split(" ") for line in lognet_lines(folder / "c.log")]
+    with_process = {(f[3], f[7].split("|")[1]) for f in lines if f[7] != "-"}
+    any_line = {f[3] for f in lines}
+    results = []
+    for lifetime in lifetimes:
+        ours = [(port, pid) for port, life, pid in made if life == lifetime]
+        results.append({"way": way, "lifetime_s": lifetime, "connections": len(ours),
+                        "with_process": sum((port, str(pid)) in with_process for port, pid in ours) / len(ours),
+                        "at_all": sum(port in any_line for port, _ in ours) / len(ours)})
+    return results
+
+
+def netlink_part(report: dict, tmp: Path, args) -> None:
+    only = set(args.only.split(",")) if args.only else {"idle", "polls", "churn", "capture", "rss"}
+    report["watch"] = float(WATCH[1]) if WATCH else lognet.DEFAULT_WATCH
+    if "idle" in only:
+        print("the Linux engine: idle CPU ...", flush=True)
+        report["idle"] = idle_cpu(tmp, args.idle_seconds, args.idle_rounds)
+    if "polls" in only:
+        print("full polls ...", flush=True)
+        report["polls"] = [poll_cost(101)]
+    if "churn" in only:
+        print("200 new connections a second ...", flush=True)
+        report["churn_cpu"] = churn_cpu(tmp, 200, 30)
+    if "capture" in only:
+        print("capture by lifetime ...", flush=True)
+        lifetimes = [0.02, 0.05, 0.2, 1.0]
+        report["capture_defaults"] = (capture_at_defaults(tmp, lifetimes, args.per_lifetime, "one process")
+                                      + capture_at_defaults(tmp, lifetimes, args.per_lifetime // 2, "a process each"))
+    if "rss" in only:
+        print("RSS while connections churn ...", flush=True)
+        report["netlink_rss"] = netlink_rss(tmp, [int(x) for x in args.churn.split(",")], 1500)
+
+
+def big_poll(args) -> dict:
+    """The full-poll comparison again at --big-pairs pairs (20,000 connections by default)."""
+    load = Load()
+    try:
+        load.hold(args.processes, args.big_pairs // args.processes)
+        return poll_cost(21)
+    finally:
+        load.stop()
+
+
+def print_netlink_report(r: dict) -> None:
+    print()
+    print(f"| the Linux engine (netlink, --watch {r['watch']:g}) against the psutil engine | netlink | psutil | ratio |")
+    print("|---|---:|---:|---:|")
+    idle = r.get("idle")
+    if idle:
+        print(f"| CPU with nothing changing: netlink at -i 3, psutil at -i 1 | {idle['netlink']:.3%} | "
+              f"{idle['psutil -i 1']:.3%} | {idle['netlink'] / idle['psutil -i 1']:.3f} |")
+    for p in r.get("polls", []):
+        print(f"| one full poll at {p['sockets']:,} sockets, ms of CPU (psutil: net_connections()) | "
+              f"{p['netlink_ms']:.2f} | {p['psutil_ms']:.2f} | {p['ratio']:.3f} |")
+    c = r.get("churn_cpu")
+    if c:
+        print(f"| CPU under {c['rate']:.0f} new connections a second ({c['seconds']:.0f} s) | {c['cpu_share']:.2%} "
+              "| | |")
+    rss = r.get("netlink_rss", [])
+    for f in rss:
+        print(f"| RSS after {f['churned']:,} connections came and went | {f['rss_mb']:.1f} MB | | |")
+    if len(rss) >= 2:
+        print(f"| RSS growth from {rss[0]['churned']:,} to {rss[-1]['churned']:,} | "
+              f"{rss[-1]['rss_mb'] - rss[0]['rss_mb']:+.2f} MB | | |")
+    print()
+    print("| who connects | lifetime | connections | logged with their process | logged at all |")
+    print("|---|---:|---:|---:|---:|")
+    for f in r.get("capture_defaults", []):
+        print(f"| {f['way']} | {f['lifetime_s'] * 1e3:.0f} ms | {f['connections']} | {f['with_process']:.0%} | "
+              f"{f['at_all']:.0%} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processes", type=int, default=50, help="processes holding the load (default 50)")
@@ -219,7 +430,19 @@ def main() -> int:
     parser.add_argument("--churn", default="20000,100000", help="flatness checkpoints (default 20000,100000)")
     parser.add_argument("--interval", type=float, default=0.2, help="capture interval (default 0.2)")
     parser.add_argument("--json", default="benchmark.json", help="where the figures go (default benchmark.json)")
+    parser.add_argument("--part", choices=("all", "psutil", "netlink"), default="all",
+                        help="psutil: the psutil engine against psutil's own call; netlink: the Linux engine "
+                             "against the psutil engine; all: both (default)")
+    parser.add_argument("--idle-seconds", type=float, default=30, help="length of each idle CPU run (default 30)")
+    parser.add_argument("--idle-rounds", type=int, default=3, help="interleaved idle runs per engine (default 3)")
+    parser.add_argument("--per-lifetime", type=int, default=50, help="connections per lifetime (default 50)")
+    parser.add_argument("--big-pairs", type=int, default=10000, help="pairs for the large poll (default 10000)")
+    parser.add_argument("--watch", type=float, help="the netlink engine's --watch (default: lognet's default)")
+    parser.add_argument("--only", help="netlink part: only these measures, comma-separated "
+                                       "(idle, polls, churn, capture, rss)")
     args = parser.parse_args()
+    if args.watch is not None:
+        WATCH[:] = ["--watch", str(args.watch)]
 
     load = Load()
     report: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -234,17 +457,26 @@ def main() -> int:
             report["load"] = {"processes": args.processes, "connections_inet": connections}
             print(f"load: {args.processes} processes, {connections} inet connections on this host", flush=True)
 
-            report["cli"] = {kind: cli_overhead(tmp, kind_args, kind, CLI_POLLS, args.rounds)
-                             for kind, kind_args in (("inet", []), ("tcp4", ["-ipv", "4", "-p", "tcp"]))}
-            inproc = InProcess(tmp, "inet")
-            report["inprocess"] = inproc.overhead(101)
-            report["flatness"] = flatness(tmp, inproc, [int(x) for x in args.churn.split(",")], 101, 600)
-            report["capture"] = capture(tmp, args.interval, [0.5, 1, 2, 5], 100)
-            report["sustained"] = sustained(tmp, 0.2, 51)
+            if args.part in ("all", "psutil"):
+                report["cli"] = {kind: cli_overhead(tmp, kind_args, kind, CLI_POLLS, args.rounds)
+                                 for kind, kind_args in (("inet", []), ("tcp4", ["-ipv", "4", "-p", "tcp"]))}
+                inproc = InProcess(tmp, "inet")
+                report["inprocess"] = inproc.overhead(101)
+                report["flatness"] = flatness(tmp, inproc, [int(x) for x in args.churn.split(",")], 101, 600)
+                report["capture"] = capture(tmp, args.interval, [0.5, 1, 2, 5], 100)
+                report["sustained"] = sustained(tmp, 0.2, 51)
+            if args.part in ("all", "netlink"):
+                netlink_part(report, tmp, args)
         finally:
             load.stop()
+        if "polls" in report:
+            print("full polls at the larger load ...", flush=True)
+            report["polls"].append(big_poll(args))
 
-    print_report(report)
+    if "cli" in report:
+        print_report(report)
+    if "watch" in report:
+        print_netlink_report(report)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nfigures written to {args.json}")
     return 0

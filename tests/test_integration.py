@@ -11,10 +11,12 @@ CONNECTION_HEADER = "#Fields: timestamp prot laddr lport raddr rport status upid
 PROCESS_HEADER = "#Fields: timestamp upid [command_line with parameters]"
 
 
-def fields_of(lines, *ports):
-    """The fields after the timestamp of lines that mention one of ports as lport or rport."""
-    wanted = {str(p) for p in ports}
-    return [line.split(" ")[1:] for line in lines if {line.split(" ")[3], line.split(" ")[5]} & wanted]
+def fields_of(lines, port, client, *udp_ports):
+    """The fields after the timestamp of the lines of a holder's sockets: its listener and UDP
+    sockets, and both ends of its pair (an old TIME_WAIT that reuses one of the port numbers
+    with another peer is not one of them)."""
+    own = {(str(p), "-") for p in (port, *udp_ports)} | {(str(port), str(client)), (str(client), str(port))}
+    return [line.split(" ")[1:] for line in lines if (line.split(" ")[3], line.split(" ")[5]) in own]
 
 
 def test_real_process_lines_status_change_and_no_duplicates(tmp_path, holder, engine):
