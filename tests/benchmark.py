@@ -394,7 +394,8 @@ def big_poll(args) -> dict:
 
 def print_netlink_report(r: dict) -> None:
     print()
-    print(f"| the Linux engine (netlink, --watch {r['watch']:g}) against the psutil engine | netlink | psutil | ratio |")
+    print(f"| the Linux engine (netlink, --watch {r['watch']:g}) against the psutil engine "
+          "| netlink | psutil | ratio |")
     print("|---|---:|---:|---:|")
     idle = r.get("idle")
     if idle:
