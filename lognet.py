@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """lognet: log every network connection on a host, with the process that owns it.
 
-lognet polls psutil.net_connections() every few seconds and appends a line for
-each connection it has not seen before (or whose status changed) to
-connections.log, and the command line of each process that owns one to
-processes.log. Both files are in the W3C extended log style:
+lognet finds every socket on the host (on Linux through the kernel's sock_diag
+netlink interface, with a watcher between polls and the kernel's close events;
+elsewhere through psutil.net_connections()) and appends a line for each
+connection it has not seen before (or whose status changed) to connections.log,
+and the command line of each process that owns one to processes.log. Both files
+are in the W3C extended log style:
 
     #Version: 1.0
     #Date: 2026-11-27 07:30:00
@@ -18,6 +20,7 @@ processes.log. Both files are in the W3C extended log style:
     2026-11-27|07:30:00 python3|4242|1795763232.73 ['python3', '-m', 'http.server', '8080']
 
 Usage: lognet.py [-i SECONDS] [-p {tcp,udp}] [-ipv {4,6}] [-clog FILE] [-plog FILE]
+                 [--engine {auto,netlink,psutil}] [--watch SECONDS]
                  [--fields +event,duration,direction,attrib] [--format jsonl] [--syslog [ADDRESS]]
 See lognet.py --help, and README.md for the log format and the escape rule.
 """
@@ -382,18 +385,22 @@ TCP_INFO_SENT = struct.Struct("=QQ")  # bytes_sent, bytes_retrans at offset 200 
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "SYN_RECV"}
 ALL_STATES = 0xFFFFFFFF
-# States whose sockets no process holds (TIME_WAIT, request sockets): the watcher leaves them out.
+# States whose sockets no process holds (TIME_WAIT, request sockets): the watcher leaves them
+# out. A full dump asks for them apart, so that each reply holds messages of one length.
+UNOWNED_STATE_GROUPS = (1 << 6, 1 << 3 | 1 << 12)
 OWNED_STATES = ALL_STATES & ~(1 << 6 | 1 << 3 | 1 << 12)
 # The sock_diag destroy groups (enum sknetlink_groups), the interface of `ss -E`.
 DESTROY_GROUPS = {(socket.AF_INET, socket.IPPROTO_TCP): 1, (socket.AF_INET, socket.IPPROTO_UDP): 2,
                   (socket.AF_INET6, socket.IPPROTO_TCP): 3, (socket.AF_INET6, socket.IPPROTO_UDP): 4}
+GROUP_SOCKETS = {1 << (group - 1): pair for pair, group in DESTROY_GROUPS.items()}  # a group's mask -> its pair
 SOCKET_TYPES = {socket.IPPROTO_TCP: socket.SOCK_STREAM, socket.IPPROTO_UDP: socket.SOCK_DGRAM}
+WATCH_SEARCH_PIDS = 64  # processes the watcher reads, beyond new and recent ones, before it leaves a socket to the poll
 EVENT_BUFFER = 8 << 20  # bytes the kernel may queue for lognet's close events
 RECV_SIZE = 1 << 20  # one recv() takes many messages
 # The watcher's dumps take at most this share of one core, over time, with bursts up to
 # WATCH_BURST CPU seconds: a flood of opens slows them, and never the polls.
-WATCH_CPU_SHARE = 0.025
-WATCH_BURST = 0.05
+WATCH_CPU_SHARE = 0.03
+WATCH_BURST = 0.1
 # After WATCH_QUIET_AFTER seconds with no socket opened, the watcher looks every WATCH_QUIET
 # seconds, since each wake-up costs CPU; the first open seen brings back --watch.
 WATCH_QUIET_AFTER = 1.0
@@ -521,21 +528,50 @@ class SockDiag:
         self.sock.close()
 
 
-def dump_messages(chunks: list[bytes]) -> dict[bytes, tuple[bytes, int]]:
-    """Where each socket of a dump is, undecoded, by its key: its cookie and state. Decoding
-    is left to the sockets not met before, which are few."""
-    found = {}
-    unpack = NLMSG_HEADER.unpack_from
+def dump_messages(chunks: list[bytes]) -> dict[tuple[int, int, int], tuple[bytes, int]]:
+    """Where each socket of a dump is, undecoded, by its key: its cookie (two u32s) and its
+    state. Decoding is left to the sockets not met before, which are few."""
+    found: dict[tuple[int, int, int], tuple[bytes, int]] = {}
     for data in chunks:
-        offset, last = 0, len(data) - NLMSG_HEADER.size
-        while offset <= last:
-            length, kind = unpack(data, offset)[:2]
-            if kind == SOCK_DIAG_BY_FAMILY:
-                start = offset + NLMSG_HEADER.size
-                found[data[start + 44:start + 52] + data[start + 1:start + 2]] = (data, start)
-            if length < NLMSG_HEADER.size:
-                break  # malformed: nothing after it can be trusted
-            offset += (length + 3) & ~3
+        found.update(_uniform_messages(data) or _messages(data))
+    return found
+
+
+def _uniform_messages(data: bytes) -> Iterable | None:
+    """The keys and places of the messages of a chunk whose socket messages all have one
+    length (as a dump's mostly have), read by stride, without a step in Python for each;
+    None for any other chunk."""
+    if len(data) < NLMSG_HEADER.size:
+        return None
+    length = NLMSG_HEADER.unpack_from(data)[0]
+    body = len(data) - (20 if len(data) >= 20 and NLMSG_HEADER.unpack_from(data, len(data) - 20)[:2] == (
+        20, NLMSG_DONE) else 0)
+    if length < NLMSG_HEADER.size + DIAG_MSG_SIZE or length % 4 or not body or body % length:
+        return None
+    words, step = memoryview(data)[:body].cast("I"), length // 4
+    if words[0::step].tolist().count(length) != body // length or {
+            word & 0xFFFF for word in set(words[1::step].tolist())} != {SOCK_DIAG_BY_FAMILY}:
+        return None
+    # u32 words 15 and 16 of each message are its cookie; byte 17, its state.
+    keys = zip(words[15::step].tolist(), words[16::step].tolist(), data[17:body:length])
+    return zip(keys, zip(itertools.repeat(data), range(NLMSG_HEADER.size, body, length)))
+
+
+def _messages(data: bytes) -> dict[tuple[int, int, int], tuple[bytes, int]]:
+    """The keys and places of a chunk's socket messages, one by one."""
+    found = {}
+    unpack, cookie = NLMSG_HEADER.unpack_from, struct.Struct("=II").unpack_from
+    offset, last = 0, len(data) - NLMSG_HEADER.size
+    while offset <= last:
+        length, kind = unpack(data, offset)[:2]
+        if kind == NLMSG_ERROR:
+            list(netlink_messages(data[offset:]))  # raises the error it carries
+        if kind == SOCK_DIAG_BY_FAMILY:
+            start = offset + NLMSG_HEADER.size
+            found[(*cookie(data, start + 44), data[start + 1])] = (data, start)
+        if length < NLMSG_HEADER.size:
+            break  # malformed: nothing after it can be trusted
+        offset += (length + 3) & ~3
     return found
 
 
@@ -566,17 +602,21 @@ class FdTable:
             self._read(pid, reread=False)
         self.known_pids = set(pids)
 
-    def search(self, inodes: set[int], uids: set[int] = frozenset()) -> None:
+    def search(self, inodes: set[int], uids: set[int] = frozenset(), most: int | None = None) -> None:
         """Find the holders of sockets the table does not know: new processes first, then
-        those that lately owned new sockets, then those of the sockets' users, then the rest."""
+        those that lately owned new sockets, then those that hold sockets, then those of the
+        sockets' users, then the rest, the newest first; after the first two, `most`
+        processes at the most."""
         missing = inodes - self.owners.keys()
         if not missing:
             return
-        pids = self.pids()
+        pids = sorted(self.pids(), reverse=True)
         new = [pid for pid in pids if pid not in self.known_pids]
         self.known_pids.update(new)
         visited = set()
-        for pid in itertools.chain(new, list(reversed(self.recent)), self._of_users(pids, uids), pids):
+        holders = [pid for pid in pids if any(self.links.get(pid, {}).values())]
+        rest = itertools.islice(itertools.chain(holders, self._of_users(pids, uids), pids), most)
+        for pid in itertools.chain(new, list(reversed(self.recent)), rest):
             if pid in visited:
                 continue
             visited.add(pid)
@@ -636,6 +676,8 @@ class FdTable:
             if inode and old.get(name) != inode:
                 self.changed.add(inode)
                 self.owners.setdefault(inode, []).append((pid, int(name)))
+                if old and pid not in self.recent:  # a process met before, with a new socket
+                    self.recent.append(pid)
         if links:
             self.links[pid] = links
 
@@ -714,11 +756,12 @@ class NetlinkSource(Source):
         self.counted: list[int] = []  # the counters when the watcher last dumped
         self.allowance = WATCH_BURST  # CPU seconds the watcher may spend on dumps now
         self.allowed_at = self.moved_at = clock()
-        self.records: dict[bytes, Connection] = {}  # the last full dump, by cookie and state
-        self.owned: dict[bytes, list[Connection]] = {}  # each record once per process that holds it
+        self.records: dict[tuple, Connection] = {}  # the last full dump, by cookie and state
+        self.owned: dict[tuple, list[Connection]] = {}  # each record once per process that holds it
         self.reported: set[int] | None = None  # cookies the tracker has been given; None before the first poll
-        self.watched: set[bytes] = set()  # keys the watcher decoded since the last poll
+        self.watched: set[tuple] = set()  # keys the watcher decoded since the last poll
         self.unfound: set[int] = set()  # inodes searched for in vain: another user's, not ours to see
+        self.missing: set[int] = set()  # inodes the last poll's scan did not find
         self.arrivals: list[tuple[Connection, float]] = []
         self.departures: list[Closed] = []
         self.events = SockDiag()
@@ -737,9 +780,13 @@ class NetlinkSource(Source):
             self.fds.scan()
             inodes = {r.inode for r in records.values() if r.inode}
             self.unfound &= inodes
+            # What the scan did not find is searched for at the next poll, if it still lives:
+            # most such sockets closed between the dump and the scan.
             missing = inodes - self.fds.owners.keys() - self.unfound
-            self.fds.search(missing, {r.uid for r in records.values() if r.inode in missing})
-            self.unfound |= missing - self.fds.owners.keys()
+            again = missing & self.missing
+            self.fds.search(again, {r.uid for r in records.values() if r.inode in again})
+            self.unfound |= again - self.fds.owners.keys()
+            self.missing = missing - again
             changed, self.fds.changed = self.fds.changed, set()
             owned = self.owned
             for key in owned.keys() - records.keys():
@@ -786,22 +833,27 @@ class NetlinkSource(Source):
 
     def _find_new(self) -> None:
         with self.lock:
-            new = []
+            new = {}
             for family, protocol in self.pairs:
                 messages = dump_messages(self.diag.dump(family, protocol, OWNED_STATES))
                 for key in messages.keys() - self.records.keys() - self.watched:
                     record = decode_socket(*messages[key], protocol, self.netns)
                     if record.inode and record.cookie not in self.reported:
-                        new.append(record)
-                self.watched.update(messages.keys() - self.records.keys())
+                        new[key] = record
+                    else:
+                        self.watched.add(key)
             if not new:
                 return
             seen = self.now()
-            self.fds.search({r.inode for r in new}, {r.uid for r in new})
-            arrivals = [(conn, seen) for record in new for conn in self._holders(record)]
-            self.read_ahead({conn.pid for conn, _ in arrivals if conn.pid is not None})
+            # The search is bounded: a socket whose holder is not found soon is looked for
+            # again at the next look, and the poll's scan reads every process anyway.
+            self.fds.search({r.inode for r in new.values()}, {r.uid for r in new.values()}, most=WATCH_SEARCH_PIDS)
+            found = {key: record for key, record in new.items() if record.inode in self.fds.owners}
+            arrivals = [(conn, seen) for record in found.values() for conn in self._holders(record)]
+            self.read_ahead({conn.pid for conn, _ in arrivals})
             self.arrivals += arrivals
-            self.reported.update(record.cookie for record in new)
+            self.watched.update(found)
+            self.reported.update(record.cookie for record in found.values())
 
     def read_events(self) -> None:
         """Decode the close events that have arrived."""
@@ -811,13 +863,13 @@ class NetlinkSource(Source):
         seen = self.now()
         closed = []
         for data, group in chunks:
-            family, protocol = next(pair for pair, g in DESTROY_GROUPS.items() if group == 1 << (g - 1))
+            protocol = GROUP_SOCKETS[group][1]
             for kind, start, end in netlink_messages(data):
                 if kind == SOCK_DIAG_BY_FAMILY:
-                    conn = decode_socket(data, start, protocol, self.netns)._replace(inode=None, uid=None)
+                    conn = decode_socket(data, start, protocol, self.netns)
                     counts = tcp_info_bytes(data, start, end) if protocol == socket.IPPROTO_TCP else None
                     sent, received, beyond = counts or (None, None, None)
-                    closed.append(Closed(conn._replace(txbytes=sent), seen, received, beyond))
+                    closed.append(Closed(conn._replace(inode=None, uid=None, txbytes=sent), seen, received, beyond))
         with self.lock:
             self.departures += closed
 
@@ -825,12 +877,13 @@ class NetlinkSource(Source):
     def lost_events(self) -> int:
         return self.events.lost if self.events is not None else 0
 
-    def _dump(self) -> dict[bytes, Connection]:
+    def _dump(self) -> dict[tuple, Connection]:
         """Every socket of the kinds asked for, by key; the last dump's records are reused."""
         known = self.records
         records, keys = dict(known), set()
         for family, protocol in self.pairs:
-            messages = dump_messages(self.diag.dump(family, protocol))
+            groups = (OWNED_STATES, *UNOWNED_STATE_GROUPS) if protocol == socket.IPPROTO_TCP else (ALL_STATES,)
+            messages = dump_messages([chunk for states in groups for chunk in self.diag.dump(family, protocol, states)])
             keys |= messages.keys()
             for key in messages.keys() - known.keys():
                 records[key] = decode_socket(*messages[key], protocol, self.netns)
@@ -2030,6 +2083,8 @@ examples:
   lognet -clog - -plog /dev/null -p tcp | grep ' 443 '   # connection lines on stdout
   lognet --format jsonl --syslog tcp://loghost:514       # JSON Lines, also to a syslog collector
   lognet --fields +event,duration,direction,attrib       # also close lines, lifetimes, who connected
+  lognet --fields +event,txbytes,rxbytes --omit-loopback-conns   # bytes of each connection off this host
+  lognet --engine psutil -i 1        # poll psutil.net_connections() only, as on macOS and the BSDs
   tail -f /var/log/netlog/connections.log   # watch it live
   # crontab -e (as root):
   @reboot /usr/bin/python3 /opt/lognet/lognet.py -i 1 >>/var/log/netlog/lognet.err 2>&1

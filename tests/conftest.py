@@ -210,13 +210,14 @@ def tcp_pair():
 class Lognet:
     """lognet.py running in the background, its stderr in a file."""
 
-    def __init__(self, tmp_path, *args, clog=None, plog=None, prefix=()):
+    def __init__(self, tmp_path, *args, clog=None, plog=None, prefix=(), program=None):
         self.clog = Path(clog or tmp_path / "connections.log")
         self.plog = Path(plog or tmp_path / "processes.log")
         self.errfile = tmp_path / "lognet.err"
+        program = program or lognet_command()  # or another way to run lognet.py, such as Nobody.lognet()
         with open(self.errfile, "w") as err:
-            self.proc = subprocess.Popen([*prefix, *lognet_command(*args, "-clog", self.clog, "-plog", self.plog)],
-                                         stdout=subprocess.DEVNULL, stderr=err)
+            self.proc = subprocess.Popen([*prefix, *program, *map(str, args), "-clog", str(self.clog),
+                                          "-plog", str(self.plog)], stdout=subprocess.DEVNULL, stderr=err)
 
     def wait_for_line(self, text):
         """Wait until connections.log holds text."""

@@ -101,7 +101,7 @@ def test_open_state_close_with_duration_and_time_wait_continuity(tmp_path, holde
     # which is within one interval of the true lifetime at each end.
     assert server_end[0]["event"] == "open" and server_end[-1]["event"] == "close"
     assert {r["event"] for r in server_end[1:-1]} <= {"state"}
-    assert all(r["upid"] == upid and r["attrib"] == "pid" for r in server_end)
+    assert all(r["upid"] == upid and r["attrib"] == "pid" for r in server_end), server_end
     assert server_end[0]["duration"] == "-"
     assert lived - 2 * interval - 0.5 <= float(server_end[-1]["duration"]) <= lived + 2 * interval
     assert re.fullmatch(r"\d+\.\d", server_end[-1]["duration"])  # one decimal at -i 0.2

@@ -299,3 +299,24 @@ def test_close_event_bytes_from_a_real_kernel_close():
     assert (closed.received, closed.acked_beyond) == (1, 2)  # the server's FIN; our SYN and FIN
     assert lognet.received_fin(closed, "out") is True
     assert closed.conn.cookie
+
+
+def test_nobody_without_capabilities_gets_dumps_and_close_events(tmp_path, holder, nobody, background):
+    h = holder("--name", "lnrootclose")
+    home = nobody.home
+    ln = background("-i", "0.2", "-p", "tcp", "--fields", "+event,attrib,txbytes", clog=home / "c.log",
+                    plog=home / "p.log", program=nobody.lognet())
+    port = str(h.info["port"])
+    try:
+        ln.wait_for_line(f" {port} - - LISTEN ")
+        client = h.send("open")
+        ln.wait_for_line(f" {client} 127.0.0.1 {port} ESTABLISHED ")
+        assert h.send("drop") == "dropped"
+        wait_for(lambda: [r for r in rows(ln.clog) if r["event"] == "close" and r["rport"] == client])
+    finally:
+        assert ln.stop() == 0
+    assert ln.stderr == ""  # netlink, with its close events: no warning, no fallback
+    rows_ = {(r["lport"], r["rport"], r["event"]): r for r in rows(ln.clog)}
+    # root's sockets: seen, owner not ours to know; the kernel's close with its bytes all the same
+    assert rows_[(port, "-", "open")]["attrib"] == "hidden" and rows_[(port, "-", "open")]["upid"] == "-"
+    assert rows_[(port, client, "close")]["txbytes"] == "0"
