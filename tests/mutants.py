@@ -1,0 +1,147 @@
+"""Faults seeded into a copy of lognet.py, each with the tests that must catch it.
+
+    python3 tests/mutants.py [--only NAME,...] [--list]
+
+For each fault: copy the checkout (lognet.py, tests/, pyproject.toml) to a temporary
+folder, make the one change to lognet.py there, run the named tests, and report whether
+they failed (the fault is caught: good) or passed (the fault survives: a test is missing).
+It exits 1 when any fault survives. Like the benchmark, it is run by hand, not in CI: each
+fault runs its tests afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Fault(NamedTuple):
+    name: str
+    original: str  # text in lognet.py, found exactly once
+    mutated: str
+    tests: tuple[str, ...]  # pytest node ids or -k expressions (prefixed "-k ")
+
+
+FAULTS = [
+    Fault("psutil's sconn mapped with laddr and raddr swapped",
+          "return tuple.__new__(Connection, sconn + _UNKNOWN_TO_PSUTIL)",
+          "return tuple.__new__(Connection, sconn[:3] + (sconn[4], sconn[3]) + sconn[5:] + _UNKNOWN_TO_PSUTIL)",
+          ("tests/test_sources.py",)),
+    Fault("TIME_WAIT no longer continues the connection it came from",
+          "if old is None or (old.pid is None) == (conn.pid is None) or",
+          "if old is None or (old.pid is None) != (conn.pid is None) or",
+          ("tests/test_tracker.py", "tests/test_golden.py")),
+    Fault("a kernel close takes the poll's time instead of the kernel's",
+          "last_seen, time = max(closed.time, sighting.first_seen), closed.time",
+          "last_seen, time = max(closed.time, sighting.first_seen), now",
+          ("tests/test_tracker.py",)),
+    Fault("a connection gone from the dump closes at once, without waiting for the kernel's word",
+          "if sighting.closed is None and self.awaits_kernel_closes and sighting.record.cookie is not None:",
+          "if False:",
+          ("tests/test_tracker.py",)),
+    Fault("our SYN never counted in bytes_acked",
+          'syn = 1 if direction == "out" or closed.acked_beyond >= 2 else 0',
+          "syn = 0",
+          ("tests/test_tracker.py", "tests/test_netlink.py::test_close_event_bytes_from_a_real_kernel_close")),
+    Fault("the local peer's exact count is ignored",
+          "peer = self.peer_sent.get((conn.netns, conn.raddr, conn.laddr)) if conn.raddr else None",
+          "peer = None",
+          ("tests/test_tracker.py::test_the_peer_on_this_host_says_exactly_what_was_received",)),
+    Fault("the watcher never looks",
+          "        if self.reported is None:\n            return  # before the first poll",
+          "        if True:\n            return  # before the first poll",
+          ("tests/test_netlink.py::test_the_watcher_catches_a_connection_between_two_polls_at_i_5",
+           "tests/test_netlink.py::test_new_process_holding_100ms_is_logged_with_pid_and_command_line_at_the_default_interval")),
+    Fault("port 0 is written as an address",
+          "    if not port:\n        return ()\n",
+          "",
+          ("tests/test_netlink.py::test_both_engines_write_the_same_lines_for_the_same_holder",)),
+    Fault("a socket never seen alive is not logged with the original fields",
+          'return [e for e in kept if self.logs_closes or e.event != "close" or e.attrib == "unseen"], new_processes',
+          'return [e for e in kept if self.logs_closes or e.event != "close"], new_processes',
+          ("tests/test_netlink.py::test_watch_0_polls_only",)),
+    Fault("netlink refused is an error even with --engine auto",
+          'which polls only")\n        return ENGINES["psutil"](config)',
+          'which polls only")\n        raise',
+          ("tests/test_netlink.py::test_refused_netlink_falls_back_to_psutil_with_one_warning",)),
+    Fault("IPv4 loopback written IPv4-mapped is not loopback",
+          "return address.is_loopback or (address.version == 6 and bool(address.ipv4_mapped)",
+          "return address.is_loopback or (False and bool(address.ipv4_mapped)",
+          ("tests/test_filters.py",)),
+    Fault("the W3C timestamp is formatted once and never again",
+          "if int(epoch) != self._second:",
+          "if self._second is None:",
+          ("tests/test_golden.py",)),
+    Fault("a scan never reads an fd it has not met",
+          "if not reread and old.keys() == set(names):",
+          "if not reread:",
+          ("tests/test_integration.py",)),
+    Fault("bytes_received read at the wrong offset of tcp_info",
+          "acked, received = TCP_INFO_BYTES.unpack_from(data, info + 120)",
+          "acked, received = TCP_INFO_BYTES.unpack_from(data, info + 112)",
+          ("tests/test_netlink.py::test_close_event_bytes_from_a_real_kernel_close",)),
+    Fault("TIME_WAIT taken for a socket closed after the dump",
+          "record.inode is None and record.status in ENDED_STATES):  # TIME_WAIT keeps the cookie",
+          "False):",
+          ("tests/test_tracker.py::test_time_wait_keeps_the_kernels_bytes_for_its_close",)),
+]
+
+
+def run_fault(fault: Fault, workdir: Path) -> tuple[bool, float, str]:
+    """Apply the fault in a fresh copy and run its tests; return (caught, seconds, last line)."""
+    copy = workdir / "checkout"
+    if copy.exists():
+        shutil.rmtree(copy)
+    copy.mkdir()
+    shutil.copy(ROOT / "lognet.py", copy / "lognet.py")
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    shutil.copytree(ROOT / "tests", copy / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    source = (copy / "lognet.py").read_text()
+    if source.count(fault.original) != 1:
+        raise SystemExit(f"mutants: {fault.name!r}: the original text is in lognet.py "
+                         f"{source.count(fault.original)} times, not once")
+    (copy / "lognet.py").write_text(source.replace(fault.original, fault.mutated))
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *fault.tests],
+                            cwd=copy, capture_output=True, text=True, timeout=900)
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    return result.returncode != 0, time.monotonic() - started, lines[-1] if lines else result.stderr.strip()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="comma-separated numbers of faults to run (1 is the first)")
+    parser.add_argument("--list", action="store_true", help="list the faults and exit")
+    args = parser.parse_args()
+    chosen = list(enumerate(FAULTS, 1))
+    if args.only:
+        wanted = {int(n) for n in args.only.split(",")}
+        chosen = [(n, f) for n, f in chosen if n in wanted]
+    if args.list:
+        for n, fault in chosen:
+            print(f"{n}. {fault.name}")
+        return 0
+    print("| # | fault | tests | result |")
+    print("|---:|---|---|---|")
+    survived = 0
+    with tempfile.TemporaryDirectory(prefix="lognet-mutants-") as name:
+        for n, fault in chosen:
+            caught, seconds, last = run_fault(fault, Path(name))
+            survived += not caught
+            tests = ", ".join(t.replace("tests/", "") for t in fault.tests)
+            verdict = f"caught ({last}, {seconds:.0f} s)" if caught else f"**survived** ({last})"
+            print(f"| {n} | {fault.name} | {tests} | {verdict} |", flush=True)
+    print(f"\n{len(chosen) - survived} of {len(chosen)} faults caught")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
