@@ -327,8 +327,9 @@ class Source:
             return
         self._next_prune = self._clock() + PROCESS_PRUNE_SECONDS
         alive = set(psutil.pids())
-        for pid in self._processes.keys() - alive - self._unreported:
+        for pid in self._processes.keys() - alive:
             del self._processes[pid]
+        self._unreported &= self._processes.keys()  # read ahead, never logged (filtered out), and gone
 
 
 def _read(attribute: Callable):
@@ -776,7 +777,8 @@ class NetlinkSource(Source):
     def connections(self, kind: str) -> list[Connection]:
         with self.lock:
             records = self._dump()
-            self.fds.forget(self.records[key].inode for key in self.records.keys() - records.keys())
+            gone = self.records.keys() - records.keys()
+            self.fds.forget(self.records[key].inode for key in gone if self.records[key].inode)
             self.fds.scan()
             inodes = {r.inode for r in records.values() if r.inode}
             self.unfound &= inodes
