@@ -67,7 +67,7 @@ FAULTS = [
     Fault("a socket never seen alive is not logged with the original fields",
           'return [e for e in kept if self.logs_closes or e.event != "close" or e.attrib == "unseen"], new_processes',
           'return [e for e in kept if self.logs_closes or e.event != "close"], new_processes',
-          ("tests/test_netlink.py::test_watch_0_polls_only",)),
+          ("tests/test_netlink.py::test_a_socket_never_seen_alive_is_a_line_with_the_original_fields",)),
     Fault("netlink refused is an error even with --engine auto",
           'which polls only")\n        return ENGINES["psutil"](config)',
           'which polls only")\n        raise',

@@ -206,6 +206,27 @@ def test_watch_0_polls_only(tmp_path, background):
     assert not [r for r in ours if r["upid"].startswith(f"python3|{client.pid}|")]
 
 
+def test_a_socket_never_seen_alive_is_a_line_with_the_original_fields(tmp_path, background):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    ln = background("-i", "5", "-p", "tcp", "--watch", "0")
+    try:
+        wait_for(lambda: ln.clog.exists())
+        time.sleep(0.5)
+        client = start_client(port, 0.05, "lnunseen8-tag")
+        server, _ = listener.accept()
+        client_port = str(server.getpeername()[1])
+        assert client.wait(timeout=10) == 0
+        server.close()
+        wait_for(lambda: f" {port} 127.0.0.1 {client_port} CLOSE -" in ln.clog.read_text(), timeout=15)
+    finally:
+        assert ln.stop() == 0
+        listener.close()
+    ours = [line for line in data_lines(ln.clog) if f" {port} 127.0.0.1 {client_port} " in line]
+    assert [line.split(" ")[1:] for line in ours] == [
+        ["TCP", "127.0.0.1", str(port), "127.0.0.1", client_port, "CLOSE", "-"]]
+
+
 FAIL_NETLINK = """
 import errno, runpy, socket, sys
 real = socket.socket
