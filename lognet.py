@@ -696,20 +696,27 @@ class FdTable:
 
 
 class KernelCounters:
-    """The kernel's counters that move when a socket opens: TCP opens (/proc/net/snmp) and
-    UDP sockets in use (/proc/net/sockstat, sockstat6), read with pread on fds kept open."""
+    """The kernel's counters, read with pread on fds kept open: TCP opens (/proc/net/snmp)
+    and UDP sockets in use (/proc/net/sockstat, sockstat6) move when a socket opens; any
+    change of a socket's state moves something in the three files."""
+
+    FILES = ("snmp", "sockstat", "sockstat6")
 
     def __init__(self, pairs: list[tuple[int, int]], proc: str = "/proc/self/net"):
         protocols = {protocol for _, protocol in pairs}
-        files = []
-        if socket.IPPROTO_TCP in protocols:
-            files.append((f"{proc}/snmp", self._tcp_opens))
-        if socket.IPPROTO_UDP in protocols:
-            files += [(f"{proc}/sockstat", self._udp_in_use), (f"{proc}/sockstat6", self._udp_in_use)]
-        self.readers = [(os.open(path, os.O_RDONLY | os.O_CLOEXEC), parse) for path, parse in files]
+        self.fds = {name: os.open(f"{proc}/{name}", os.O_RDONLY | os.O_CLOEXEC) for name in self.FILES}
+        self.readers = ([("snmp", self._tcp_opens)] if socket.IPPROTO_TCP in protocols else []) + (
+            [("sockstat", self._udp_in_use), ("sockstat6", self._udp_in_use)]
+            if socket.IPPROTO_UDP in protocols else [])
 
     def read(self) -> list[int]:
-        return [parse(os.pread(fd, 8192, 0)) for fd, parse in self.readers]
+        """The counters of socket opens, for the kinds asked for."""
+        return [parse(os.pread(self.fds[name], 8192, 0)) for name, parse in self.readers]
+
+    def signature(self) -> tuple[bytes, ...]:
+        """All three files as they are: when nothing in them moved, no socket opened,
+        closed, or changed state (a segment sent or received), but for a UDP connect()."""
+        return tuple(os.pread(fd, 8192, 0) for fd in self.fds.values())
 
     @staticmethod
     def _tcp_opens(data: bytes) -> int:
@@ -722,7 +729,7 @@ class KernelCounters:
         return int(data[start:].split(None, 3)[2]) if start >= 0 else 0
 
     def close(self) -> None:
-        for fd, _ in self.readers:
+        for fd in self.fds.values():
             os.close(fd)
 
 
@@ -755,6 +762,7 @@ class NetlinkSource(Source):
         self.fds = FdTable()
         self.counters = KernelCounters(self.pairs)
         self.counted: list[int] = []  # the counters when the watcher last dumped
+        self.signature: tuple[bytes, ...] = ()  # the counters when a poll last dumped
         self.allowance = WATCH_BURST  # CPU seconds the watcher may spend on dumps now
         self.allowed_at = self.moved_at = clock()
         self.records: dict[tuple, Connection] = {}  # the last full dump, by cookie and state
@@ -776,7 +784,11 @@ class NetlinkSource(Source):
 
     def connections(self, kind: str) -> list[Connection]:
         with self.lock:
-            records = self._dump()
+            # When the kernel's counters have not moved since the last dump, neither has any
+            # socket: the dump is skipped. Owners are still reconciled below.
+            signature = self.counters.signature()
+            records = self.records if signature == self.signature else self._dump()
+            self.signature = signature
             gone = self.records.keys() - records.keys()
             self.fds.forget(self.records[key].inode for key in gone if self.records[key].inode)
             self.fds.scan()
