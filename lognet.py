@@ -945,18 +945,27 @@ def open_source(config: Config) -> Source:
 # Filters: pure predicates
 ##############################################################################
 
-@functools.lru_cache(maxsize=4096)
-def is_private_address(ip: str) -> bool:
-    """True for an RFC 1918 address, also when IPv4-mapped: '::ffff:10.1.2.3' -> True."""
+def ipv4_view(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """ip as an address, IPv4 when it is IPv4 written IPv4-mapped ('::ffff:10.1.2.3'); None for no address."""
     try:
         address = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:
-        return False
-    if address.version == 6:
-        address = address.ipv4_mapped
-        if address is None:
-            return False
-    return any(address in network for network in PRIVATE_NETWORKS)
+        return None
+    return (address.ipv4_mapped or address) if address.version == 6 else address
+
+
+@functools.lru_cache(maxsize=4096)
+def is_private_address(ip: str) -> bool:
+    """True for an RFC 1918 address, also when IPv4-mapped: '::ffff:10.1.2.3' -> True."""
+    address = ipv4_view(ip)
+    return address is not None and address.version == 4 and any(address in net for net in PRIVATE_NETWORKS)
+
+
+@functools.lru_cache(maxsize=4096)
+def is_loopback_address(ip: str) -> bool:
+    """True for 127.0.0.0/8, ::1, and IPv4 loopback written IPv4-mapped: '::ffff:127.0.0.1' -> True."""
+    address = ipv4_view(ip)
+    return address is not None and address.is_loopback
 
 
 def has_remote_address(conn: Connection) -> bool:
@@ -967,17 +976,6 @@ def has_remote_address(conn: Connection) -> bool:
 def has_public_remote_address(conn: Connection) -> bool:
     """True unless the peer's address is in a private network."""
     return not (conn.raddr and is_private_address(conn.raddr[0]))
-
-
-@functools.lru_cache(maxsize=4096)
-def is_loopback_address(ip: str) -> bool:
-    """True for 127.0.0.0/8, ::1, and IPv4 loopback written IPv4-mapped: '::ffff:127.0.0.1' -> True."""
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    return address.is_loopback or (address.version == 6 and bool(address.ipv4_mapped)
-                                   and address.ipv4_mapped.is_loopback)
 
 
 def has_remote_address_off_host(conn: Connection) -> bool:
@@ -2105,15 +2103,26 @@ examples:
 """
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number above zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
-    return value
+def number_argument(convert: Callable[[str], float], least: float, above: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number (a whole one when convert is int) above least, or
+    at least least: number_argument(float, 0, above=True)('0') fails with 'must be above 0'."""
+    kind = "whole number" if convert is int else "number"
+    bound = f"above {least:g}" if above else f"{least:g} or more"
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {kind}: {text!r}") from None
+        if not ((value > least) if above else (value >= least)) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {bound}: {text!r}")
+        return value
+    return parse
+
+
+positive_float = number_argument(float, 0, above=True)
+non_negative_float = number_argument(float, 0, above=False)
+positive_int = number_argument(int, 1, above=False)
 
 
 def syslog_address(text: str) -> tuple[str, str]:
@@ -2145,28 +2154,6 @@ def field_list(text: str) -> tuple[str, ...]:
     if not names or len(set(fields)) != len(fields):
         raise argparse.ArgumentTypeError(f"each field once, at least one: {text!r}")
     return fields
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number, zero or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number above zero."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
-    return value
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -127,6 +127,19 @@ def data_lines(path) -> list[str]:
     return [line for line in read_lines(path) if not line.startswith("#")]
 
 
+def w3c_rows(path) -> list[dict]:
+    """The data lines of a W3C log as dicts, named by the #Fields directive above each."""
+    names, rows = None, []
+    for line in read_lines(path):
+        if line.startswith("#Fields: "):
+            names = line[len("#Fields: "):].split(" ")
+        elif not line.startswith("#"):
+            values = line.split(" ")
+            assert len(values) == len(names), line
+            rows.append(dict(zip(names, values)))
+    return rows
+
+
 def wait_for(predicate, timeout=15.0, step=0.05):
     """Poll predicate until it returns something true, for at most timeout seconds."""
     deadline = time.monotonic() + timeout

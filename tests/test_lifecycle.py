@@ -18,23 +18,11 @@ from conftest import (
     read_lines,
     require_root,
     upid_of,
+    w3c_rows,
     wait_for,
 )
 
 ALL_EXTRA = "+event,duration,direction,family,user,exe,attrib,firstseen"
-
-
-def fields_by_name(path):
-    """The lines of a W3C log as dicts, named by its (last) #Fields directive."""
-    names, rows = None, []
-    for line in read_lines(path):
-        if line.startswith("#Fields: "):
-            names = line[len("#Fields: "):].split(" ")
-        elif not line.startswith("#"):
-            values = line.split(" ")
-            assert len(values) == len(names), line
-            rows.append(dict(zip(names, values)))
-    return rows
 
 
 def test_field_selection_names_exactly_what_follows(tmp_path, holder, engine):
@@ -46,7 +34,7 @@ def test_field_selection_names_exactly_what_follows(tmp_path, holder, engine):
     assert (result.returncode, result.stderr) == (0, "")
     assert read_lines(clog)[2] == ("#Fields: timestamp prot laddr lport raddr rport status upid "
                                    "event duration direction family user exe attrib firstseen")
-    listen = [r for r in fields_by_name(clog) if r["lport"] == str(h.info["port"]) and r["status"] == "LISTEN"]
+    listen = [r for r in w3c_rows(clog) if r["lport"] == str(h.info["port"]) and r["status"] == "LISTEN"]
     assert listen == [{"timestamp": listen[0]["timestamp"], "prot": "TCP", "laddr": "127.0.0.1",
                        "lport": str(h.info["port"]), "raddr": "-", "rport": "-", "status": "LISTEN",
                        "upid": upid_of(h.pid, "lnfields"), "event": "open", "duration": "-",
@@ -88,12 +76,12 @@ def test_open_state_close_with_duration_and_time_wait_continuity(tmp_path, holde
         lived = time.monotonic() - opened
         port = str(h.info["port"])
         wait_for(lambda: any(r["event"] == "close" and r["lport"] == port and r["rport"] == client
-                             for r in fields_by_name(clog)))
-        wait_for(lambda: any(r["status"] == "TIME_WAIT" and r["lport"] == client for r in fields_by_name(clog)))
+                             for r in w3c_rows(clog)))
+        wait_for(lambda: any(r["status"] == "TIME_WAIT" and r["lport"] == client for r in w3c_rows(clog)))
     finally:
         assert ln.stop() == 0
     assert ln.stderr == ""
-    rows = fields_by_name(clog)
+    rows = w3c_rows(clog)
     upid = upid_of(h.pid, "lnlife")
     server_end = [r for r in rows if r["lport"] == port and r["rport"] == client]
     client_end = [r for r in rows if r["lport"] == client]
@@ -141,7 +129,7 @@ def test_direction_of_both_ends_of_a_loopback_pair(tmp_path, holder, background,
     finally:
         assert ln.stop() == 0
     port, before = str(h.info["port"]), str(h.info["client_port"])
-    direction = {(r["lport"], r["rport"]): r["direction"] for r in fields_by_name(ln.clog)
+    direction = {(r["lport"], r["rport"]): r["direction"] for r in w3c_rows(ln.clog)
                  if port in (r["lport"], r["rport"])}
     assert direction == {
         (port, "-"): "listen",
@@ -159,7 +147,7 @@ def test_another_users_socket_is_hidden(tmp_path, holder, nobody):
                                           "-clog", home / "c.log", "-plog", home / "p.log"),
                             capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stderr) == (0, "")
-    rows = [r for r in fields_by_name(home / "c.log") if r["lport"] == str(h.info["port"])]
+    rows = [r for r in w3c_rows(home / "c.log") if r["lport"] == str(h.info["port"])]
     assert [(r["status"], r["upid"], r["attrib"]) for r in rows] == [
         ("LISTEN", "-", "hidden"), ("ESTABLISHED", "-", "hidden")]
 
@@ -173,10 +161,10 @@ def test_close_after_the_process_died_is_orphan(tmp_path, holder, background, en
         h.proc.kill()
         h.proc.wait()
         wait_for(lambda: any(r["event"] == "close" and r["status"] == "LISTEN" and r["lport"] == port
-                             for r in fields_by_name(ln.clog)))
+                             for r in w3c_rows(ln.clog)))
     finally:
         assert ln.stop() == 0
-    closes = [r for r in fields_by_name(ln.clog) if r["event"] == "close" and r["lport"] == port]
+    closes = [r for r in w3c_rows(ln.clog) if r["event"] == "close" and r["lport"] == port]
     assert closes and all(r["attrib"] == "orphan" and r["upid"].startswith("lndies|") for r in closes)
 
 
@@ -201,7 +189,7 @@ def test_psutil_coverage_matches_what_was_logged_in_a_private_namespace(tmp_path
     finally:
         assert ln.stop() == 0
     assert ln.stderr == ""
-    rows = fields_by_name(clog)
+    rows = w3c_rows(clog)
     stats = read_lines(clog)[-1]
     seen = sum(1 for r in rows if r["event"] == "open" and r["raddr"] != "-")
     # the kernel counted one active and one passive open per loopback connection, and nothing else
