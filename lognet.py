@@ -397,7 +397,7 @@ GROUP_SOCKETS = {1 << (group - 1): pair for pair, group in DESTROY_GROUPS.items(
 SOCKET_TYPES = {socket.IPPROTO_TCP: socket.SOCK_STREAM, socket.IPPROTO_UDP: socket.SOCK_DGRAM}
 WATCH_SEARCH_PIDS = 64  # processes the watcher reads, beyond new and recent ones, before it leaves a socket to the poll
 EVENT_BUFFER = 8 << 20  # bytes the kernel may queue for lognet's close events
-RECV_SIZE = 1 << 20  # one recv() takes many messages
+RECV_SIZE = 1 << 16  # one recv() takes a whole reply of the kernel's (a dump sends them up to 32 KiB)
 # The watcher's dumps take at most this share of one core, over time, with bursts up to
 # WATCH_BURST CPU seconds: a flood of opens slows them, and never the polls.
 WATCH_CPU_SHARE = 0.03
@@ -521,9 +521,6 @@ class SockDiag:
                 if exc.errno != errno.ENOBUFS:
                     raise
                 self.lost += 1  # the kernel dropped events: at least one; the count says so
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     def close(self) -> None:
         self.sock.close()
