@@ -380,8 +380,10 @@ DIAG_MSG = struct.Struct("=BB2x4x16s16s4xII12xII")  # inet_diag_msg: family, sta
 DIAG_PORTS = struct.Struct("!HH")  # sport, dport: big-endian, at offset 4 of inet_diag_msg
 DIAG_MSG_SIZE = 72
 RTATTR = struct.Struct("=HH")
-TCP_INFO_BYTES = struct.Struct("=QQ")  # bytes_acked, bytes_received at offset 120 of struct tcp_info
-TCP_INFO_SENT = struct.Struct("=QQ")  # bytes_sent, bytes_retrans at offset 200 (Linux 4.19 and later)
+# In struct tcp_info: bytes_acked and bytes_received at offset 120, bytes_sent and bytes_retrans
+# at 200 (Linux 4.19 and later), all u64; a tcp_info shorter than TCP_INFO_NEEDED lacks them.
+TWO_U64 = struct.Struct("=QQ")
+TCP_INFO_NEEDED = 216
 # The kernel's TCP states (include/net/tcp_states.h) by psutil's names; 12 is a request socket.
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "SYN_RECV"}
@@ -389,7 +391,7 @@ ALL_STATES = 0xFFFFFFFF
 # States whose sockets no process holds (TIME_WAIT, request sockets): the watcher leaves them
 # out. A full dump asks for them apart, so that each reply holds messages of one length.
 UNOWNED_STATE_GROUPS = (1 << 6, 1 << 3 | 1 << 12)
-OWNED_STATES = ALL_STATES & ~(1 << 6 | 1 << 3 | 1 << 12)
+OWNED_STATES = ALL_STATES & ~sum(UNOWNED_STATE_GROUPS)
 # The sock_diag destroy groups (enum sknetlink_groups), the interface of `ss -E`.
 DESTROY_GROUPS = {(socket.AF_INET, socket.IPPROTO_TCP): 1, (socket.AF_INET, socket.IPPROTO_UDP): 2,
                   (socket.AF_INET6, socket.IPPROTO_TCP): 3, (socket.AF_INET6, socket.IPPROTO_UDP): 4}
@@ -449,11 +451,6 @@ def decode_socket(data: bytes, offset: int, protocol: int, netns: int | None) ->
                       cookie_low | cookie_high << 32, uid, netns)
 
 
-def socket_cookie(data: bytes, offset: int) -> bytes:
-    """The 8 bytes of an inet_diag_msg's cookie: a socket's identity, cheap to compare."""
-    return data[offset + 44:offset + 52]
-
-
 def tcp_info_bytes(data: bytes, start: int, end: int) -> tuple[int, int, int] | None:
     """(payload sent, bytes received, bytes acked beyond payload) from the tcp_info attribute
     of a message, or None without one. bytes_received still counts the peer's FIN, and the
@@ -463,10 +460,10 @@ def tcp_info_bytes(data: bytes, start: int, end: int) -> tuple[int, int, int] | 
         length, kind = RTATTR.unpack_from(data, offset)
         if length < RTATTR.size:
             return None
-        if kind == INET_DIAG_INFO and length - RTATTR.size >= 216:
+        if kind == INET_DIAG_INFO and length - RTATTR.size >= TCP_INFO_NEEDED:
             info = offset + RTATTR.size
-            acked, received = TCP_INFO_BYTES.unpack_from(data, info + 120)
-            sent, retransmitted = TCP_INFO_SENT.unpack_from(data, info + 200)
+            acked, received = TWO_U64.unpack_from(data, info + 120)
+            sent, retransmitted = TWO_U64.unpack_from(data, info + 200)
             payload = sent - retransmitted
             return payload, received, acked - payload
         offset += (length + 3) & ~3
@@ -488,12 +485,16 @@ class SockDiag:
         while True:
             data = self.sock.recv(RECV_SIZE)
             chunks.append(data)
-            # The dump ends with NLMSG_DONE (20 bytes), or is refused with one NLMSG_ERROR.
-            if len(data) >= 20 and NLMSG_HEADER.unpack_from(data, len(data) - 20)[:2] == (20, NLMSG_DONE):
-                return chunks
+            # The dump is refused with one NLMSG_ERROR, or ends with NLMSG_DONE (20 bytes), whose
+            # int is the error that cut it short, if one did.
             if NLMSG_HEADER.unpack_from(data)[1] == NLMSG_ERROR:
                 list(netlink_messages(data))  # raises the error it carries
                 return []
+            if len(data) >= 20 and NLMSG_HEADER.unpack_from(data, len(data) - 20)[:2] == (20, NLMSG_DONE):
+                error = -struct.unpack_from("=i", data, len(data) - 4)[0]
+                if error > 0:
+                    raise OSError(error, os.strerror(error))
+                return chunks
 
     def subscribe(self, groups: Iterable[int]) -> None:
         """Join the destroy groups; events then wait in a buffer that events() empties."""
@@ -562,8 +563,6 @@ def _messages(data: bytes) -> dict[tuple[int, int, int], tuple[bytes, int]]:
     offset, last = 0, len(data) - NLMSG_HEADER.size
     while offset <= last:
         length, kind = unpack(data, offset)[:2]
-        if kind == NLMSG_ERROR:
-            list(netlink_messages(data[offset:]))  # raises the error it carries
         if kind == SOCK_DIAG_BY_FAMILY:
             start = offset + NLMSG_HEADER.size
             found[(*cookie(data, start + 44), data[start + 1])] = (data, start)
@@ -800,13 +799,14 @@ class NetlinkSource(Source):
             self.missing = missing - again
             changed, self.fds.changed = self.fds.changed, set()
             owned = self.owned
-            for key in owned.keys() - records.keys():
-                del owned[key]
-            for key, record in records.items():
-                if key not in owned or record.inode in changed:
-                    owned[key] = self._holders(record)
-            self.records = records
-            self.reported = {record.cookie for record in records.values()}
+            if records is not self.records or changed:  # else nothing here can have changed
+                for key in owned.keys() - records.keys():
+                    del owned[key]
+                for key, record in records.items():
+                    if key not in owned or record.inode in changed:
+                        owned[key] = self._holders(record)
+                self.records = records
+                self.reported = {record.cookie for record in records.values()}
             self.watched = set()
             return [conn for conns in owned.values() for conn in conns]
 
@@ -1184,7 +1184,7 @@ class Tracker:
             last_seen, time = max(self.last_sighting, sighting.first_seen), now
         else:
             last_seen, time = max(closed.time, sighting.first_seen), closed.time
-        return self._event("close", conn, sighting, last_seen, time)._replace(kernel_close=True)
+        return self._event("close", conn, sighting, last_seen, time, kernel_close=True)
 
     def _unseen(self, closed: Closed, ended: dict[tuple, str]) -> ConnectionEvent:
         """The close of a socket lognet never saw alive: its addresses, bytes and time, no owner."""
@@ -1221,13 +1221,15 @@ class Tracker:
         return (family, laddr) in self.listening or (family, wildcard) in self.listening
 
     @staticmethod
-    def _event(event: str, conn: Connection, sighting: Sighting, seen: float, time: float) -> ConnectionEvent:
+    def _event(event: str, conn: Connection, sighting: Sighting, seen: float, time: float,
+               kernel_close: bool = False) -> ConnectionEvent:
         if conn.pid is not None:
             process, attrib = sighting.process, "pid"
         else:
             process = sighting.process if sighting.orphaned else None
             attrib = "orphan" if sighting.orphaned or conn.status == TIME_WAIT else "hidden"
-        return ConnectionEvent(event, conn, process, sighting.first_seen, seen, sighting.direction, attrib, time)
+        return ConnectionEvent(event, conn, process, sighting.first_seen, seen, sighting.direction, attrib, time,
+                               kernel_close)
 
     def direction(self, conn: Connection) -> str | None:
         """'listen', 'in' (to a local listener), 'out' (this host connected), or None when unknown."""
@@ -1991,9 +1993,11 @@ class Watcher:
         self.thread.start()
 
     def stop(self) -> None:
+        """End the thread, once; a second call does nothing."""
         if self._stop_w is not None:
             os.write(self._stop_w, b"x")
-            self.thread.join(timeout=5)
+            if self.thread.ident is not None:  # started
+                self.thread.join(timeout=5)
             os.close(self._stop_w)
             self._stop_w = None
 

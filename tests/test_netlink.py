@@ -215,6 +215,46 @@ def test_a_socket_never_seen_alive_is_a_line_with_the_original_fields(tmp_path, 
         ["TCP", "127.0.0.1", port, "127.0.0.1", client_port, "CLOSE", "-"]]
 
 
+HANDOVER = """
+import os, socket, sys, time
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+sys.stdin.readline()
+child = os.fork()
+if child == 0:  # the child keeps the listener it inherited, and stays
+    time.sleep(20)
+    os._exit(0)
+listener.close()  # the parent lets go: no packet, no socket opened or closed
+print(child, flush=True)
+sys.stdin.readline()
+os.kill(child, 9)
+"""
+
+
+def test_a_socket_handed_to_another_process_is_logged_with_its_new_owner(tmp_path, background):
+    handover = subprocess.Popen([sys.executable, "-c", HANDOVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+    ln = None
+    try:
+        port = handover.stdout.readline().strip()
+        ln = background("-i", "0.3", "-p", "tcp", "--fields", "+event")
+        ln.wait_for_line(f" {port} - - LISTEN python3|{handover.pid}|")
+        handover.stdin.write("fork\n")
+        handover.stdin.flush()
+        child = handover.stdout.readline().strip()
+        # the kernel's counters stand still, yet the owners are reconciled at every poll
+        ln.wait_for_line(f" {port} - - LISTEN python3|{child}|")
+    finally:
+        if ln is not None:
+            assert ln.stop() == 0
+        handover.stdin.write("done\n")
+        handover.stdin.close()
+        handover.wait(timeout=10)
+    events = [(r["event"], r["upid"].split("|")[1]) for r in w3c_rows(ln.clog) if r["lport"] == port]
+    assert events[:3] == [("open", str(handover.pid)), ("open", child), ("close", str(handover.pid))] or \
+        events[:3] == [("open", str(handover.pid)), ("close", str(handover.pid)), ("open", child)]
+
+
 FAIL_NETLINK = """
 import errno, runpy, socket, sys
 real = socket.socket
