@@ -94,7 +94,13 @@ SYSLOG_FACILITIES = {
     "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, **{f"local{n}": 16 + n for n in range(8)},
 }
 SYSLOG_INFO = 6  # every event has severity "informational"
-SYSLOG_TIMEOUT = 5.0  # seconds a syslog send may block a poll
+SYSLOG_TIMEOUT = 5.0  # seconds a syslog connect or send may take, in the sender's own thread
+SYSLOG_EXIT_SECONDS = 0.5  # at exit, how long the sender may go on with what is queued
+SYSLOG_BACKOFF_MIN, SYSLOG_BACKOFF_MAX = 0.5, 30.0  # pause after a failed send, doubling up to the most
+SYSLOG_UDP_MAX = 65507  # the largest UDP payload over IPv4 (IPv6 allows a little more)
+SYSLOG_UNIX_OVERHEAD = 64  # a local datagram socket carries its send buffer less this (measured: 32)
+SYSLOG_SMALL_DATAGRAM = 1024  # what any datagram transport carries (RFC 3164's limit)
+SYSLOG_CUT_MARK = b"[cut to %d of %d bytes] "  # before a line cut to fit one datagram
 DEFAULT_SYSLOG = "/dev/log"
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -116,8 +122,11 @@ class LognetError(Exception):
 
 def warn(message: str, level: str = "warning") -> None:
     """Print one 'lognet: warning: …' (or error) line on stderr."""
-    clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # over a status line, if one is shown
-    print(f"{clear}lognet: {level}: {message}", file=sys.stderr, flush=True)
+    try:
+        clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # over a status line, if one is shown
+        print(f"{clear}lognet: {level}: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # stderr is gone (a hung-up terminal): logging goes on, the message has nowhere to go
 
 
 ##############################################################################
@@ -239,6 +248,16 @@ class Source:
 
     has_close_events = False  # whether between_polls() reports the kernel's closes
 
+    @functools.cached_property
+    def owners_visible(self) -> bool:
+        """Whether lognet may read every process's open files, so that no socket's owner is
+        hidden from it: root, or CAP_DAC_READ_SEARCH with CAP_SYS_PTRACE, and no process
+        beyond even those (another user namespace's). psutil says nothing of the processes
+        it could not read, so this looks once, at the start."""
+        if not os.path.isdir("/proc/self/fd"):
+            return hasattr(os, "geteuid") and os.geteuid() == 0
+        return not unreadable_fd_tables([int(name) for name in os.listdir("/proc") if name.isdigit()])
+
     def connections(self, kind: str) -> list[Connection]:
         """Every socket of kind (a psutil kind: 'inet', 'tcp4', ...) open now."""
         raise NotImplementedError
@@ -330,6 +349,21 @@ class Source:
         for pid in self._processes.keys() - alive:
             del self._processes[pid]
         self._unreported &= self._processes.keys()  # read ahead, never logged (filtered out), and gone
+
+
+def unreadable_fd_tables(pids: Iterable[int], proc: str = "/proc") -> set[int]:
+    """The pids whose open files lognet may not read (listing needs CAP_DAC_READ_SEARCH, reading
+    where an fd points CAP_SYS_PTRACE, for another user's process)."""
+    denied = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"{proc}/{pid}/fd")[:1]:
+                os.readlink(f"{proc}/{pid}/fd/{fd}")
+        except PermissionError:
+            denied.add(pid)
+        except OSError:
+            pass  # it exited, or the fd closed in between
+    return denied
 
 
 def _read(attribute: Callable):
@@ -586,6 +620,7 @@ class FdTable:
         self.recent: deque[int] = deque(maxlen=32)  # pids that lately owned new sockets
         self.known_pids: set[int] = set()
         self.changed: set[int] = set()  # inodes whose holders changed: the reader of this empties it
+        self.denied: set[int] = set()  # pids whose fds we may not read: their sockets' owner is hidden
 
     def pids(self) -> list[int]:
         return [int(name) for name in os.listdir(self.proc) if name.isdigit()]
@@ -595,6 +630,7 @@ class FdTable:
         pids = self.pids()
         for pid in self.links.keys() - set(pids):
             self._update(pid, {})
+        self.denied.intersection_update(pids)
         for pid in pids:
             self._read(pid, reread=False)
         self.known_pids = set(pids)
@@ -638,8 +674,10 @@ class FdTable:
         folder = f"{self.proc}/{pid}/fd"
         try:
             names = os.listdir(folder)
-        except OSError:
+        except OSError as exc:
             # ENOENT: it exited; EACCES: another user's, which we may not read (psutil likewise).
+            if isinstance(exc, PermissionError):
+                self.denied.add(pid)
             self._update(pid, {})
             return []
         old = self.links.get(pid, {})
@@ -652,8 +690,10 @@ class FdTable:
                 continue
             try:
                 target = os.readlink(f"{folder}/{name}")
-            except OSError:
+            except OSError as exc:
                 target = ""  # closed while we read the folder, or not ours to read: no socket we can name
+                if isinstance(exc, PermissionError):
+                    self.denied.add(pid)
             links[name] = int(target[8:-1]) if target.startswith("socket:[") else None
         self._update(pid, links)
         return [inode for inode in links.values() if inode]
@@ -778,6 +818,11 @@ class NetlinkSource(Source):
             self.events = None
             self.has_close_events = False
 
+
+    @property
+    def owners_visible(self) -> bool:
+        """Whether the last scan read every process's fds (see Source.owners_visible)."""
+        return not self.fds.denied
     def connections(self, kind: str) -> list[Connection]:
         with self.lock:
             # When the kernel's counters have not moved since the last dump, neither has any
@@ -1030,10 +1075,14 @@ class Tracker:
     memory follows the live set, never the history.
     """
 
-    def __init__(self, awaits_kernel_closes: bool = False):
+    def __init__(self, awaits_kernel_closes: bool = False, owners_visible: bool = False):
         # The kernel reports a close a moment after the socket leaves its tables, so with
         # close events a connection gone from a snapshot waits one update for its event.
         self.awaits_kernel_closes = awaits_kernel_closes
+        # When lognet may read every process's fds, a socket without an owner has none: an
+        # orphan. Otherwise its owner may be hidden from lognet, unless the kernel says the
+        # socket has no file. The poller keeps this up to date.
+        self.owners_visible = owners_visible
         self.waiting: list[Sighting] = []
         self.live: frozenset[Connection] = frozenset()
         self.sightings: dict[tuple, Sighting] = {}  # by connection_id
@@ -1220,14 +1269,14 @@ class Tracker:
         wildcard = ("0.0.0.0" if family == socket.AF_INET else "::", laddr[1])
         return (family, laddr) in self.listening or (family, wildcard) in self.listening
 
-    @staticmethod
-    def _event(event: str, conn: Connection, sighting: Sighting, seen: float, time: float,
+    def _event(self, event: str, conn: Connection, sighting: Sighting, seen: float, time: float,
                kernel_close: bool = False) -> ConnectionEvent:
         if conn.pid is not None:
             process, attrib = sighting.process, "pid"
         else:
             process = sighting.process if sighting.orphaned else None
-            attrib = "orphan" if sighting.orphaned or conn.status == TIME_WAIT else "hidden"
+            orphan = sighting.orphaned or conn.status == TIME_WAIT or has_no_file(conn) or self.owners_visible
+            attrib = "orphan" if orphan else "hidden"
         return ConnectionEvent(event, conn, process, sighting.first_seen, seen, sighting.direction, attrib, time,
                                kernel_close)
 
@@ -1260,6 +1309,12 @@ def received_fin(closed: Closed, direction: str | None) -> bool:
         return False
     syn = 1 if direction == "out" or closed.acked_beyond >= 2 else 0
     return closed.acked_beyond - syn >= 1
+
+
+def has_no_file(conn: Connection) -> bool:
+    """The kernel reported this socket with no file (inode 0): no process holds it. (psutil
+    reports no inode at all, and no cookie.)"""
+    return conn.cookie is not None and conn.inode is None
 
 
 def connection_order(conn: Connection) -> tuple:
@@ -1384,6 +1439,8 @@ class W3CFormat:
     One instance serves one log: it writes that log's fields (connections.log's
     chosen fields, or processes.log's three)."""
 
+    name = "w3c"
+
     def __init__(self, fields: tuple[str, ...] = CONNECTION_FIELDS, utc: bool = False,
                  interval: float = DEFAULT_INTERVAL):
         self.fields = fields
@@ -1438,6 +1495,8 @@ class W3CFormat:
 class JsonLinesFormat:
     """One JSON object per line, no header; every field, null for what is missing.
     ASCII only, so every byte a process supplied survives as an escape."""
+
+    name = "jsonl"
 
     def __init__(self, fields: tuple[str, ...] = CONNECTION_FIELDS, utc: bool = False,
                  interval: float = DEFAULT_INTERVAL):
@@ -1497,18 +1556,21 @@ class OutputClosed(Exception):
 
 
 class Sink:
-    """Delivers each poll's lines in one go.
+    """Delivers lines in order, each once.
 
-    While delivery fails, the lines are held (up to MAX_PENDING_LINES, the
-    oldest dropped first) and delivered later, in order, after a remark that
-    says how many were late or dropped. One error is printed per failure episode.
+    Lines wait in `pending` until delivered, up to MAX_PENDING_LINES (the oldest are
+    dropped first). While delivery fails they are held, and delivered later after a
+    remark that says how many were late or dropped. One error is printed per failure
+    episode. A line once delivered is never sent again.
     """
 
     def __init__(self, fmt: Format, now: Callable[[], float] = time.time):
         self.format = fmt
         self.now = now
         self.pending: deque[str] = deque()
-        self.dropped = 0
+        self.lock = threading.Lock()  # pending is shared with a sender thread, where there is one
+        self.waited = 0  # pending lines that went through a failed attempt: late when delivered
+        self.dropped = 0  # in this failure episode
         self.failure: str | None = None  # why the current failure episode began
         self.failure_since = ""
         self.total_late = 0
@@ -1519,50 +1581,83 @@ class Sink:
         """What messages call this output."""
         raise NotImplementedError
 
-    def write(self, lines: list[str]) -> None:
-        """Deliver lines, after any held ones; hold them all if that fails."""
-        self.pending.extend(lines)
-        overflow = len(self.pending) - MAX_PENDING_LINES
-        for _ in range(max(0, overflow)):
-            self.pending.popleft()
-        self.dropped += max(0, overflow)
-        held = max(0, len(self.pending) - len(lines))
+    def write(self, lines: list[str], msgid: str = "connection") -> None:
+        """Take a poll's lines of one stream (msgid: connection or process), and deliver every pending one."""
+        self.hold(lines)
+        self.flush()
+
+    def hold(self, lines: list) -> None:
+        with self.lock:
+            self.pending.extend(lines)
+            overflow = max(0, len(self.pending) - MAX_PENDING_LINES)
+            for _ in range(overflow):
+                self.pending.popleft()
+            self.dropped += overflow
+            self.waited = max(0, self.waited - overflow)
+
+    def flush(self) -> bool:
+        """Deliver the pending lines, after a remark when some are late; False when that failed."""
+        late = self.waited
         try:
-            self._deliver(self._remark(held))
+            self._deliver(self._remark())
         except OSError as exc:
+            with self.lock:
+                self.waited = len(self.pending)
             if self.failure is None:
                 self.failure = exc.strerror or str(exc)
                 self.failure_since = format_timestamp(self.now(), self.format.utc)
                 warn(f"cannot write {self.name}: {self.failure}; holding its lines until writing works again",
                      "error")
-            return
+            return False
         if self.failure is not None:
-            warn(f"writing {self.name} works again; {held} held lines written, {self.dropped} dropped")
-            self.total_late += held
+            warn(f"writing {self.name} works again; {late} held lines written, {self.dropped} dropped")
+            self.total_late += late
             self.total_dropped += self.dropped
-        self.pending.clear()
-        self.dropped = 0
+        self.waited = self.dropped = 0
         self.failure = None
+        return True
 
-    def _remark(self, held: int) -> list[str]:
+    def delivered(self, count: int) -> None:
+        """The first count pending lines have reached the output."""
+        with self.lock:
+            for _ in range(min(count, len(self.pending))):
+                self.pending.popleft()
+            self.waited = max(0, self.waited - count)
+
+    def _remark(self) -> list[str]:
         if self.failure is None:
             return []
-        text = f"the next {held} lines are late: writing failed ({self.failure}) since {self.failure_since}"
+        text = f"the next {self.waited} lines are late: writing failed ({self.failure}) since {self.failure_since}"
         if self.dropped:
             text += f"; {self.dropped} lines were dropped"
         return [self.format.remark(text, self.now())]
 
     def _deliver(self, lead: list[str]) -> None:
-        """Send lead, then the pending lines; raise OSError when that fails."""
+        """Send lead, then the pending lines, calling delivered() as they reach the output;
+        raise OSError when one does not."""
         raise NotImplementedError
 
-    def close(self) -> None:
-        """Release the file or socket; held lines stay held."""
+    def lost(self) -> int:
+        """Lines that never reached this output: dropped, or held still."""
+        return self.total_dropped + self.dropped + len(self.pending)
+
+    def reopen(self) -> None:
+        """After SIGHUP: let go of the file or socket and open it afresh."""
+        self.close()
+
+    def close(self, deadline: float | None = None) -> None:
+        """Release the file or socket; held lines stay held. A sink that sends in the
+        background may go on sending until deadline (time.monotonic())."""
 
 
 class LogFile(Sink):
     """An append-only log file (or standard output for '-') that survives
-    rotation, truncation and write errors."""
+    rotation, truncation and write errors.
+
+    Each poll's lines go in one write(), which O_APPEND keeps whole in a regular file
+    whatever its size. A write that fails halfway is cut back to its last whole line;
+    where that is impossible (a pipe, a terminal), the rest of the cut line is written
+    first next time, so that no line is ever half, or twice."""
 
     def __init__(self, path: str, fmt: Format, now: Callable[[], float] = time.time):
         super().__init__(fmt, now)
@@ -1571,6 +1666,9 @@ class LogFile(Sink):
         self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of a regular file that fd points at
         self.end = 0  # size of a regular file after our last write, to notice copytruncate
         self.needs_header = True
+        self.unfinished = b""  # the rest of a line that a failed write cut, where it could not be cut back
+        self._cut_line = ""  # that line, whole
+        self.hangup: select.poll | None = None  # standard output to a pipe or socket: to notice its reader leave
 
     @property
     def name(self) -> str:
@@ -1590,20 +1688,99 @@ class LogFile(Sink):
         self.identity = (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) and self.path != "-" else None
         self.end = st.st_size
         self.needs_header = True
+        self.hangup = None
+        if self.path == "-" and (stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
+            self.hangup = select.poll()
+            self.hangup.register(fd, 0)  # POLLERR and POLLHUP are always reported
 
-    def close(self) -> None:
+    def reader_gone(self) -> bool:
+        """Whether the reader of standard output has gone (lognet -clog - | head -3)."""
+        return bool(self.hangup and any(events & (select.POLLERR | select.POLLHUP)
+                                        for _, events in self.hangup.poll(0)))
+
+    def reopen(self) -> None:
+        if self.path == "-":
+            return  # standard output is not rotated: there is nothing to reopen
+        try:
+            self.open()
+        except OSError:
+            self.close()  # the next write tries again, and reports the failure as any write does
+
+    def close(self, deadline: float | None = None) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+            if self.unfinished:
+                # The cut line stays cut in the file let go of; in the next file it is written whole.
+                self.unfinished = b""
+                with self.lock:
+                    self.pending.appendleft(self._cut_line)
+                    self.waited += 1
 
     def _deliver(self, lead: list[str]) -> None:
         self._follow_path()
-        out = self.format.header(self.now()) if self.needs_header else []
-        out += lead
-        out.extend(self.pending)
-        if out:
-            self._write_all(("\n".join(out) + "\n").encode("utf-8", "backslashreplace"))
-        self.needs_header = False
+        if self.unfinished:
+            try:
+                self._write(self.unfinished)
+            except OSError as exc:
+                self.unfinished = self.unfinished[exc.written:]
+                raise
+            self.unfinished = b""
+        head = self.format.header(self.now()) if self.needs_header else []
+        lines = head + lead + list(self.pending)
+        if not lines:
+            return
+        chunks = [(line + "\n").encode("utf-8", "backslashreplace") for line in lines]
+        data = b"".join(chunks)
+        try:
+            written, failure = self._write(data), None
+        except OSError as exc:
+            written, failure = exc.written, exc
+        whole, whole_end = self._whole(chunks, written)
+        if whole_end < written:  # a line was cut
+            if self.identity is not None and self._cut_back(self.end + whole_end):
+                written = whole_end
+            else:
+                self.unfinished, self._cut_line = data[written:whole_end + len(chunks[whole])], lines[whole]
+                whole += 1  # its rest is written first next time
+        self.end += written
+        if whole >= len(head):
+            self.needs_header = False
+        self.delivered(max(0, whole - len(head) - len(lead)))
+        if failure is not None:
+            raise failure
+
+    def _write(self, data: bytes) -> int:
+        """Write data; return how much was written, or raise OSError with .written set."""
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self.fd, data[written:])
+        except BrokenPipeError:
+            if self.path == "-":
+                raise OutputClosed() from None
+            raise
+        except OSError as exc:
+            exc.written = written
+            raise
+        return written
+
+    @staticmethod
+    def _whole(chunks: list[bytes], written: int) -> tuple[int, int]:
+        """How many of chunks the first `written` bytes hold whole, and where they end."""
+        count = end = 0
+        for chunk in chunks:
+            if end + len(chunk) > written:
+                break
+            count, end = count + 1, end + len(chunk)
+        return count, end
+
+    def _cut_back(self, size: int) -> bool:
+        try:
+            os.ftruncate(self.fd, size)
+            return True
+        except OSError:
+            return False
 
     def _follow_path(self) -> None:
         # Reopen when the path now names another file (mv, logrotate's create)
@@ -1623,44 +1800,74 @@ class LogFile(Sink):
             self.end = 0
             self.needs_header = True
 
-    def _write_all(self, data: bytes) -> None:
-        start = self.end
-        written = 0
-        try:
-            while written < len(data):
-                written += os.write(self.fd, data[written:])
-        except BrokenPipeError:
-            if self.path == "-":
-                raise OutputClosed() from None
-            raise
-        except OSError:
-            if written and self.identity is not None:
-                # A half line must not stay behind: cut back to the last whole write.
-                try:
-                    os.ftruncate(self.fd, start)
-                except OSError:
-                    pass  # the bytes stay; the whole batch is written again anyway
-            raise
-        self.end = start + written
-
 
 class SyslogSink(Sink):
-    """Sends each line as one syslog message: RFC 5424 over UDP or TCP; to a local
-    socket, the form syslog(3) uses, which is the one every local daemon parses."""
+    """Sends each line as one syslog message, MSGID connection or process: RFC 5424 over
+    UDP or TCP; to a local socket, the form syslog(3) uses, which is the one every local
+    daemon parses. Both streams share the one connection, in the order they were written.
 
-    def __init__(self, transport: str, address: str, msgid: str, facility: str, fmt: Format,
+    A thread of its own connects and sends, so that a slow or dead collector never
+    holds up a poll: lines wait in the bounded queue meanwhile, and after a failure
+    it tries again after a pause that doubles up to SYSLOG_BACKOFF_MAX seconds."""
+
+    def __init__(self, transport: str, address: str, facility: str, fmt: Format,
                  now: Callable[[], float] = time.time):
-        super().__init__(fmt, now)
+        super().__init__(fmt, now)  # fmt: the connection stream's, for remarks
         self.transport = transport
         self.address = address
-        self.msgid = msgid
         self.priority = SYSLOG_FACILITIES[facility] * 8 + SYSLOG_INFO
         self.hostname = socket.gethostname() or "-"
         self.sock: socket.socket | None = None
+        self.wake = threading.Condition(self.lock)
+        self.stopping = False
+        self.reconnect = False
+        self.backoff = 0.0
+        self.thread = threading.Thread(target=self._run, name="lognet-syslog", daemon=True)
 
     @property
     def name(self) -> str:
         return f"syslog {self.transport}:{self.address}"
+
+    def write(self, lines: list[str], msgid: str = "connection") -> None:
+        """Queue a poll's lines for the sender thread; never waits for the network."""
+        self.hold([(msgid, line) for line in lines])
+        with self.wake:
+            if not self.thread.is_alive() and not self.stopping:
+                self.thread.start()
+            self.wake.notify()
+
+    def reopen(self) -> None:
+        with self.wake:
+            self.reconnect = True
+            self.wake.notify()
+
+    def close(self, deadline: float | None = None) -> None:
+        """Let the sender thread send what is queued until deadline (time.monotonic()), then
+        end it. What it could not send stays in pending, and counts as lost."""
+        with self.wake:
+            self.stopping = True
+            self.wake.notify()
+        if self.thread.is_alive():
+            self.thread.join(timeout=max(0.0, (deadline or time.monotonic()) - time.monotonic()))
+
+    def _run(self) -> None:
+        retry_at = 0.0
+        while True:
+            with self.wake:
+                while not (self.stopping or self.reconnect or (self.pending and time.monotonic() >= retry_at)):
+                    self.wake.wait(None if not self.pending else max(0.0, retry_at - time.monotonic()))
+                if self.reconnect:
+                    self.reconnect = False
+                    self._disconnect()
+                if self.stopping and (not self.pending or time.monotonic() < retry_at):
+                    self._disconnect()
+                    return
+            if self.flush():
+                self.backoff = 0.0
+            else:
+                self._disconnect()
+                self.backoff = min(SYSLOG_BACKOFF_MAX, max(SYSLOG_BACKOFF_MIN, self.backoff * 2))
+                retry_at = time.monotonic() + self.backoff
 
     def _connect(self) -> socket.socket:
         if self.sock is None:
@@ -1681,34 +1888,60 @@ class SyslogSink(Sink):
             self.sock = sock
         return self.sock
 
-    def _deliver(self, lead: list[str]) -> None:
-        lines = lead + list(self.pending)
-        if not lines:
-            return
-        now = self.now()
-        if self.transport == "unix":
-            local = time.localtime(now)
-            header = (f"<{self.priority}>{MONTHS[local.tm_mon - 1]} {local.tm_mday:2d} "
-                      f"{time.strftime('%H:%M:%S', local)} lognet[{os.getpid()}]: ")
-        else:
-            header = (f"<{self.priority}>1 {format_iso_timestamp(now, self.format.utc)} {self.hostname} "
-                      f"lognet {os.getpid()} {self.msgid} - ")
-        messages = [(header + line).encode("utf-8", "backslashreplace") for line in lines]
-        sock = self._connect()
-        try:
-            if self.transport == "tcp":  # octet counting (RFC 6587): a message may hold any byte
-                sock.sendall(b"".join(b"%d %s" % (len(m), m) for m in messages))
-            else:
-                for message in messages:
-                    sock.send(message)
-        except OSError:
-            self.close()  # connect afresh next time
-            raise
-
-    def close(self) -> None:
+    def _disconnect(self) -> None:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+    def _header(self, msgid: str) -> bytes:
+        now = self.now()
+        if self.transport == "unix":
+            local = time.localtime(now)
+            return (f"<{self.priority}>{MONTHS[local.tm_mon - 1]} {local.tm_mday:2d} "
+                    f"{time.strftime('%H:%M:%S', local)} lognet[{os.getpid()}]: ").encode()
+        return (f"<{self.priority}>1 {format_iso_timestamp(now, self.format.utc)} {self.hostname} "
+                f"lognet {os.getpid()} {msgid} - ").encode()
+
+    def _deliver(self, lead: list[str]) -> None:
+        sock = self._connect()
+        headers = {msgid: self._header(msgid) for msgid in ("connection", "process")}
+        for line in lead:
+            self._send(sock, headers["connection"], line)
+        while True:
+            with self.lock:
+                if not self.pending:
+                    return
+                msgid, line = self.pending[0]
+            self._send(sock, headers[msgid], line)
+            self.delivered(1)
+
+    def _send(self, sock: socket.socket, header: bytes, line: str) -> None:
+        message = header + line.encode("utf-8", "backslashreplace")
+        if self.transport == "tcp":  # octet counting (RFC 6587): a message may hold any byte
+            sock.sendall(b"%d %s" % (len(message), message))
+            return
+        # A datagram has a largest size; a line too long for it (a hostile command line)
+        # is cut to fit and marked, and sent once, never retried whole.
+        largest = SYSLOG_UDP_MAX if self.transport == "udp" else \
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - SYSLOG_UNIX_OVERHEAD
+        for room in (len(message), largest, SYSLOG_SMALL_DATAGRAM):
+            try:
+                sock.send(message if room >= len(message) else cut_message(header, message[len(header):], room))
+                return
+            except OSError as exc:
+                if exc.errno != errno.EMSGSIZE:
+                    raise
+        self.total_dropped += 1  # not even a small datagram passes: this one line is lost, not the rest
+
+
+def cut_message(header: bytes, line: bytes, room: int) -> bytes:
+    """header, a mark, and the longest start of line that fits in room bytes with them,
+    never ending inside a UTF-8 character: b'<14>... [cut to 65390 of 70123 bytes] 2026-...'."""
+    mark = SYSLOG_CUT_MARK % (len(line), len(line))  # as long as the mark can get
+    keep = max(0, room - len(header) - len(mark))
+    while 0 < keep < len(line) and line[keep] & 0xC0 == 0x80:
+        keep -= 1
+    return header + SYSLOG_CUT_MARK % (keep, len(line)) + line[:keep]
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -1728,14 +1961,16 @@ def fallback_log_dir() -> str:
 
 
 class Stream(NamedTuple):
-    """One stream of lines (connections or processes): its format, and the sinks that take it."""
+    """One stream of lines (connections or processes): its format, the sinks that take it,
+    and its syslog MSGID."""
 
     format: Format
     sinks: list[Sink]
+    msgid: str
 
     def write(self, lines: list[str]) -> None:
         for sink in self.sinks:
-            sink.write(lines)
+            sink.write(lines, self.msgid)
 
 
 class Outputs(NamedTuple):
@@ -1745,21 +1980,23 @@ class Outputs(NamedTuple):
     processes: Stream
 
     def all(self) -> list[Sink]:
-        return self.processes.sinks + self.connections.sinks
+        """Every sink once (syslog takes both streams)."""
+        return list(dict.fromkeys(self.processes.sinks + self.connections.sinks))
 
 
 def open_outputs(config: Config, defaulted: tuple[bool, bool] = (False, False)) -> Outputs:
     """Open both logs, and the syslog destination if one was asked for."""
     make_format = FORMATS[config.format]
-    connections = Stream(make_format(config.fields, config.utc, config.interval), [])
-    processes = Stream(make_format(PROCESS_FIELDS, config.utc), [])
+    connections = Stream(make_format(config.fields, config.utc, config.interval), [], "connection")
+    processes = Stream(make_format(PROCESS_FIELDS, config.utc), [], "process")
     clog, plog = open_logs(config, defaulted, (connections.format, processes.format))
     connections.sinks.append(clog)
     processes.sinks.append(plog)
     if config.syslog:
         transport, address = config.syslog
-        for msgid, stream in (("connection", connections), ("process", processes)):
-            stream.sinks.append(SyslogSink(transport, address, msgid, config.syslog_facility, stream.format))
+        syslog = SyslogSink(transport, address, config.syslog_facility, connections.format)
+        connections.sinks.append(syslog)
+        processes.sinks.append(syslog)
     return Outputs(connections, processes)
 
 
@@ -1785,12 +2022,27 @@ def open_logs(config: Config, defaulted: tuple[bool, bool], formats: tuple[Forma
 
 
 def open_log(path: str, fmt: Format, make_folder: bool) -> LogFile:
-    """An open LogFile at path; its folder is made (0750) only when make_folder. OSError if impossible."""
+    """An open LogFile at path; its folder is made (0750) only when make_folder. OSError if
+    impossible; LognetError when the file holds lines of the other format."""
     if make_folder:
         os.makedirs(os.path.dirname(path), mode=LOG_DIR_MODE, exist_ok=True)
     log = LogFile(path, fmt)
     log.open()
+    found = log_format(path)
+    if found and found != fmt.name:
+        log.close()
+        raise LognetError(f"{path} holds {found} lines, not {fmt.name}: choose --format {found}, or another log")
     return log
+
+
+def log_format(path: str) -> str | None:
+    """The format of the lines a log file already holds, from its first byte; None when empty or not a file."""
+    try:
+        with open(path, "rb") as f:
+            first = f.read(1) if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else b""
+    except OSError:
+        return None  # write-only, or standard output: nothing to read, nothing to mix up
+    return {b"#": "w3c", b"{": "jsonl"}.get(first)
 
 
 ##############################################################################
@@ -1798,11 +2050,13 @@ def open_log(path: str, fmt: Format, make_folder: bool) -> LogFile:
 ##############################################################################
 
 class Signals:
-    """Turns SIGTERM/SIGINT into a stop and SIGHUP into a reopen, waking any sleep."""
+    """Turns SIGTERM/SIGINT into a stop, SIGHUP into a reopen and SIGWINCH into a redraw,
+    waking any sleep."""
 
     def __init__(self):
         self.stop = False
         self.reopen = False
+        self.resized = False
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -1815,12 +2069,17 @@ class Signals:
         signal.signal(signal.SIGINT, self._on_stop)
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, self._on_hangup)
+        if hasattr(signal, "SIGWINCH"):
+            signal.signal(signal.SIGWINCH, self._on_resize)
 
     def _on_stop(self, signum, frame) -> None:
         self.stop = True
 
     def _on_hangup(self, signum, frame) -> None:
         self.reopen = True
+
+    def _on_resize(self, signum, frame) -> None:
+        self.resized = True
 
     def sleep(self, seconds: float) -> None:
         """Sleep up to seconds, or until a signal arrives."""
@@ -1846,7 +2105,7 @@ class Poller:
         self.keep = build_filter(config)
         # With only the original fields, lognet writes what it always wrote: no close lines,
         # no owner carried into TIME_WAIT, no statistics unless asked for.
-        self.lifecycle_fields = config.format == "jsonl" or config.fields != CONNECTION_FIELDS
+        self.lifecycle_fields = config.format == "jsonl" or not set(config.fields) <= set(CONNECTION_FIELDS)
         self.logs_closes = config.format == "jsonl" or "event" in config.fields
         self.stats_every = config.stats_interval or (DEFAULT_STATS_INTERVAL if self.lifecycle_fields else None)
         self.next_stats = clock() + (self.stats_every or 0)
@@ -1860,6 +2119,8 @@ class Poller:
 
     def poll(self) -> int:
         """Run one poll and return the number of connection lines it wrote."""
+        if any(isinstance(sink, LogFile) and sink.reader_gone() for sink in self.outputs.all()):
+            raise OutputClosed()  # noticed now, not at the next line, which may be long in coming
         started = self.clock()
         if self.polls == 0 and self.stats_every and not self.source.has_close_events:
             self.tcp_opens_at_start = self.source.tcp_opens()
@@ -1868,6 +2129,7 @@ class Poller:
         now = self.now()
         snapshot = self.source.connections(self.config.kind)
         arrivals, departures = self.source.between_polls()  # after the dump: a close it missed is here
+        self.tracker.owners_visible = self.source.owners_visible
         events, new_processes = self.logged_events(self.tracker.update(snapshot, now, arrivals, departures))
         self.write(events, new_processes, now)
         self.polls += 1
@@ -1968,14 +2230,20 @@ class Poller:
             self.write_stats()
 
     def reopen(self) -> None:
-        """SIGHUP (after logrotate): let go of every file and socket; the next write opens
-        them afresh, a log with a fresh header, and reports a failure as any write does."""
-        self.close()
+        """SIGHUP (after logrotate): open every log afresh now (a new file gets a fresh
+        header with the next lines), and connect to syslog afresh."""
+        for sink in self.outputs.all():
+            sink.reopen()
 
     def close(self) -> None:
-        """Close every output."""
+        """Close every output, giving the ones that send in the background a moment to finish."""
+        deadline = time.monotonic() + SYSLOG_EXIT_SECONDS
         for sink in self.outputs.all():
-            sink.close()
+            sink.close(deadline)
+
+    def lost(self) -> dict[str, int]:
+        """Each output's lines that never reached it, where there are any."""
+        return {sink.name: sink.lost() for sink in self.outputs.all() if sink.lost()}
 
 
 class Watcher:
@@ -2018,31 +2286,71 @@ class Watcher:
 
 
 class StatusLine:
-    """One line on a terminal's stderr, redrawn in place at most once a second."""
+    """One line on a terminal's stderr, redrawn in place at most once a second, and
+    at once when the terminal is resized; it never grows wider than the terminal."""
 
     def __init__(self, stream, outputs: Outputs, clock: Callable[[], float] = time.monotonic):
         self.stream = stream
-        self.paths = " ".join(sink.name for sink in outputs.connections.sinks + outputs.processes.sinks)
+        sinks = list(dict.fromkeys(outputs.connections.sinks + outputs.processes.sinks))
+        self.paths = " ".join(sink.name for sink in sinks)
+        self.short_paths = " ".join(os.path.basename(sink.name) if isinstance(sink, LogFile) else sink.name
+                                    for sink in sinks)
         self.clock = clock
         self.shown_at: float | None = None
+        self.width = self.measure()
+
+    def measure(self) -> int:
+        """The columns the line may take: one less than the terminal's, so that it never wraps."""
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError):
+            columns = 0
+        return max(20, columns - 1) if columns else 79  # 0: a terminal that does not say
+
+    def text(self, poller: Poller) -> str:
+        """The status, fitted to the width: the paths are shortened first, then left out, then the words."""
+        polls, live, lines, ms = (poller.polls, len(poller.tracker.live), poller.lines,
+                                  f"{poller.last_poll_seconds * 1e3:.0f}")
+        counts = f"lognet: {polls} polls, {live} live connections, {lines} lines written, last poll {ms} ms"
+        brief = f"lognet: {polls} polls, {live} live, {lines} lines, {ms} ms"
+        for text in (f"{counts} -> {self.paths}", f"{counts} -> {self.short_paths}", counts, brief):
+            if len(text) <= self.width:
+                return text
+        return brief[:self.width]
 
     def update(self, poller: Poller, force: bool = False) -> None:
         """Redraw the line if a second has passed since it was last drawn."""
         now = self.clock()
-        if not force and self.shown_at is not None and now - self.shown_at < STATUS_SECONDS:
+        if self.stream is None or (not force and self.shown_at is not None and now - self.shown_at < STATUS_SECONDS):
             return
         self.shown_at = now
-        self.stream.write(f"\r\x1b[Klognet: {poller.polls} polls, {len(poller.tracker.live)} live connections, "
-                          f"{poller.lines} lines written, last poll {poller.last_poll_seconds * 1e3:.0f} ms"
-                          f" -> {self.paths}")
-        self.stream.flush()
+        try:
+            self.stream.write(f"\r\x1b[K{self.text(poller)}")
+            self.stream.flush()
+        except OSError:
+            self.hang_up()
+
+    def resize(self, poller: Poller) -> None:
+        """SIGWINCH: measure the terminal again and redraw."""
+        if self.stream is not None:
+            self.width = self.measure()
+            self.update(poller, force=True)
+
+    def hang_up(self) -> None:
+        """The terminal is gone (closed, or its session ended): lognet goes on logging, as a
+        daemon does, and what it would have printed there is dropped."""
+        self.stream = None
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 -- for the rest of the run
 
     def close(self, poller: Poller) -> None:
         """Show the final counts, and leave the terminal on a fresh line."""
-        if self.shown_at is not None:
+        if self.shown_at is not None and self.stream is not None:
             self.update(poller, force=True)
-            self.stream.write("\n")
-            self.stream.flush()
+            try:
+                self.stream.write("\n")
+                self.stream.flush()
+            except OSError:
+                self.hang_up()
 
 
 def run(config: Config, poller: Poller, *, signals: Signals | None = None, status: StatusLine | None = None,
@@ -2060,9 +2368,7 @@ def run(config: Config, poller: Poller, *, signals: Signals | None = None, statu
     gc.disable()
     try:
         while not signals.stop:
-            if signals.reopen:
-                signals.reopen = False
-                poller.reopen()
+            attend(signals, poller, status)
             poller.poll()
             polls += 1
             if status:
@@ -2077,10 +2383,22 @@ def run(config: Config, poller: Poller, *, signals: Signals | None = None, statu
                 deadline = clock()  # a poll overran the interval: start the schedule afresh, skip no sleep debt
             while not signals.stop and (remaining := deadline - clock()) > 0:
                 sleep(remaining)
+                attend(signals, poller, status)  # a signal ends the sleep: SIGHUP reopens now, not next poll
     finally:
         if collecting:
             gc.enable()
     return polls
+
+
+def attend(signals: Signals, poller: Poller, status: StatusLine | None) -> None:
+    """Act on SIGHUP (reopen the logs) and SIGWINCH (fit the status line) that came since the last look."""
+    if signals.reopen:
+        signals.reopen = False
+        poller.reopen()
+    if signals.resized:
+        signals.resized = False
+        if status:
+            status.resize(poller)
 
 
 ##############################################################################
@@ -2127,7 +2445,8 @@ positive_int = number_argument(int, 1, above=False)
 
 
 def syslog_address(text: str) -> tuple[str, str]:
-    """argparse type: '/dev/log' (a local socket), 'host:514' or 'udp://host:514', 'tcp://host:514'."""
+    """argparse type: '/dev/log' (a local socket), 'host:514' or 'udp://host:514', 'tcp://host:514';
+    an IPv6 address in brackets, '[::1]:514'. The port is 514 when left out."""
     if text.startswith("/"):
         return ("unix", text)
     transport, scheme, rest = text.partition("://")
@@ -2135,25 +2454,43 @@ def syslog_address(text: str) -> tuple[str, str]:
         transport, rest = "udp", text
     if transport not in ("udp", "tcp"):
         raise argparse.ArgumentTypeError(f"unknown transport {transport!r}: use udp:// or tcp://")
-    if not rest.rpartition(":")[2].isdigit() or rest.endswith("]"):
-        rest += ":514"
-    host, port = split_host_port(rest)
-    if not host or not 0 < port < 65536:
+    if rest.startswith("["):
+        host, bracket, port = rest[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            raise argparse.ArgumentTypeError(f"not [IPv6 address]:port: {text!r}")
+        port = port[1:]
+    elif rest.count(":") > 1:
+        raise argparse.ArgumentTypeError(f"write an IPv6 address in brackets, as [::1]:514: {text!r}")
+    else:
+        host, _, port = rest.partition(":")
+    if not host or not all(c.isalnum() or c in ".-_:%" for c in host):
         raise argparse.ArgumentTypeError(f"not a socket path or host:port: {text!r}")
-    return (transport, rest)
+    port = port or "514"
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        raise argparse.ArgumentTypeError(f"not a port (1 to 65535): {port!r} in {text!r}")
+    return (transport, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+
+def log_path(text: str) -> str:
+    """argparse type: a log path; '-' is standard output, and '' is refused, not taken as the default."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path: give a file, or - for standard output")
+    return text
 
 
 def field_list(text: str) -> tuple[str, ...]:
     """argparse type: 'a,b,c' chooses connections.log's fields; '+a,b' adds them to the original eight."""
     append = text.startswith("+")
-    names = [name.strip() for name in text.lstrip("+").split(",") if name.strip()]
+    names = [name.strip() for name in text[append:].split(",")]
     known = CONNECTION_FIELDS + EXTRA_FIELDS
     for name in names:
+        if not name:
+            raise argparse.ArgumentTypeError(f"an empty field name: {text!r}")
         if name not in known:
             raise argparse.ArgumentTypeError(f"unknown field {name!r} (choose from {', '.join(known)})")
     fields = (CONNECTION_FIELDS if append else ()) + tuple(names)
-    if not names or len(set(fields)) != len(fields):
-        raise argparse.ArgumentTypeError(f"each field once, at least one: {text!r}")
+    if len(set(fields)) != len(fields):
+        raise argparse.ArgumentTypeError(f"each field once: {text!r}")
     return fields
 
 
@@ -2174,9 +2511,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-i", "--interval", type=positive_float, default=DEFAULT_INTERVAL, metavar="I",
                         help="interval (in seconds) for connection enumeration (default: 3s)")
-    parser.add_argument("-clog", "--connections-log", metavar="CLOG",
+    parser.add_argument("-clog", "--connections-log", type=log_path, metavar="CLOG",
                         help=f"output file for connections log (default: {DEFAULT_CONNECTIONS_LOG})")
-    parser.add_argument("-plog", "--processes-log", metavar="PLOG",
+    parser.add_argument("-plog", "--processes-log", type=log_path, metavar="PLOG",
                         help=f"output file for processes list (default: {DEFAULT_PROCESSES_LOG})")
     parser.add_argument("-ipv", "--ip-version", type=int, choices=(4, 6),
                         help="filters by internet protocol version (if omitted, it includes both)")
@@ -2200,7 +2537,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--utc", action="store_true", help="timestamps in UTC instead of local time")
     parser.add_argument("--format", choices=tuple(FORMATS), default="w3c",
                         help="w3c: the original's W3C-style lines (default); jsonl: one JSON object per line")
-    parser.add_argument("--fields", type=field_list, default=CONNECTION_FIELDS, metavar="LIST",
+    parser.add_argument("--fields", type=field_list, metavar="LIST",
                         help="connections.log's fields, comma-separated; a leading + adds to the default eight: "
                              f"+event,duration,direction (extra fields: {', '.join(EXTRA_FIELDS)})")
     parser.add_argument("--stats-interval", type=positive_float, metavar="SECONDS",
@@ -2219,7 +2556,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> tuple[Config, tuple[bool, bool]]:
     """Parse argv into a Config, and which of the two log paths are defaults."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.fields and args.format == "jsonl":
+        parser.error("argument --fields: only for --format w3c (a JSON Lines object always has every field)")
     config = Config(
         interval=args.interval,
         count=args.count,
@@ -2233,7 +2573,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, tuple[bool, bool]
         processes_log=args.processes_log or DEFAULT_PROCESSES_LOG,
         utc=args.utc,
         format=args.format,
-        fields=args.fields,
+        fields=args.fields or CONNECTION_FIELDS,
         stats_interval=args.stats_interval,
         syslog=args.syslog,
         syslog_facility=args.syslog_facility,
@@ -2276,7 +2616,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OutputClosed:
         return 0  # the reader of standard output is gone: nothing is left to say
-    return 0
+    lost = poller.lost()
+    for name, count in lost.items():
+        warn(f"{count} lines never reached {name}", "error")
+    return 1 if lost else 0
 
 
 if __name__ == "__main__":

@@ -24,9 +24,14 @@ from conftest import run_lognet
     (["--engine", "x"], "argument --engine: invalid choice: 'x' (choose from 'auto', 'netlink', 'psutil')"),
     (["--watch", "-1"], "argument --watch: must be 0 or more: '-1'"),
     (["--watch", "x"], "argument --watch: not a number: 'x'"),
+    (["-clog", ""], "argument -clog/--connections-log: an empty path: give a file, or - for standard output"),
+    (["-plog", ""], "argument -plog/--processes-log: an empty path: give a file, or - for standard output"),
+    (["--fields", "+event,,duration"], "argument --fields: an empty field name: '+event,,duration'"),
+    (["--format", "jsonl", "--fields", "+event"],
+     "argument --fields: only for --format w3c (a JSON Lines object always has every field)"),
 ])
 def test_bad_value_is_one_line_and_exit_2(argv, message):
-    result = run_lognet(*argv, "-clog", "/nonexistent/c.log", "-plog", "/nonexistent/p.log")
+    result = run_lognet("-clog", "/nonexistent/c.log", "-plog", "/nonexistent/p.log", *argv)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == f"lognet: error: {message} (see lognet --help)\n"
@@ -53,6 +58,18 @@ def test_help_shows_original_options_and_examples():
 def test_version():
     result = run_lognet("--version")
     assert (result.returncode, result.stdout) == (0, f"lognet {lognet.__version__}\n")
+
+
+@pytest.mark.parametrize("text, address", [
+    ("/dev/log", ("unix", "/dev/log")),
+    ("loghost", ("udp", "loghost:514")),
+    ("loghost:1514", ("udp", "loghost:1514")),
+    ("tcp://127.0.0.1:6514", ("tcp", "127.0.0.1:6514")),
+    ("[::1]", ("udp", "[::1]:514")),
+    ("tcp://[::1]:6514", ("tcp", "[::1]:6514")),
+])
+def test_syslog_addresses_accepted(text, address):
+    assert lognet.parse_args(["--syslog", text])[0].syslog == address
 
 
 def test_defaults_match_the_original():

@@ -13,9 +13,9 @@ TIME_WAIT = make_conn(("127.0.0.1", 80), ("127.0.0.1", 5000), "TIME_WAIT", pid=N
 PRIVATE = make_conn(("127.0.0.1", 81), ("10.0.0.1", 443), "ESTABLISHED", pid=10, fd=5)
 
 
-def make_poller(tmp_path, source, clock=time.monotonic, **kw):
+def make_poller(tmp_path, source, clock=time.monotonic, now=lambda: 1795763232.0, **kw):
     config = lognet.Config(connections_log=str(tmp_path / "c.log"), processes_log=str(tmp_path / "p.log"), **kw)
-    return config, lognet.Poller(config, source, lognet.open_outputs(config), now=lambda: 1795763232.0, clock=clock)
+    return config, lognet.Poller(config, source, lognet.open_outputs(config), now=now, clock=clock)
 
 
 def test_loop_logs_new_and_changed_once(tmp_path):
@@ -95,22 +95,25 @@ def test_lifecycle_lines_and_the_statistics_remark(tmp_path):
     source = ScriptedSource([[LISTEN], [LISTEN, ESTAB, client], [LISTEN, TIME_WAIT._replace(laddr=client.laddr,
                              raddr=client.raddr)], [LISTEN]], {10: PROC})
     source.opens = [100, 104, 104]  # at the first poll, at the remark after the third, and at exit
-    config, poller = make_poller(tmp_path, source, clock=clock, count=4, interval=1.0, utc=True, stats_interval=1.5,
+    # The wall clock moves with the fake one: polls at 07:07:12, 13, 14 and 15.
+    config, poller = make_poller(tmp_path, source, clock=clock, now=lambda: 1795763232.0 + clock() - 100.0,
+                                 count=4, interval=1.0, utc=True, stats_interval=1.5,
                                  fields=lognet.CONNECTION_FIELDS + ("event", "duration", "direction", "attrib"))
     lognet.run(config, poller, clock=clock, sleep=clock.sleep)
     poller.finish()
     poller.close()
-    ts, upid = "2026-11-27|07:07:12", "srv|10|1000.00"
+    ts, upid = "2026-11-27|07:07:", "srv|10|1000.00"
     remark = "#Remark: coverage 0.500 (kernel TCP opens 4, seen 2); polls {}; average poll 0.0 ms; late lines 0; " \
              "dropped lines 0"
     assert data_lines(tmp_path / "c.log") == [
-        f"{ts} TCP 127.0.0.1 80 - - LISTEN {upid} open - listen pid",
-        f"{ts} TCP 127.0.0.1 80 127.0.0.1 5000 ESTABLISHED {upid} open - in pid",
-        f"{ts} TCP 127.0.0.1 5000 127.0.0.1 80 ESTABLISHED {upid} open - out pid",
+        f"{ts}12 TCP 127.0.0.1 80 - - LISTEN {upid} open - listen pid",
+        f"{ts}13 TCP 127.0.0.1 80 127.0.0.1 5000 ESTABLISHED {upid} open - in pid",
+        f"{ts}13 TCP 127.0.0.1 5000 127.0.0.1 80 ESTABLISHED {upid} open - out pid",
         # the server end closed; the client end's TIME_WAIT keeps its process
-        f"{ts} TCP 127.0.0.1 5000 127.0.0.1 80 TIME_WAIT {upid} state 0 out orphan",
-        f"{ts} TCP 127.0.0.1 80 127.0.0.1 5000 ESTABLISHED {upid} close 0 in pid",
-        f"{ts} TCP 127.0.0.1 5000 127.0.0.1 80 TIME_WAIT {upid} close 0 out orphan",
+        f"{ts}14 TCP 127.0.0.1 5000 127.0.0.1 80 TIME_WAIT {upid} state 1 out orphan",
+        # a close lasts to the last sighting (13), not to the poll that found it gone (14)
+        f"{ts}14 TCP 127.0.0.1 80 127.0.0.1 5000 ESTABLISHED {upid} close 0 in pid",
+        f"{ts}15 TCP 127.0.0.1 5000 127.0.0.1 80 TIME_WAIT {upid} close 1 out orphan",
     ]
     assert [line for line in read_lines(tmp_path / "c.log") if line.startswith("#Remark")] == [
         remark.format(3), remark.format(4)]

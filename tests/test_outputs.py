@@ -2,6 +2,7 @@
 instances, a least-privilege run with capabilities, the status line in a real
 pseudo-terminal, and installation with pipx."""
 
+import fcntl
 import json
 import os
 import pty
@@ -9,8 +10,10 @@ import pwd
 import re
 import select
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from conftest import (
     data_lines,
     lognet_command,
     read_lines,
+    require_root,
     require_tool,
     upid_of,
     wait_for,
@@ -91,6 +95,21 @@ def test_jq_reads_every_line(tmp_path, holder):
     assert picked.stdout.splitlines() == [f"lnjq {h.info['port']} listen"]
 
 
+@pytest.mark.parametrize("first, then", [("w3c", "jsonl"), ("jsonl", "w3c")])
+def test_switching_format_on_an_existing_log_is_refused(tmp_path, first, then):
+    clog, plog = tmp_path / "c.log", tmp_path / "p.log"
+    ran = subprocess.run(lognet_command("-n", "1", "--format", first, "-clog", clog, "-plog", plog),
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    before = clog.read_bytes()
+    switched = subprocess.run(lognet_command("-n", "1", "--format", then, "-clog", clog, "-plog", tmp_path / "p2"),
+                              capture_output=True, text=True, timeout=60)
+    assert switched.returncode == 1
+    assert switched.stderr == (f"lognet: error: {clog} holds {first} lines, not {then}: choose --format {first}, "
+                               "or another log\n")
+    assert clog.read_bytes() == before
+
+
 # ---------------------------------------------------------------- standard output
 
 def test_dash_writes_connection_lines_to_stdout(tmp_path, holder):
@@ -114,6 +133,47 @@ def test_closed_pipe_ends_lognet_quietly(tmp_path, holder):
         proc.stdout.close()
         h.send("open")  # something new to write, into the closed pipe
         out_status = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert out_status == 0
+    assert proc.stderr.read() == b""
+
+
+def test_a_full_pipe_gets_whole_lines_each_once(tmp_path, many_pairs):
+    # A non-blocking pipe that nobody reads for a second: lognet's write of the first poll
+    # stops partway, in the middle of a line, and a pipe cannot be cut back.
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    proc = subprocess.Popen(lognet_command("-i", "0.2", "-n", "10", "-p", "tcp", "-clog", "-",
+                                           "-plog", tmp_path / "p.log"),
+                            stdout=write_end, stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    time.sleep(1.0)
+    with os.fdopen(read_end, "rb") as reader:
+        out = reader.read().decode()
+    assert proc.wait(timeout=30) == 0
+    assert "lognet: error: cannot write -: Resource temporarily unavailable" in proc.stderr.read()
+    lines = out.splitlines()
+    assert out.endswith("\n")
+    data = [line for line in lines if not line.startswith("#")]
+    for line in data:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d\|\d\d:\d\d:\d\d TCP \S+ \d+ \S+ \S+ [A-Z_0-9]+ \S+", line), line
+    assert len(set(data)) == len(data), "a line was written twice"
+    ours = {line.split(" ")[3] for line in data if f"|{os.getpid()}|" in line and " ESTABLISHED " in line}
+    assert many_pairs <= ours
+
+
+def test_closed_pipe_ends_lognet_on_a_quiet_host_at_the_next_poll(tmp_path):
+    require_root("a network namespace of the test's own (unshare -n): a host with no socket at all")
+    require_tool("unshare", "util-linux")
+    proc = subprocess.Popen(["unshare", "-n", *lognet_command("-i", "0.5", "-clog", "-", "-plog", tmp_path / "p.log")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        header = [proc.stdout.readline() for _ in range(3)]  # what `| head -3` reads
+        assert header[2].startswith(b"#Fields: ")
+        proc.stdout.close()  # nothing more will ever be written: no socket opens in there
+        out_status = proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -228,7 +288,9 @@ def test_syslog_facility_sets_the_priority(tmp_path):
                                                "local3", "-clog", tmp_path / "c.log", "-plog", tmp_path / "p.log"),
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0
-        message = collector.recv(65536).decode()
+        messages = [collector.recv(65536).decode() for _ in range(2)]  # one of each stream, at least
+    # the two streams travel apart: find the process line
+    message = next(m for m in messages if " lognet " in m and " process - " in m)
     # local3 (19) * 8 + informational (6) = 158; RFC 5424 version 1, an ISO timestamp, the host name
     head = re.match(r"^<158>1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d (\S+) lognet (\d+) process - ",
                     message)
@@ -236,10 +298,148 @@ def test_syslog_facility_sets_the_priority(tmp_path):
     assert message[head.end():] in data_lines(tmp_path / "p.log")
 
 
+SYSLOG_HEADER = {
+    "udp": re.compile(rb"<\d+>1 \S+ \S+ lognet \d+ (connection|process) - "),
+    "unix": re.compile(rb"<\d+>\w{3} [ \d]\d \d\d:\d\d:\d\d lognet\[\d+\]: "),
+}
+
+
+def collect_datagrams(collector, proc, quiet=1.0):
+    """Every datagram the collector gets while lognet runs, and until it has been quiet a while after."""
+    collector.settimeout(0.2)
+    messages, quiet_since = [], None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            messages.append(collector.recv(1 << 20))
+            quiet_since = None
+        except socket.timeout:
+            if proc.poll() is not None:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since > quiet:
+                    break
+    return messages
+
+
+@pytest.mark.parametrize("transport, size", [("udp", 70_000), ("unix", 250_000)])
+def test_a_line_too_long_for_a_datagram_is_cut_once_and_syslog_goes_on(tmp_path, holder, transport, size):
+    # One argument may be up to 128 kB: a command line this long takes a few.
+    h = holder("--name", "lnhuge", *["x" * 100_000] * (size // 100_000), "y" * (size % 100_000))
+    if transport == "udp":
+        collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        collector.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{collector.getsockname()[1]}"
+    else:
+        collector = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        address = str(tmp_path / "log.sock")
+        collector.bind(address)
+    with collector:
+        collector.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        proc = subprocess.Popen(lognet_command("-i", "0.2", "-n", "6", "-p", "tcp", "--syslog", address,
+                                               "-clog", tmp_path / "c.log", "-plog", tmp_path / "p.log"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        messages = collect_datagrams(collector, proc)
+    assert (proc.wait(timeout=30), proc.stderr.read()) == (0, "")
+    line = next(line for line in read_lines(tmp_path / "p.log") if f"lnhuge|{h.pid}|" in line).encode()
+    assert len(line) > size  # processes.log has it whole
+    bodies = []
+    for message in messages:
+        header = SYSLOG_HEADER[transport].match(message)
+        assert header, message[:100]
+        bodies.append(message[header.end():])
+    assert len(set(bodies)) == len(bodies), "a message was sent twice"
+    huge = [body for body in bodies if body.startswith(b"[cut to ")]
+    assert len(huge) == 1 and f" lnhuge|{h.pid}|".encode() in huge[0][:200]
+    cut = re.match(rb"\[cut to (\d+) of (\d+) bytes\] ", huge[0])
+    assert cut, huge[0][:100]
+    kept, total = int(cut.group(1)), int(cut.group(2))
+    assert total == len(line) and kept < total
+    assert huge[0][cut.end():] == line[:kept]
+    # the lines after it went on to syslog: the holder's listener, written after its process
+    assert any(f" {h.info['port']} - - LISTEN ".encode() in body for body in bodies)
+
+
+def test_a_stalled_tcp_collector_never_holds_up_the_polls(tmp_path):
+    stalled = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = stalled.getsockname()[1]
+    waiting = []
+    with stalled:
+        for _ in range(3):  # fill its accept queue: the kernel drops the next connection's SYN
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+            waiting.append(client)
+        started = time.monotonic()
+        result = subprocess.run(lognet_command("-i", "1", "-n", "3", "--syslog", f"tcp://127.0.0.1:{port}",
+                                               "-clog", tmp_path / "c.log", "-plog", tmp_path / "p.log"),
+                                capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - started
+        for client in waiting:
+            client.close()
+    print(f"-n 3 -i 1 against a stalled collector took {took:.1f} s")
+    assert took < 10  # three polls take 2 s; a poll that waited for the collector would take 5 s more each
+    assert result.returncode == 1  # lines never reached the collector, and the exit status says so
+    counts = re.findall(rf"lognet: error: (\d+) lines never reached syslog tcp:127.0.0.1:{port}\n", result.stderr)
+    assert len(counts) == 1 and int(counts[0]) > 0, result.stderr
+    assert len(data_lines(tmp_path / "c.log")) > 0  # the file got its lines all the same
+
+
+def read_octet_counted(conn, count=None):
+    """RFC 6587 frames from a TCP connection: all until EOF, or the first count."""
+    frames, buffer = [], b""
+    conn.settimeout(30)
+    while count is None or len(frames) < count:
+        while (space := buffer.find(b" ")) >= 0 and len(buffer) >= space + 1 + int(buffer[:space]):
+            length = int(buffer[:space])
+            frames.append(buffer[space + 1:space + 1 + length])
+            buffer = buffer[space + 1 + length:]
+        if count is not None and len(frames) >= count:
+            break
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        buffer += chunk
+    return frames
+
+
+def test_a_collector_that_drops_the_connection_gets_every_line_once(tmp_path, holder):
+    h = holder("--name", "lnreconnect")
+    collector = socket.create_server(("127.0.0.1", 0))
+    port = collector.getsockname()[1]
+    proc = subprocess.Popen(lognet_command("-i", "0.2", "-n", "25", "-p", "tcp", "--syslog", f"tcp://127.0.0.1:{port}",
+                                           "-clog", tmp_path / "c.log", "-plog", tmp_path / "p.log"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with collector:
+        collector.settimeout(30)
+        first, _ = collector.accept()
+        before = read_octet_counted(first, 3)
+        # a reset: lognet's next send fails, and it connects again after a pause
+        first.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        first.close()
+        for _ in range(3):
+            h.send("open")  # lines for the polls after the reset
+            time.sleep(0.2)
+        second, _ = collector.accept()
+        with second:
+            after = read_octet_counted(second)
+    assert proc.wait(timeout=30) == 0
+    stderr = proc.stderr.read()
+    assert f"lognet: error: cannot write syslog tcp:127.0.0.1:{port}: " in stderr
+    assert f"lognet: warning: writing syslog tcp:127.0.0.1:{port} works again; " in stderr
+    bodies = [re.sub(rb"^<\d+>1 \S+ ", b"", frame) for frame in before + after]  # the time differs on a resend
+    assert len(set(bodies)) == len(bodies), "a line was sent twice"
+    assert any(b" #Remark: the next " in body for body in after), (stderr, after[:5])  # the late lines are marked
+    assert any(f"lnreconnect|{h.pid}|".encode() in body for body in after)
+
+
 @pytest.mark.parametrize("address, message", [
     ("ftp://host:1", "unknown transport 'ftp': use udp:// or tcp://"),
-    ("host:99999", "not a socket path or host:port: 'host:99999'"),
+    ("host:99999", "not a port (1 to 65535): '99999' in 'host:99999'"),
+    ("host:0", "not a port (1 to 65535): '0' in 'host:0'"),
+    ("tcp://host:abc", "not a port (1 to 65535): 'abc' in 'tcp://host:abc'"),
     (":514", "not a socket path or host:port: ':514'"),
+    ("::1", "write an IPv6 address in brackets, as [::1]:514: '::1'"),
+    ("[::1", "not [IPv6 address]:port: '[::1'"),
 ])
 def test_bad_syslog_address_is_a_usage_error(address, message):
     result = subprocess.run(lognet_command("--syslog", address), capture_output=True, text=True, timeout=30)
@@ -266,47 +466,118 @@ def test_nobody_with_two_capabilities_sees_roots_sockets(tmp_path, holder, nobod
 
 # ---------------------------------------------------------------- status line
 
-def run_in_pty(*args, timeout=30):
-    """Run lognet with stderr on a real pseudo-terminal; return what the terminal showed."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(lognet_command(*args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=slave)
-    os.close(slave)
-    shown = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the terminal's other side is closed
-                break
-            if not chunk:
-                break
-            shown += chunk
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    assert proc.wait(timeout=10) == 0
-    return shown.decode()
+class Terminal:
+    """lognet with a real pseudo-terminal of a given size as its controlling terminal (stdin
+    and stderr), as in an interactive shell; the test holds the other side."""
+
+    def __init__(self, *args, columns=80):
+        self.master, slave = pty.openpty()
+        self.resize(columns)
+        self.proc = subprocess.Popen(lognet_command(*args), stdin=slave, stdout=subprocess.DEVNULL, stderr=slave,
+                                     preexec_fn=take_terminal)
+        os.close(slave)
+        self.shown = b""
+
+    def resize(self, columns, rows=24):
+        """Set the terminal's size, as a terminal emulator does: the kernel sends SIGWINCH."""
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+
+    def read(self, until=lambda shown: False, timeout=30) -> bool:
+        """Collect what the terminal shows until until(shown) holds (True), or lognet ends or
+        timeout seconds pass (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not until(self.text):
+            if select.select([self.master], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # EIO: lognet has ended, and the terminal with it
+                    return False
+                if not chunk:
+                    return False
+                self.shown += chunk
+        return until(self.text)
+
+    @property
+    def text(self) -> str:
+        return self.shown.decode()
+
+    @property
+    def frames(self) -> list[str]:
+        return [frame.rstrip("\r\n") for frame in self.text.split("\r\x1b[K") if frame]
+
+    def hang_up(self):
+        """Close the terminal, as closing its window does: the kernel hangs it up."""
+        os.close(self.master)
+        self.master = None
+
+    def finish(self, timeout=30) -> int:
+        if self.master is not None:
+            self.read(timeout=timeout)
+            os.close(self.master)
+        return self.proc.wait(timeout=timeout)
+
+
+def take_terminal():
+    """In the child: a session of its own, with stdin's terminal as its controlling terminal."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+STATUS = r"lognet: \d+ polls, \d+ live connections, \d+ lines written, last poll \d+ ms"
 
 
 def test_status_line_on_a_terminal(tmp_path):
     clog, plog = tmp_path / "c.log", tmp_path / "p.log"
-    shown = run_in_pty("-i", "0.2", "-n", "12", "-clog", clog, "-plog", plog)
-    frames = [frame for frame in shown.split("\r\x1b[K") if frame]
+    term = Terminal("-i", "0.2", "-n", "12", "-clog", clog, "-plog", plog, columns=300)
+    assert term.finish() == 0
+    frames = term.frames
     # 12 polls 0.2 s apart take 2.2 s: redrawn at most once a second (2 or 3 times), and once at exit
     assert 3 <= len(frames) <= 4, frames
     for frame in frames:
-        assert re.fullmatch(rf"lognet: \d+ polls, \d+ live connections, \d+ lines written, last poll \d+ ms"
-                            rf" -> {clog} {plog}\s*", frame), frame
+        assert re.fullmatch(rf"{STATUS} -> {clog} {plog}", frame), frame
     assert frames[0].startswith("lognet: 1 polls, ")
     assert frames[-1].startswith("lognet: 12 polls, ")
-    assert shown.endswith("\n")
+    assert term.text.endswith("\n")
+
+
+def test_status_line_fits_the_terminal_and_is_redrawn_when_it_is_resized(tmp_path):
+    clog, plog = tmp_path / "c.log", tmp_path / "p.log"
+    assert len(f"{clog} {plog}") > 100
+    term = Terminal("-i", "4", "-n", "2", "-clog", clog, "-plog", plog, columns=100)
+    assert term.read(until=lambda text: "polls" in text)
+    assert re.fullmatch(rf"{STATUS} -> c.log p.log", term.frames[0]), term.frames  # paths shortened first
+    assert len(term.frames[0]) <= 99
+    term.resize(50)
+    resized = time.monotonic()
+    # the next poll is 4 s away: only SIGWINCH redraws the line within 2 s
+    assert term.read(until=lambda text: len(term.frames) >= 2, timeout=2), term.frames
+    assert time.monotonic() - resized < 2
+    assert term.finish() == 0
+    assert all(len(frame) <= 49 for frame in term.frames[1:]), term.frames
+    assert re.fullmatch(r"lognet: 1 polls, \d+ live, \d+ lines, \d+ ms", term.frames[1]), term.frames
 
 
 def test_quiet_terminal_shows_nothing(tmp_path):
-    assert run_in_pty("-q", "-i", "0.2", "-n", "6", "-clog", tmp_path / "c.log", "-plog", tmp_path / "p.log") == ""
+    term = Terminal("-q", "-i", "0.2", "-n", "6", "-clog", tmp_path / "c.log", "-plog", tmp_path / "p.log")
+    assert term.finish() == 0
+    assert term.text == ""
+
+
+def test_closing_the_terminal_leaves_lognet_logging(tmp_path):
+    clog = tmp_path / "c.log"
+    term = Terminal("-i", "0.2", "-p", "tcp", "--fields", "+event", "-clog", clog, "-plog", tmp_path / "p.log")
+    assert term.read(until=lambda text: "polls" in text)
+    term.hang_up()  # SIGHUP, then every write to the terminal fails with EIO
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        wait_for(lambda: f" 127.0.0.1 {port} - - LISTEN " in clog.read_text())
+        time.sleep(1.5)  # status redraws that fail, each second
+        assert term.proc.poll() is None, "lognet ended when its terminal closed"
+    term.proc.terminate()
+    assert term.finish() == 0
+    assert read_lines(clog)[-1].startswith("#Remark: coverage ")  # the final statistics were written
 
 
 # ---------------------------------------------------------------- installation

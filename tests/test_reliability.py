@@ -103,6 +103,7 @@ def test_processes_dying_under_lognet_never_stop_it(tmp_path, background):
     assert ln.stderr == ""
     lines = assert_well_formed(ln.clog)
     ours = [line for line in lines if f" 127.0.0.1 {port} " in line]
+    assert ours, "no line for the children's connections"
     # Each child lived for a moment only: whatever lognet caught is attributed to a pid or to nobody.
     for line in ours:
         upid = line.split(" ")[7]
@@ -209,38 +210,71 @@ def test_moved_log_is_followed_by_a_fresh_file(tmp_path, holder, background):
     assert stat.S_IMODE(os.stat(ln.clog).st_mode) == 0o640
 
 
+def test_sighup_reopens_the_logs_within_a_second(tmp_path, background):
+    ln = background("-i", "20", "-p", "tcp")
+    wait_for(lambda: ln.clog.exists() and ln.plog.exists())
+    lognet_process = psutil.Process(ln.proc.pid)
+
+    def logs_open():
+        return {f.path for f in lognet_process.open_files() if f.path.startswith(str(tmp_path))} - {str(ln.errfile)}
+
+    wait_for(lambda: logs_open() == {str(ln.clog), str(ln.plog)})
+    os.rename(ln.clog, tmp_path / "c.log.1")
+    os.rename(ln.plog, tmp_path / "p.log.1")
+    assert logs_open() == {str(tmp_path / "c.log.1"), str(tmp_path / "p.log.1")}
+    signalled = time.monotonic()
+    ln.proc.send_signal(signal.SIGHUP)
+    # the next poll is 20 s away: only the reopen itself moves the files
+    wait_for(lambda: logs_open() == {str(ln.clog), str(ln.plog)}, timeout=3)
+    print(f"reopened {time.monotonic() - signalled:.2f} s after SIGHUP")
+    assert ln.stop() == 0
+    assert ln.stderr == ""
+
+
 # ---------------------------------------------------------------- write failures
 
-def test_dev_full_reports_once_and_keeps_polling(tmp_path, holder):
+def test_dev_full_reports_once_keeps_polling_and_counts_the_lost_lines(tmp_path, holder):
     holder("--name", "lnfull")
     result = subprocess.run(lognet_command("-i", "0.05", "-n", "20", "-clog", "/dev/full",
                                            "-plog", tmp_path / "p.log"), capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0
-    assert result.stderr == ("lognet: error: cannot write /dev/full: No space left on device; "
-                             "holding its lines until writing works again\n")
+    assert result.returncode == 1  # lines were lost, and the exit status says so
+    first, lost = result.stderr.splitlines()
+    assert first == "lognet: error: cannot write /dev/full: No space left on device; holding its lines until " \
+                    "writing works again"
+    count = re.fullmatch(r"lognet: error: (\d+) lines never reached /dev/full", lost)
+    assert count and int(count.group(1)) >= 1, lost  # the holder's listener, at least
     assert "lnfull|" in (tmp_path / "p.log").read_text()
 
 
 @pytest.fixture
-def small_filesystem(tmp_path):
+def small_filesystem(tmp_path, request):
+    """A tmpfs of 128 kB (or the size the test's parameter gives) of the test's own."""
     require_root("mounting a size-limited tmpfs")
     mount = tmp_path / "small"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)], check=True)
+    size = getattr(request, "param", "128k")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-def test_full_filesystem_holds_lines_and_writes_them_late_in_order(tmp_path, holder, background, small_filesystem):
-    filler = small_filesystem / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+def fill(path):
+    """Fill the file system that path is on, with path."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:
-        for _ in range(1000):
+        for _ in range(64):
+            os.write(fd, b"\0" * (1 << 20))
+        for _ in range(256):
             os.write(fd, b"\0" * 4096)
     except OSError:
         pass  # full, as wanted
     finally:
         os.close(fd)
+
+
+def test_full_filesystem_holds_lines_and_writes_them_late_in_order(tmp_path, holder, background, small_filesystem):
+    filler = small_filesystem / "filler"
+    fill(filler)
     ln = background("-i", "0.1", "-p", "tcp", clog=small_filesystem / "c.log")
     wait_for(lambda: "cannot write" in ln.stderr)
     h = holder("--name", "lnlate")
@@ -267,6 +301,31 @@ def test_full_filesystem_holds_lines_and_writes_them_late_in_order(tmp_path, hol
     # the two pairs opened while the disk was full, in the order they were seen: client end, then server end
     assert [p for p in ours if p in (first, second)] == [first, second]
     assert ours.count(port) == 3  # the server ends of the first pair, and of the two late pairs
+
+
+@pytest.mark.parametrize("small_filesystem", ["16m"], indirect=True)  # room for every socket of a busy host
+def test_a_write_cut_short_by_a_full_disk_leaves_no_half_line(tmp_path, background, small_filesystem, many_pairs):
+    clog = small_filesystem / "c.log"
+    first = subprocess.run(lognet_command("-n", "1", "-p", "udp", "-clog", clog, "-plog", tmp_path / "p.log"),
+                           capture_output=True, timeout=60)
+    assert first.returncode == 0
+    size = clog.stat().st_size
+    assert size % 4096, "the log's last page must have room left"
+    fill(small_filesystem / "filler")
+    # The file's last page still has room: the next write stops partway, in the middle of a line.
+    ln = background("-i", "0.2", "-p", "tcp", clog=clog)
+    wait_for(lambda: "cannot write" in ln.stderr)
+    held = clog.read_bytes()
+    assert len(held) > size  # part of the write went through ...
+    assert held.endswith(b"\n"), "a half line was left in the log"  # ... and was cut back to a whole line
+    (small_filesystem / "filler").unlink()
+    wait_for(lambda: f"writing {clog} works again; " in ln.stderr)
+    assert ln.stop() == 0, ln.stderr
+    lines = assert_well_formed(clog)
+    data = [line for line in lines if not line.startswith("#")]
+    assert len(set(data)) == len(data), "a line was written twice"
+    ours = {line.split(" ")[3] for line in data if f"|{os.getpid()}|" in line and " ESTABLISHED " in line}
+    assert many_pairs <= ours
 
 
 # ---------------------------------------------------------------- hostile input

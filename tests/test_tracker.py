@@ -101,6 +101,17 @@ def test_duplicate_tuples_collapse():
     assert events(tracker.update([hidden, hidden])) == [("open", hidden)]
 
 
+def test_an_ownerless_socket_is_hidden_only_when_an_owner_could_be_hidden():
+    fin_wait = make_conn(("127.0.0.1", 5000), ("127.0.0.1", 80), "FIN_WAIT2", pid=None, fd=-1)  # psutil: no inode
+    no_file = fin_wait._replace(cookie=7, uid=0)  # netlink: a cookie, and inode 0 (None)
+    has_file = no_file._replace(inode=4242)
+    for owners_visible, conn, attrib in ((False, fin_wait, "hidden"), (True, fin_wait, "orphan"),
+                                         (False, no_file, "orphan"), (False, has_file, "hidden"),
+                                         (True, has_file, "orphan")):
+        tracker = lognet.Tracker(owners_visible=owners_visible)
+        assert [e.attrib for e in tracker.update([conn])] == [attrib], (owners_visible, conn)
+
+
 def test_listeners_are_forgotten_when_they_close():
     tracker = lognet.Tracker()
     tracker.update([LISTEN])
