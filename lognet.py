@@ -2417,8 +2417,8 @@ examples:
   lognet --fields +event,txbytes,rxbytes --omit-loopback-conns   # bytes of each connection off this host
   lognet --engine psutil -i 1        # poll psutil.net_connections() only, as on macOS and the BSDs
   tail -f /var/log/netlog/connections.log   # watch it live
-  # crontab -e (as root):
-  @reboot /usr/bin/python3 /opt/lognet/lognet.py -i 1 >>/var/log/netlog/lognet.err 2>&1
+  # crontab -e (as root): the folder is made first, since lognet is not yet there to make it
+  @reboot mkdir -p -m 0750 /var/log/netlog && /usr/local/bin/lognet -i 1 -q >>/var/log/netlog/lognet.err 2>&1
 """
 
 

@@ -9,7 +9,9 @@ import pty
 import pwd
 import re
 import select
+import shutil
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -581,6 +583,58 @@ def test_closing_the_terminal_leaves_lognet_logging(tmp_path):
 
 
 # ---------------------------------------------------------------- installation
+
+README = (ROOT / "README.md").read_text()
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # as root's shell and cron have it
+
+
+def require_debian_python():
+    """The distribution's own python3 on a Debian or Ubuntu host, as root: what the README's
+    first command is for. CI runs on one."""
+    require_root("apt-get install, as the README's command runs it")
+    if not (shutil.which("apt-get") and os.path.exists("/usr/bin/python3")):
+        if os.environ.get("CI"):
+            pytest.fail("CI runs on Debian, yet apt-get or /usr/bin/python3 is missing")
+        pytest.skip("not a Debian or Ubuntu host with its own /usr/bin/python3")
+
+
+def test_the_readmes_install_command_works_with_the_distributions_python(tmp_path):
+    require_debian_python()
+    command = re.search(r"```sh\n(apt-get .*)\n```", README).group(1)
+    installed = tmp_path / "bin" / "lognet"
+    installed.parent.mkdir()
+    # Installed into a folder of the test's own, and run once (-n 1) with logs of its own.
+    assert "install -m 0755 lognet.py /usr/local/bin/lognet" in command and command.endswith(" && lognet")
+    command = command.replace("/usr/local/bin/lognet", str(installed)).removesuffix("lognet") + str(installed)
+    command += f" -n 1 -clog {tmp_path}/c.log -plog {tmp_path}/p.log"
+    run = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={"PATH": SYSTEM_PATH, "HOME": str(tmp_path)})
+    assert run.returncode == 0, run.stderr
+    assert read_lines(tmp_path / "c.log")[2] == "#Fields: timestamp prot laddr lport raddr rport status upid"
+    which = subprocess.run(["sh", "-c", "command -v python3"], capture_output=True, text=True,
+                           env={"PATH": SYSTEM_PATH}).stdout.strip()
+    assert which == "/usr/bin/python3"  # the distribution's, which refuses pip install:
+    managed = subprocess.run([which, "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"],
+                             capture_output=True, text=True).stdout.strip()
+    assert os.path.exists(os.path.join(managed, "EXTERNALLY-MANAGED"))
+
+
+def test_the_readmes_cron_line_works_on_a_fresh_host(tmp_path):
+    require_debian_python()
+    line = re.search(r"^@reboot (.*)$", README, re.M).group(1)
+    installed = tmp_path / "lognet"
+    shutil.copy(ROOT / "lognet.py", installed)
+    installed.chmod(0o755)  # as the install command leaves it
+    folder = tmp_path / "var" / "log" / "netlog"  # not there yet, as on a fresh host
+    command = line.replace("/var/log/netlog", str(folder)).replace("/usr/local/bin/lognet", str(installed))
+    command = command.replace(" -i 1 ", f" -i 1 -n 1 -clog {folder}/connections.log -plog {folder}/processes.log ")
+    run = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60,
+                         env={"PATH": SYSTEM_PATH})  # cron's shell; the line names every program by its path
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o750
+    assert (folder / "lognet.err").read_text() == ""
+    assert read_lines(folder / "connections.log")[0] == "#Version: 1.0"
+
 
 def test_pipx_install_gives_a_working_command(tmp_path):
     require_tool("pipx", "pipx (PyPI)")
