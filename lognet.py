@@ -316,7 +316,8 @@ class Source:
             return cached
         with process.oneshot():
             name = _read(process.name)
-            cmdline = _read(process.cmdline)
+            # Empty for a zombie (psutil 5.9 says so rather than raising) and a kernel thread: unknown.
+            cmdline = _read(process.cmdline) or None
             exe = _read(process.exe) or None  # '' for kernel threads
             username = _read(process.username)
         return ProcessInfo(pid, name, create_time, tuple(cmdline) if cmdline is not None else None, exe, username)
@@ -2383,7 +2384,7 @@ def run(config: Config, poller: Poller, *, signals: Signals | None = None, statu
                 deadline = clock()  # a poll overran the interval: start the schedule afresh, skip no sleep debt
             while not signals.stop and (remaining := deadline - clock()) > 0:
                 sleep(remaining)
-                attend(signals, poller, status)  # a signal ends the sleep: SIGHUP reopens now, not next poll
+                attend(signals, poller, status)  # a signal ends the sleep: SIGHUP reopens now
     finally:
         if collecting:
             gc.enable()

@@ -27,7 +27,7 @@ class Fault(NamedTuple):
     name: str
     original: str  # text in lognet.py, found exactly once
     mutated: str
-    tests: tuple[str, ...]  # pytest node ids or -k expressions (prefixed "-k ")
+    tests: tuple[str, ...]  # pytest node ids, or "file -k word"
 
 
 FAULTS = [
@@ -96,6 +96,93 @@ FAULTS = [
           "record.inode is None and record.status in ENDED_STATES):  # TIME_WAIT keeps the cookie",
           "False):",
           ("tests/test_tracker.py::test_time_wait_keeps_the_kernels_bytes_for_its_close",)),
+    # Outputs nobody can silence or stall
+    Fault("SIGHUP reopens nothing",
+          "        for sink in self.outputs.all():\n            sink.reopen()",
+          "        pass",
+          ("tests/test_reliability.py::test_sighup_reopens_the_logs_within_a_second",)),
+    Fault("SIGHUP waits for the next poll",
+          "                attend(signals, poller, status)  # a signal ends the sleep: SIGHUP reopens now",
+          "                pass",
+          ("tests/test_reliability.py::test_sighup_reopens_the_logs_within_a_second",)),
+    Fault("a close lasts until the poll that found it gone",
+          'return self._event("close", conn, sighting, max(self.last_sighting, sighting.first_seen), now)',
+          'return self._event("close", conn, sighting, max(now, sighting.first_seen), now)',
+          ("tests/test_loop.py::test_lifecycle_lines_and_the_statistics_remark",)),
+    Fault("no cut-back after a half write to a file",
+          "if self.identity is not None and self._cut_back(self.end + whole_end):",
+          "if False:",
+          ("tests/test_reliability.py::test_a_write_cut_short_by_a_full_disk_leaves_no_half_line",)),
+    Fault("a line cut on a pipe is written again whole",
+          "lines[whole]\n                whole += 1",
+          "lines[whole]",
+          ("tests/test_outputs.py::test_a_full_pipe_gets_whole_lines_each_once",)),
+    Fault("lines lost at exit leave the exit status 0",
+          "    return 1 if lost else 0",
+          "    return 0",
+          ("tests/test_reliability.py::test_dev_full_reports_once_keeps_polling_and_counts_the_lost_lines",
+           "tests/test_outputs.py::test_a_stalled_tcp_collector_never_holds_up_the_polls")),
+    Fault("syslog is sent from the poll, not from its own thread",
+          "        self.hold([(msgid, line) for line in lines])\n",
+          "        self.hold([(msgid, line) for line in lines])\n        self.flush()\n",
+          ("tests/test_outputs.py::test_a_stalled_tcp_collector_never_holds_up_the_polls",)),
+    Fault("a line too long for a datagram is not cut",
+          "for room in (len(message), largest, SYSLOG_SMALL_DATAGRAM):",
+          "for room in (len(message),):",
+          ("tests/test_outputs.py -k cut_once",)),
+    Fault("a line delivered to syslog stays queued, and is sent again",
+          "            self._send(sock, headers[msgid], line)\n            self.delivered(1)",
+          "            self._send(sock, headers[msgid], line)\n            self.delivered(0)",
+          ("tests/test_outputs.py -k cut_once",)),
+    Fault("the reader's hangup is noticed only at the next line",
+          "if any(isinstance(sink, LogFile) and sink.reader_gone() for sink in self.outputs.all()):",
+          "if False:",
+          ("tests/test_outputs.py::test_closed_pipe_ends_lognet_on_a_quiet_host_at_the_next_poll",)),
+    Fault("a hung-up terminal ends lognet",
+          "        except OSError:\n            self.hang_up()\n\n    def resize",
+          "        except ZeroDivisionError:\n            self.hang_up()\n\n    def resize",
+          ("tests/test_outputs.py::test_closing_the_terminal_leaves_lognet_logging",)),
+    Fault("the status line ignores the terminal's width",
+          "            if len(text) <= self.width:",
+          "            if True:",
+          ("tests/test_outputs.py::test_status_line_fits_the_terminal_and_is_redrawn_when_it_is_resized",)),
+    Fault("SIGWINCH redraws nothing",
+          "        if status:\n            status.resize(poller)",
+          "        pass",
+          ("tests/test_outputs.py::test_status_line_fits_the_terminal_and_is_redrawn_when_it_is_resized",)),
+    Fault("-clog '' is taken as the default path",
+          '    if not text:\n        raise argparse.ArgumentTypeError("an empty path',
+          '    if False:\n        raise argparse.ArgumentTypeError("an empty path',
+          ("tests/test_cli.py",)),
+    Fault("--syslog accepts a port that is not a number",
+          '    if not (port.isdigit() and 0 < int(port) < 65536):',
+          '    if not port:',
+          ("tests/test_outputs.py -k bad_syslog",)),
+    Fault("--syslog takes an IPv6 address without brackets",
+          '    elif rest.count(":") > 1:',
+          '    elif False:',
+          ("tests/test_outputs.py -k bad_syslog",)),
+    Fault("--fields skips an empty name",
+          'names = [name.strip() for name in text[append:].split(",")]',
+          'names = [name.strip() for name in text[append:].split(",") if name.strip()]',
+          ("tests/test_cli.py",)),
+    Fault("--fields is ignored with --format jsonl",
+          '    if args.fields and args.format == "jsonl":',
+          '    if False:',
+          ("tests/test_cli.py",)),
+    Fault("a log of the other format is appended to",
+          "    if found and found != fmt.name:",
+          "    if False:",
+          ("tests/test_outputs.py -k switching",)),
+    Fault("a socket with no file is called hidden",
+          "orphan = sighting.orphaned or conn.status == TIME_WAIT or has_no_file(conn) or self.owners_visible",
+          "orphan = sighting.orphaned or conn.status == TIME_WAIT",
+          ("tests/test_lifecycle.py::test_a_socket_its_process_closed_is_an_orphan_not_hidden",
+           "tests/test_tracker.py")),
+    Fault("a subset of the original fields turns on lifecycle mode",
+          "self.lifecycle_fields = config.format == \"jsonl\" or not set(config.fields) <= set(CONNECTION_FIELDS)",
+          "self.lifecycle_fields = config.format == \"jsonl\" or config.fields != CONNECTION_FIELDS",
+          ("tests/test_lifecycle.py::test_a_subset_of_the_original_fields_adds_nothing",)),
 ]
 
 
@@ -114,7 +201,8 @@ def run_fault(fault: Fault, workdir: Path) -> tuple[bool, float, str]:
                          f"{source.count(fault.original)} times, not once")
     (copy / "lognet.py").write_text(source.replace(fault.original, fault.mutated))
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *fault.tests],
+    arguments = [part for test in fault.tests for part in test.split(" ")]  # "file -k word": three arguments
+    result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *arguments],
                             cwd=copy, capture_output=True, text=True, timeout=900)
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     return result.returncode != 0, time.monotonic() - started, lines[-1] if lines else result.stderr.strip()
