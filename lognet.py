@@ -819,11 +819,11 @@ class NetlinkSource(Source):
             self.events = None
             self.has_close_events = False
 
-
     @property
     def owners_visible(self) -> bool:
         """Whether the last scan read every process's fds (see Source.owners_visible)."""
         return not self.fds.denied
+
     def connections(self, kind: str) -> list[Connection]:
         with self.lock:
             # When the kernel's counters have not moved since the last dump, neither has any
@@ -1588,6 +1588,7 @@ class Sink:
         self.flush()
 
     def hold(self, lines: list) -> None:
+        """Queue lines (syslog's: with their msgid), dropping the oldest beyond MAX_PENDING_LINES."""
         with self.lock:
             self.pending.extend(lines)
             overflow = max(0, len(self.pending) - MAX_PENDING_LINES)
@@ -1722,11 +1723,13 @@ class LogFile(Sink):
         self._follow_path()
         if self.unfinished:
             try:
-                self._write(self.unfinished)
+                written = self._write(self.unfinished)
             except OSError as exc:
-                self.unfinished = self.unfinished[exc.written:]
+                written = exc.written
                 raise
-            self.unfinished = b""
+            finally:
+                self.end += written
+                self.unfinished = self.unfinished[written:]
         head = self.format.header(self.now()) if self.needs_header else []
         lines = head + lead + list(self.pending)
         if not lines:

@@ -1,10 +1,10 @@
 """Faults seeded into a copy of lognet.py, each with the tests that must catch it.
 
-    python3 tests/mutants.py [--only NAME,...] [--list]
+    python3 tests/mutants.py [--only N,...] [--list]
 
-For each fault: copy the checkout (lognet.py, tests/, pyproject.toml) to a temporary
-folder, make the one change to lognet.py there, run the named tests, and report whether
-they failed (the fault is caught: good) or passed (the fault survives: a test is missing).
+For each fault: copy the checkout (without .git) to a temporary folder, make the one
+change to lognet.py there, run the named tests, and report whether a test failed (the
+fault is caught: good) or none did (the fault survives: a test is missing).
 It exits 1 when any fault survives. Like the benchmark, it is run by hand, not in CI: each
 fault runs its tests afresh.
 """
@@ -191,10 +191,7 @@ def run_fault(fault: Fault, workdir: Path) -> tuple[bool, float, str]:
     copy = workdir / "checkout"
     if copy.exists():
         shutil.rmtree(copy)
-    copy.mkdir()
-    shutil.copy(ROOT / "lognet.py", copy / "lognet.py")
-    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
-    shutil.copytree(ROOT / "tests", copy / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", ".ruff_cache"))
     source = (copy / "lognet.py").read_text()
     if source.count(fault.original) != 1:
         raise SystemExit(f"mutants: {fault.name!r}: the original text is in lognet.py "
@@ -205,7 +202,8 @@ def run_fault(fault: Fault, workdir: Path) -> tuple[bool, float, str]:
     result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *arguments],
                             cwd=copy, capture_output=True, text=True, timeout=900)
     lines = [line for line in result.stdout.splitlines() if line.strip()]
-    return result.returncode != 0, time.monotonic() - started, lines[-1] if lines else result.stderr.strip()
+    # Caught means a test failed (pytest's status 1); an error before any test ran proves nothing.
+    return result.returncode == 1, time.monotonic() - started, lines[-1] if lines else result.stderr.strip()
 
 
 def main() -> int:
