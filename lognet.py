@@ -1106,13 +1106,16 @@ class Tracker:
         remember_owner()."""
         self.updates += 1
         self.last_sighting, self.previous_time = self.previous_time, now
+        arrivals = list(arrivals)
         events = self._admit(arrivals)
         departures = list(departures)
         sent = {(c.conn.netns, c.conn.laddr, c.conn.raddr): c.conn.txbytes for c in departures
                 if c.conn.txbytes is not None and c.conn.raddr}
         self.peer_sent, self._sent_before = {**self._sent_before, **sent}, sent
         closing, unseen = self._note_closes(departures)
-        current = frozenset(connections)
+        # A socket found after the snapshot began (at now) may be missing from it, yet it is
+        # not gone: had it closed, the kernel's close would be among the departures.
+        current = frozenset(connections).union(conn for conn, seen in arrivals if seen >= now)
         differ = current ^ self.live  # one pass that compares each record once; what differs is few
         self.live = current
         added = [conn for conn in differ if conn in current]

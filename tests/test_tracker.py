@@ -112,6 +112,17 @@ def test_an_ownerless_socket_is_hidden_only_when_an_owner_could_be_hidden():
         assert [e.attrib for e in tracker.update([conn])] == [attrib], (owners_visible, conn)
 
 
+def test_a_socket_found_after_the_snapshot_began_is_not_gone_from_it():
+    # The watcher found it after the poll's dump (at 20), before the poll asked for what it
+    # found: the next dump shows it, and it is the same connection, still open.
+    found = make_conn(("127.0.0.1", 5000), ("127.0.0.1", 80), "ESTABLISHED", pid=10, fd=6)._replace(cookie=5)
+    tracker = lognet.Tracker(awaits_kernel_closes=True)
+    tracker.update([LISTEN], 10.0)
+    assert events(tracker.update([LISTEN], 20.0, arrivals=[(found, 20.5)])) == [("open", found)]
+    assert events(tracker.update([LISTEN, found], 30.0)) == []
+    assert events(tracker.update([LISTEN, found], 40.0)) == []
+
+
 def test_listeners_are_forgotten_when_they_close():
     tracker = lognet.Tracker()
     tracker.update([LISTEN])
