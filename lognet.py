@@ -1115,7 +1115,11 @@ class Tracker:
         closing, unseen = self._note_closes(departures)
         # A socket found after the snapshot began (at now) may be missing from it, yet it is
         # not gone: had it closed, the kernel's close would be among the departures.
-        current = frozenset(connections).union(conn for conn, seen in arrivals if seen >= now)
+        current = frozenset(connections)
+        late = [conn for conn, seen in arrivals if seen >= now]
+        if late:  # unless the snapshot shows the socket (its cookie) in another state since
+            cookies = {conn.cookie for conn in current}
+            current = current.union(conn for conn in late if conn.cookie not in cookies)
         differ = current ^ self.live  # one pass that compares each record once; what differs is few
         self.live = current
         added = [conn for conn in differ if conn in current]
@@ -1322,7 +1326,7 @@ def has_no_file(conn: Connection) -> bool:
 
 
 def connection_order(conn: Connection) -> tuple:
-    """Owner, then address: the order of a poll's lines."""
+    """Owner, then address: the order of a poll's lines of one time."""
     return (conn.pid is not None, conn.pid or 0, conn.laddr, conn.raddr, conn.fd)
 
 
@@ -2148,11 +2152,11 @@ class Poller:
         return len(events)
 
     def logged_events(self, events: list[ConnectionEvent]) -> tuple[list[ConnectionEvent], list[ProcessInfo]]:
-        """The events the filters keep, in line order, each with its owner; and the owners
-        that lognet had not met before. Close lines are lifecycle lines, but for a socket
-        never seen alive: its close is all there is of it."""
+        """The events the filters keep, in line order (by time, then connection_order()), each
+        with its owner; and the owners that lognet had not met before. Close lines are
+        lifecycle lines, but for a socket never seen alive: its close is all there is of it."""
         kept = [e for e in events if self.keep(e.conn)]
-        kept.sort(key=lambda event: connection_order(event.conn))
+        kept.sort(key=lambda event: (event.time, connection_order(event.conn)))
         owners, new_processes = self.source.processes(
             {e.conn.pid for e in kept if e.conn.pid is not None and (e.event != "close" or e.process is None)})
         # Owned events first: they teach the tracker the owners that TIME_WAIT lines carry on.

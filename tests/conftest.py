@@ -313,6 +313,12 @@ class ScriptedSource(lognet.Source):
         self.opens = []  # the kernel's TCP open counter, one reading per call
         self.reuse = {}
         self.running_by_poll = None
+        self.arrivals = {}  # poll index -> [(connection, epoch seen)] found between polls, as a watcher would
+
+    owners_visible = False  # as for a user who is not root: an ownerless socket may be another user's
+
+    def between_polls(self):
+        return self.arrivals.get(len(self.kinds) - 1, []), []
 
     def connections(self, kind):
         replaced = self.reuse.get(len(self.kinds))

@@ -35,6 +35,24 @@ def test_loop_logs_new_and_changed_once(tmp_path):
     assert clock.sleeps == [2.0, 2.0, 2.0]  # no sleep after the last poll
 
 
+def test_a_polls_lines_are_in_time_order(tmp_path):
+    # Found by a watcher a second before the poll, and gone into TIME_WAIT (ownerless) by then:
+    # its open comes first, though ownerless lines of one time come before owned ones.
+    client = make_conn(("127.0.0.1", 5000), ("127.0.0.1", 80), "ESTABLISHED", pid=10, fd=6)
+    waiting = client._replace(status="TIME_WAIT", pid=None, fd=-1)
+    source = ScriptedSource([[LISTEN], [LISTEN, waiting]], {10: PROC})
+    source.arrivals = {1: [(client, 1795763231.0)]}
+    config, poller = make_poller(tmp_path, source, count=2, interval=1.0, utc=True)
+    clock = FakeClock()
+    lognet.run(config, poller, clock=clock, sleep=clock.sleep)
+    poller.close()
+    assert data_lines(tmp_path / "c.log") == [
+        "2026-11-27|07:07:12 TCP 127.0.0.1 80 - - LISTEN srv|10|1000.00",
+        "2026-11-27|07:07:11 TCP 127.0.0.1 5000 127.0.0.1 80 ESTABLISHED srv|10|1000.00",
+        "2026-11-27|07:07:12 TCP 127.0.0.1 5000 127.0.0.1 80 TIME_WAIT -",
+    ]
+
+
 def test_sleep_targets_a_monotonic_deadline(tmp_path):
     clock = FakeClock()
     source = ScriptedSource([[LISTEN]] * 3, {10: PROC}, clock=clock, cost=0.5)

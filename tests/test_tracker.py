@@ -123,6 +123,16 @@ def test_a_socket_found_after_the_snapshot_began_is_not_gone_from_it():
     assert events(tracker.update([LISTEN, found], 40.0)) == []
 
 
+def test_a_socket_found_after_the_snapshot_began_that_it_shows_in_another_state_moved_on():
+    # The dump came after the watcher's look after all: it shows the socket (its cookie) in TIME_WAIT.
+    found = make_conn(("127.0.0.1", 5000), ("127.0.0.1", 80), "ESTABLISHED", pid=10, fd=6)._replace(cookie=5)
+    time_wait = found._replace(status="TIME_WAIT", pid=None, fd=-1)
+    tracker = lognet.Tracker(awaits_kernel_closes=True)
+    tracker.update([LISTEN], 10.0)
+    assert events(tracker.update([LISTEN, time_wait], 20.0, arrivals=[(found, 20.5)])) == [
+        ("open", found), ("state", time_wait)]
+
+
 def test_listeners_are_forgotten_when_they_close():
     tracker = lognet.Tracker()
     tracker.update([LISTEN])
