@@ -125,21 +125,25 @@ def test_dash_writes_connection_lines_to_stdout(tmp_path, holder):
     assert ours == [["TCP", "127.0.0.1", str(h.info["port"]), "-", "-", "LISTEN", upid_of(h.pid, "lnstdout")]]
 
 
-def test_closed_pipe_ends_lognet_quietly(tmp_path, holder):
-    h = holder("--name", "lnpipe")
-    proc = subprocess.Popen(lognet_command("-i", "0.1", "-p", "tcp", "-clog", "-", "-plog", tmp_path / "p.log"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def head_3(command, then=lambda: None):
+    """Run command with stdout to a pipe, read three lines as `| head -3` does, close the
+    pipe, call then(), and return lognet's exit status and stderr."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        first = [proc.stdout.readline() for _ in range(3)]  # what `| head -3` reads
-        assert first[0] == b"#Version: 1.0\n"
+        header = [proc.stdout.readline() for _ in range(3)]
+        assert header[0] == b"#Version: 1.0\n" and header[2].startswith(b"#Fields: ")
         proc.stdout.close()
-        h.send("open")  # something new to write, into the closed pipe
-        out_status = proc.wait(timeout=30)
+        then()
+        return proc.wait(timeout=10), proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert out_status == 0
-    assert proc.stderr.read() == b""
+
+
+def test_closed_pipe_ends_lognet_quietly(tmp_path, holder):
+    h = holder("--name", "lnpipe")
+    command = lognet_command("-i", "0.1", "-p", "tcp", "-clog", "-", "-plog", tmp_path / "p.log")
+    assert head_3(command, then=lambda: h.send("open")) == (0, b"")  # something new to write, into the closed pipe
 
 
 def test_a_full_pipe_gets_whole_lines_each_once(tmp_path, many_pairs):
@@ -169,18 +173,9 @@ def test_a_full_pipe_gets_whole_lines_each_once(tmp_path, many_pairs):
 def test_closed_pipe_ends_lognet_on_a_quiet_host_at_the_next_poll(tmp_path):
     require_root("a network namespace of the test's own (unshare -n): a host with no socket at all")
     require_tool("unshare", "util-linux")
-    proc = subprocess.Popen(["unshare", "-n", *lognet_command("-i", "0.5", "-clog", "-", "-plog", tmp_path / "p.log")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        header = [proc.stdout.readline() for _ in range(3)]  # what `| head -3` reads
-        assert header[2].startswith(b"#Fields: ")
-        proc.stdout.close()  # nothing more will ever be written: no socket opens in there
-        out_status = proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert out_status == 0
-    assert proc.stderr.read() == b""
+    # Nothing more will ever be written: no socket opens in there.
+    command = ["unshare", "-n", *lognet_command("-i", "0.5", "-clog", "-", "-plog", tmp_path / "p.log")]
+    assert head_3(command) == (0, b"")
 
 
 # ---------------------------------------------------------------- syslog, through real rsyslog
