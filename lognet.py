@@ -622,6 +622,9 @@ class FdTable:
         self.known_pids: set[int] = set()
         self.changed: set[int] = set()  # inodes whose holders changed: the reader of this empties it
         self.denied: set[int] = set()  # pids whose fds we may not read: their sockets' owner is hidden
+        # Since Linux 6.2 the size of /proc/<pid>/fd is the number of fds: a stat, not a listing,
+        # tells whether a process's fds changed (older kernels say 0).
+        self.counts_fds = os.stat(f"{proc}/self/fd").st_size > 0
 
     def pids(self) -> list[int]:
         return [int(name) for name in os.listdir(self.proc) if name.isdigit()]
@@ -630,7 +633,7 @@ class FdTable:
         """Bring the table up to date with every process: new fds read, closed fds and exited pids forgotten."""
         pids = self.pids()
         for pid in self.links.keys() - set(pids):
-            self._update(pid, {})
+            self._update(pid, None)
         self.denied.intersection_update(pids)
         for pid in pids:
             self._read(pid, reread=False)
@@ -673,15 +676,22 @@ class FdTable:
         """Read pid's fds (only the new ones unless reread); return the socket inodes it holds
         (when reread)."""
         folder = f"{self.proc}/{pid}/fd"
+        old = self.links.get(pid)
+        if not reread and old is not None and self.counts_fds:
+            try:
+                if os.stat(folder).st_size == len(old):
+                    return []  # as many fds as last time: a scan has nothing to learn here
+            except OSError:
+                pass  # it exited: listdir says so below
         try:
             names = os.listdir(folder)
         except OSError as exc:
             # ENOENT: it exited; EACCES: another user's, which we may not read (psutil likewise).
             if isinstance(exc, PermissionError):
                 self.denied.add(pid)
-            self._update(pid, {})
+            self._update(pid, {} if isinstance(exc, PermissionError) else None)
             return []
-        old = self.links.get(pid, {})
+        old = old or {}
         if not reread and old.keys() == set(names):
             return []  # the same fds as last time: a scan has nothing to learn here
         links = {}
@@ -699,25 +709,26 @@ class FdTable:
         self._update(pid, links)
         return [inode for inode in links.values() if inode]
 
-    def _update(self, pid: int, links: dict[str, int | None]) -> None:
-        """Replace what pid holds, keeping the inode index in step."""
+    def _update(self, pid: int, links: dict[str, int | None] | None) -> None:
+        """Replace what pid holds (None: it exited), keeping the inode index in step."""
         old = self.links.pop(pid, {})
         for name, inode in old.items():
-            if inode and links.get(name) != inode:
+            if inode and (links or {}).get(name) != inode:
                 self.changed.add(inode)
                 holders = self.owners.get(inode, [])
                 if (pid, int(name)) in holders:
                     holders.remove((pid, int(name)))
                 if not holders:
                     self.owners.pop(inode, None)
+        if links is None:
+            return
         for name, inode in links.items():
             if inode and old.get(name) != inode:
                 self.changed.add(inode)
                 self.owners.setdefault(inode, []).append((pid, int(name)))
                 if old and pid not in self.recent:  # a process met before, with a new socket
                     self.recent.append(pid)
-        if links:
-            self.links[pid] = links
+        self.links[pid] = links
 
     def _of_users(self, pids: list[int], uids: set[int]) -> list[int]:
         if not uids:
@@ -804,6 +815,7 @@ class NetlinkSource(Source):
         self.allowed_at = self.moved_at = clock()
         self.records: dict[tuple, Connection] = {}  # the last full dump, by cookie and state
         self.owned: dict[tuple, list[Connection]] = {}  # each record once per process that holds it
+        self.snapshot: list[Connection] = []  # what connections() returned last
         self.reported: set[int] | None = None  # cookies the tracker has been given; None before the first poll
         self.watched: set[tuple] = set()  # keys the watcher decoded since the last poll
         self.unfound: set[int] = set()  # inodes searched for in vain: another user's, not ours to see
@@ -834,6 +846,9 @@ class NetlinkSource(Source):
             gone = self.records.keys() - records.keys()
             self.fds.forget(self.records[key].inode for key in gone if self.records[key].inode)
             self.fds.scan()
+            self.watched = set()
+            if records is self.records and not self.fds.changed and not self.missing:
+                return self.snapshot  # no socket and no owner changed: the same list, which the tracker knows
             inodes = {r.inode for r in records.values() if r.inode}
             self.unfound &= inodes
             # What the scan did not find is searched for at the next poll, if it still lives:
@@ -853,8 +868,8 @@ class NetlinkSource(Source):
                         owned[key] = self._holders(record)
                 self.records = records
                 self.reported = {record.cookie for record in records.values()}
-            self.watched = set()
-            return [conn for conns in owned.values() for conn in conns]
+                self.snapshot = [conn for conns in owned.values() for conn in conns]
+            return self.snapshot
 
     def between_polls(self) -> tuple[list[tuple[Connection, float]], list[Closed]]:
         if self.events is not None:
@@ -1092,6 +1107,7 @@ class Tracker:
         self.peer_sent: dict[tuple, int] = {}  # (netns, laddr, raddr) -> payload sent, of the last two updates' closes
         self._sent_before: dict[tuple, int] = {}
         self.updates = 0
+        self.snapshot: Iterable[Connection] | None = None  # the list the last update diffed, as given
         self.previous_time = 0.0  # when the latest snapshot was taken
         self.last_sighting = 0.0  # when the one before it was: a connection closed now was last seen then
 
@@ -1113,6 +1129,9 @@ class Tracker:
                 if c.conn.txbytes is not None and c.conn.raddr}
         self.peer_sent, self._sent_before = {**self._sent_before, **sent}, sent
         closing, unseen = self._note_closes(departures)
+        if connections is self.snapshot and not (events or departures or self.waiting):
+            return []  # the very list of the last update (an engine's way to say nothing changed)
+        self.snapshot = connections
         # A socket found after the snapshot began (at now) may be missing from it, yet it is
         # not gone: had it closed, the kernel's close would be among the departures.
         current = frozenset(connections)
@@ -1120,6 +1139,7 @@ class Tracker:
         if late:  # unless the snapshot shows the socket (its cookie) in another state since
             cookies = {conn.cookie for conn in current}
             current = current.union(conn for conn in late if conn.cookie not in cookies)
+            self.snapshot = None  # the live set is more than this list: the next one is diffed, whatever it is
         differ = current ^ self.live  # one pass that compares each record once; what differs is few
         self.live = current
         added = [conn for conn in differ if conn in current]

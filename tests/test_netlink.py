@@ -3,6 +3,7 @@ kernel's close events with bytes, unseen sockets, exact coverage, parity with ps
 the fallback when netlink is refused. Traffic stays on loopback, or inside a network
 namespace the test makes."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -217,29 +218,42 @@ def test_a_socket_never_seen_alive_is_a_line_with_the_original_fields(tmp_path, 
 
 HANDOVER = """
 import os, socket, sys, time
+way = sys.argv[1]
+here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+receiver = os.fork() if way == "pass" else None
+if receiver == 0:  # a process lognet meets before the socket reaches it (SCM_RIGHTS)
+    listener = socket.socket(fileno=socket.recv_fds(there, 1, 1)[1][0])
+    time.sleep(20)
+    os._exit(0)
 listener = socket.create_server(("127.0.0.1", 0))
 print(listener.getsockname()[1], flush=True)
 sys.stdin.readline()
-child = os.fork()
-if child == 0:  # the child keeps the listener it inherited, and stays
-    time.sleep(20)
-    os._exit(0)
-listener.close()  # the parent lets go: no packet, no socket opened or closed
-print(child, flush=True)
+if way == "pass":
+    socket.send_fds(here, [b"x"], [listener.fileno()])
+    new_owner = receiver
+else:
+    new_owner = os.fork()
+    if new_owner == 0:  # the child keeps the listener it inherited, and stays
+        time.sleep(20)
+        os._exit(0)
+listener.close()  # the first owner lets go: no packet, no socket opened or closed
+print(new_owner, flush=True)
 sys.stdin.readline()
-os.kill(child, 9)
+os.kill(new_owner, 9)
 """
 
 
-def test_a_socket_handed_to_another_process_is_logged_with_its_new_owner(tmp_path, background):
-    handover = subprocess.Popen([sys.executable, "-c", HANDOVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+@pytest.mark.parametrize("way", ["fork", "pass"])
+def test_a_socket_handed_to_another_process_is_logged_with_its_new_owner(tmp_path, background, way):
+    handover = subprocess.Popen([sys.executable, "-c", HANDOVER, way], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 text=True)
     ln = None
     try:
         port = handover.stdout.readline().strip()
-        ln = background("-i", "0.3", "-p", "tcp", "--fields", "+event")
+        # No watcher: the polls alone must see it (a watcher's search rereads processes too).
+        ln = background("-i", "0.3", "--watch", "0", "-p", "tcp", "--fields", "+event")
         ln.wait_for_line(f" {port} - - LISTEN python3|{handover.pid}|")
-        handover.stdin.write("fork\n")
+        handover.stdin.write("go\n")
         handover.stdin.flush()
         child = handover.stdout.readline().strip()
         # the kernel's counters stand still, yet the owners are reconciled at every poll
@@ -253,6 +267,27 @@ def test_a_socket_handed_to_another_process_is_logged_with_its_new_owner(tmp_pat
     events = [(r["event"], r["upid"].split("|")[1]) for r in w3c_rows(ln.clog) if r["lport"] == port]
     assert events[:3] == [("open", str(handover.pid)), ("open", child), ("close", str(handover.pid))] or \
         events[:3] == [("open", str(handover.pid)), ("close", str(handover.pid)), ("open", child)]
+
+
+def test_a_scan_sees_a_socket_passed_to_a_process_it_has_read_before():
+    here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver = subprocess.Popen([sys.executable, "-c", "import socket, sys, time; there = socket.socket(fileno=int("
+                                 "sys.argv[1])); print(socket.recv_fds(there, 1, 1)[1][0], flush=True); time.sleep(20)",
+                                 str(there.fileno())], pass_fds=[there.fileno()], stdout=subprocess.PIPE, text=True)
+    try:
+        table = lognet.FdTable()
+        table.scan()
+        assert receiver.pid in table.links  # read once, before the socket reaches it
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            socket.send_fds(here, [b"x"], [listener.fileno()])
+            fd = int(receiver.stdout.readline())
+            table.scan()
+            assert (receiver.pid, fd) in table.owners[os.fstat(listener.fileno()).st_ino]
+    finally:
+        receiver.kill()
+        receiver.wait()
+        here.close()
+        there.close()
 
 
 FAIL_NETLINK = """

@@ -167,6 +167,20 @@ def test_arrival_between_polls_opens_at_its_time_and_closes_with_the_kernel():
     assert tracker.sightings.keys() == {lognet.connection_id(listen)}
 
 
+def test_the_same_list_again_is_nothing_new_but_for_what_came_between():
+    # An engine gives the very list of the last poll when nothing changed; the kernel's
+    # closes and the closes still waiting are news all the same.
+    tracker = lognet.Tracker(awaits_kernel_closes=True)
+    listen = record(("127.0.0.1", 80), pid=10, fd=3, cookie=1)
+    conn = record(("127.0.0.1", 80), ("127.0.0.1", 5000), "ESTABLISHED", pid=10, fd=4, cookie=7)
+    snapshot = [listen, conn]
+    assert len(tracker.update(snapshot, now=1.0)) == 2
+    assert tracker.update(snapshot, now=2.0) == []
+    events = tracker.update(snapshot, now=3.0, departures=[closed_of(conn, 2.5, sent=9, received=6, beyond=1)])
+    assert [(e.event, e.time) for e in events] == [("close", 2.5)]
+    assert tracker.update(snapshot, now=4.0) == []  # the list still shows it: the dump was before its close
+
+
 def test_a_close_the_kernel_has_not_told_yet_waits_one_update():
     tracker = lognet.Tracker(awaits_kernel_closes=True)
     conn = record(("127.0.0.1", 80), ("127.0.0.1", 5000), "ESTABLISHED", pid=10, fd=4, cookie=7)
