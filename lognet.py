@@ -648,8 +648,10 @@ class FdTable:
         if not missing:
             return
         pids = sorted(self.pids(), reverse=True)
-        new = [pid for pid in pids if pid not in self.known_pids]
-        self.known_pids.update(new)
+        # Processes started since the last scan come first at every search until the poll's
+        # scan: one that had no socket at the last look may have one now (a new curl). Those
+        # whose number of fds has not moved since they were read are passed over.
+        new = [pid for pid in pids if pid not in self.known_pids and not self._unchanged(pid)]
         visited = set()
         holders = [pid for pid in pids if any(self.links.get(pid, {}).values())]
         rest = itertools.islice(itertools.chain(holders, self._of_users(pids, uids), pids), most)
@@ -665,6 +667,16 @@ class FdTable:
                 if not missing:
                     return
 
+    def _unchanged(self, pid: int) -> bool:
+        """Whether pid has as many fds as when they were last read (never, when the kernel does not count them)."""
+        old = self.links.get(pid)
+        if old is None or not self.counts_fds:
+            return False
+        try:
+            return os.stat(f"{self.proc}/{pid}/fd").st_size == len(old)
+        except OSError:
+            return True  # it exited: nothing to read
+
     def forget(self, inodes: Iterable[int]) -> None:
         """These sockets are closed: their fds are read again when next met, since fd numbers are reused."""
         for inode in inodes:
@@ -677,12 +689,8 @@ class FdTable:
         (when reread)."""
         folder = f"{self.proc}/{pid}/fd"
         old = self.links.get(pid)
-        if not reread and old is not None and self.counts_fds:
-            try:
-                if os.stat(folder).st_size == len(old):
-                    return []  # as many fds as last time: a scan has nothing to learn here
-            except OSError:
-                pass  # it exited: listdir says so below
+        if not reread and self._unchanged(pid):
+            return []  # as many fds as last time: a scan has nothing to learn here
         try:
             names = os.listdir(folder)
         except OSError as exc:

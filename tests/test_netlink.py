@@ -290,6 +290,31 @@ def test_a_scan_sees_a_socket_passed_to_a_process_it_has_read_before():
         there.close()
 
 
+def test_a_search_finds_a_new_process_that_had_no_socket_at_the_last_look():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        table = lognet.FdTable()
+        table.scan()  # before the process starts: it is new to every search until the next scan
+        client = subprocess.Popen([sys.executable, "-c", "import socket, sys, time; sys.stdin.readline(); "
+                                   "s = socket.create_connection(('127.0.0.1', int(sys.argv[1]))); time.sleep(20)",
+                                   str(listener.getsockname()[1])], stdin=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: client.pid in table.pids())
+            table.search({1}, most=0)  # a look for another socket reads the new process: no socket yet
+            assert client.pid in table.links
+            client.stdin.write("connect\n")
+            client.stdin.flush()
+            server, _ = listener.accept()
+            with server:
+                port, peer = listener.getsockname()[1], server.getpeername()[1]
+                inode = next(c.inode for c in lognet.NetlinkSource("tcp").connections("tcp")
+                             if c.raddr and c.raddr[1] == port and c.laddr[1] == peer)
+                table.search({inode}, most=0)  # only the processes new since the scan: ours among them
+                assert [pid for pid, _ in table.owners[inode]] == [client.pid]
+        finally:
+            client.kill()
+            client.wait()
+
+
 FAIL_NETLINK = """
 import errno, runpy, socket, sys
 real = socket.socket
