@@ -911,6 +911,13 @@ class NetlinkSource(Source):
         """True after a spell with no socket opened: the watcher may look less often."""
         return self._clock() - self.moved_at > WATCH_QUIET_AFTER
 
+    def next_look(self, every: float) -> float:
+        """Seconds until the watcher's next look: every, or longer after a spell with no socket
+        opened, or while its share of CPU is spent (each wake-up costs CPU too)."""
+        if self.quiet():
+            return max(every, WATCH_QUIET)
+        return max(every, -self.allowance / WATCH_CPU_SHARE)
+
     def _find_new(self) -> None:
         with self.lock:
             new = {}
@@ -2310,8 +2317,7 @@ class Watcher:
 
     def _run(self) -> None:
         while True:
-            every = max(self.every, WATCH_QUIET) if self.source.quiet() else self.every
-            if select.select([self._stop_r], [], [], every)[0]:
+            if select.select([self._stop_r], [], [], self.source.next_look(self.every))[0]:
                 os.close(self._stop_r)
                 return
             try:

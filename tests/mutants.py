@@ -120,6 +120,10 @@ FAULTS = [
           "new = [pid for pid in pids if pid not in self.known_pids and not self._unchanged(pid)]",
           "new = [pid for pid in pids if pid not in self.known_pids]\n        self.known_pids.update(new)",
           ("tests/test_netlink.py::test_a_search_finds_a_new_process_that_had_no_socket_at_the_last_look",)),
+    Fault("the watcher wakes every --watch while its share of CPU is spent",
+          "return max(every, -self.allowance / WATCH_CPU_SHARE)",
+          "return every",
+          ("tests/test_netlink.py::test_the_watcher_waits_for_its_share_of_cpu_before_it_wakes_again",)),
     # Outputs nobody can silence or stall
     Fault("SIGHUP reopens nothing",
           "        for sink in self.outputs.all():\n            sink.reopen()",

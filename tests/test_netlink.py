@@ -315,6 +315,20 @@ def test_a_search_finds_a_new_process_that_had_no_socket_at_the_last_look():
             client.wait()
 
 
+def test_the_watcher_waits_for_its_share_of_cpu_before_it_wakes_again():
+    source = lognet.NetlinkSource("tcp")
+    try:
+        source.moved_at = time.monotonic()  # sockets are opening: not quiet
+        source.allowance = 0.05
+        assert source.next_look(0.02) == 0.02
+        source.allowance = -0.006  # a look cost 6 ms more than the share had saved
+        assert source.next_look(0.02) == pytest.approx(0.006 / lognet.WATCH_CPU_SHARE)
+        source.moved_at = time.monotonic() - lognet.WATCH_QUIET_AFTER - 1
+        assert source.next_look(0.02) == lognet.WATCH_QUIET
+    finally:
+        source.close()
+
+
 FAIL_NETLINK = """
 import errno, runpy, socket, sys
 real = socket.socket
