@@ -80,14 +80,16 @@ def test_open_state_close_with_duration_and_time_wait_continuity(tmp_path, holde
         port = str(h.info["port"])
         wait_for(lambda: any(r["event"] == "close" and r["lport"] == port and r["rport"] == client
                              for r in w3c_rows(clog)))
-        wait_for(lambda: any(r["status"] == "TIME_WAIT" and r["lport"] == client for r in w3c_rows(clog)))
+        wait_for(lambda: any(r["status"] == "TIME_WAIT" and r["lport"] == client and r["rport"] == port
+                             for r in w3c_rows(clog)))
     finally:
         assert ln.stop() == 0
     assert ln.stderr == ""
     rows = w3c_rows(clog)
     upid = upid_of(h.pid, "lnlife")
     server_end = [r for r in rows if r["lport"] == port and r["rport"] == client]
-    client_end = [r for r in rows if r["lport"] == client]
+    # by both ports: an older TIME_WAIT from the same client port to another listener may be in the log too
+    client_end = [r for r in rows if r["lport"] == client and r["rport"] == port]
     # The server end: opened, maybe seen in CLOSE_WAIT, then closed; its duration spans first to last sighting,
     # which is within one interval of the true lifetime at each end.
     assert server_end[0]["event"] == "open" and server_end[-1]["event"] == "close"
@@ -162,7 +164,7 @@ def test_a_socket_its_process_closed_is_an_orphan_not_hidden(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname())
         server, _ = listener.accept()
-        client_port = str(client.getsockname()[1])
+        client_port, server_port = str(client.getsockname()[1]), str(listener.getsockname()[1])
         client.close()  # the peer keeps its end open: ours waits in FIN_WAIT2, with no process
         wait_for(lambda: any(c.laddr.port == int(client_port) and c.status == "FIN_WAIT2"
                              for c in psutil.net_connections("tcp4")))
@@ -171,7 +173,7 @@ def test_a_socket_its_process_closed_is_an_orphan_not_hidden(tmp_path):
                                 capture_output=True, text=True, timeout=60)
         server.close()
     assert (result.returncode, result.stderr) == (0, "")
-    rows = [r for r in w3c_rows(tmp_path / "c.log") if r["lport"] == client_port]
+    rows = [r for r in w3c_rows(tmp_path / "c.log") if r["lport"] == client_port and r["rport"] == server_port]
     assert [(r["status"], r["upid"], r["event"], r["attrib"]) for r in rows] == [("FIN_WAIT2", "-", "open", "orphan")]
 
 

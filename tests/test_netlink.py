@@ -83,12 +83,14 @@ def test_new_process_holding_100ms_is_logged_with_pid_and_command_line_at_the_de
         name_and_pid = f"python3|{client.pid}|"
         assert client.wait(timeout=10) == 0
         server.close()
-        wait_for(lambda: any(r["lport"] == str(client_port) and r["upid"].startswith(name_and_pid)
+        wait_for(lambda: any(r["lport"] == str(client_port) and r["rport"] == str(port)
+                             and r["upid"].startswith(name_and_pid)
                              for r in w3c_rows(ln.clog)), timeout=10)
     finally:
         assert ln.stop() == 0
         listener.close()
-    ours = [r for r in w3c_rows(ln.clog) if r["lport"] == str(client_port)]
+    # by both ports: an older TIME_WAIT from the same client port to another listener may be in the log too
+    ours = [r for r in w3c_rows(ln.clog) if r["lport"] == str(client_port) and r["rport"] == str(port)]
     assert ours[0]["status"] == "ESTABLISHED" and ours[0]["upid"].startswith(name_and_pid)
     command_lines = [line for line in data_lines(ln.plog) if f"|{client.pid}|" in line]
     assert len(command_lines) == 1
@@ -180,10 +182,12 @@ def test_the_watcher_catches_a_connection_between_two_polls_at_i_5(tmp_path, bac
                                                                    "--fields", "+event,attrib")
     closed = time.time()
     try:
-        wait_for(lambda: any(r["lport"] == client_port for r in w3c_rows(ln.clog)), timeout=15)
+        wait_for(lambda: any(r["lport"] == client_port and r["rport"] == port for r in w3c_rows(ln.clog)),
+                 timeout=15)
     finally:
         assert ln.stop() == 0
-    ours = [r for r in w3c_rows(ln.clog) if r["lport"] == client_port]
+    # by both ports: an older TIME_WAIT from the same client port to another listener may be in the log too
+    ours = [r for r in w3c_rows(ln.clog) if r["lport"] == client_port and r["rport"] == port]
     assert ours[0]["event"] == "open" and ours[0]["upid"].startswith(f"python3|{client.pid}|")
     # written at the next poll, with the time it was first seen
     first = time.mktime(time.strptime(ours[0]["timestamp"], "%Y-%m-%d|%H:%M:%S"))
