@@ -256,7 +256,9 @@ class Source:
         it could not read, so this looks once, at the start."""
         if not os.path.isdir("/proc/self/fd"):
             return hasattr(os, "geteuid") and os.geteuid() == 0
-        return not unreadable_fd_tables([int(name) for name in os.listdir("/proc") if name.isdigit()])
+        fds = FdTable()
+        fds.scan()
+        return not fds.denied
 
     def connections(self, kind: str) -> list[Connection]:
         """Every socket of kind (a psutil kind: 'inet', 'tcp4', ...) open now."""
@@ -350,21 +352,6 @@ class Source:
         for pid in self._processes.keys() - alive:
             del self._processes[pid]
         self._unreported &= self._processes.keys()  # read ahead, never logged (filtered out), and gone
-
-
-def unreadable_fd_tables(pids: Iterable[int], proc: str = "/proc") -> set[int]:
-    """The pids whose open files lognet may not read (listing needs CAP_DAC_READ_SEARCH, reading
-    where an fd points CAP_SYS_PTRACE, for another user's process)."""
-    denied = set()
-    for pid in pids:
-        try:
-            for fd in os.listdir(f"{proc}/{pid}/fd")[:1]:
-                os.readlink(f"{proc}/{pid}/fd/{fd}")
-        except PermissionError:
-            denied.add(pid)
-        except OSError:
-            pass  # it exited, or the fd closed in between
-    return denied
 
 
 def _read(attribute: Callable):
@@ -1686,8 +1673,8 @@ class Sink:
         return self.total_dropped + self.dropped + len(self.pending)
 
     def reopen(self) -> None:
-        """After SIGHUP: let go of the file or socket and open it afresh."""
-        self.close()
+        """After SIGHUP: open the file, or connect, afresh."""
+        raise NotImplementedError
 
     def close(self, deadline: float | None = None) -> None:
         """Release the file or socket; held lines stay held. A sink that sends in the
@@ -2026,8 +2013,8 @@ class Outputs(NamedTuple):
     processes: Stream
 
     def all(self) -> list[Sink]:
-        """Every sink once (syslog takes both streams)."""
-        return list(dict.fromkeys(self.processes.sinks + self.connections.sinks))
+        """Every sink once (syslog takes both streams), the connections' first."""
+        return list(dict.fromkeys(self.connections.sinks + self.processes.sinks))
 
 
 def open_outputs(config: Config, defaulted: tuple[bool, bool] = (False, False)) -> Outputs:
@@ -2336,7 +2323,7 @@ class StatusLine:
 
     def __init__(self, stream, outputs: Outputs, clock: Callable[[], float] = time.monotonic):
         self.stream = stream
-        sinks = list(dict.fromkeys(outputs.connections.sinks + outputs.processes.sinks))
+        sinks = outputs.all()
         self.paths = " ".join(sink.name for sink in sinks)
         self.short_paths = " ".join(os.path.basename(sink.name) if isinstance(sink, LogFile) else sink.name
                                     for sink in sinks)
