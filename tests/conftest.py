@@ -20,6 +20,12 @@ import pytest
 
 import lognet
 
+# The system tools some tests drive (logrotate, rsyslogd) live in sbin, which a PATH such as
+# PATH=/usr/bin:/bin lacks.
+for _sbin in ("/usr/sbin", "/sbin"):
+    if _sbin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.environ.get("PATH", "") + os.pathsep + _sbin
+
 ROOT = Path(__file__).resolve().parent.parent
 LOGNET = ROOT / "lognet.py"
 HERE = Path(__file__).resolve().parent
