@@ -37,6 +37,7 @@ import itertools
 import json
 import math
 import os
+import re
 import select
 import signal
 import socket
@@ -71,7 +72,8 @@ LOG_FILE_MODE = 0o640  # command lines can carry secrets
 
 CONNECTION_FIELDS = ("timestamp", "prot", "laddr", "lport", "raddr", "rport", "status", "upid")
 # What --fields may add (the W3C way to choose logged fields); JSON Lines always has them all.
-EXTRA_FIELDS = ("event", "duration", "direction", "family", "user", "exe", "attrib", "firstseen", "txbytes", "rxbytes")
+EXTRA_FIELDS = ("event", "duration", "direction", "family", "user", "exe", "attrib", "firstseen", "txbytes", "rxbytes",
+                "netns", "container")
 PROCESS_FIELDS = ("timestamp", "upid", "[command_line with parameters]")
 
 # The narrowest psutil kind for each (ip_version, protocol) the filters allow.
@@ -142,6 +144,7 @@ class ProcessInfo(NamedTuple):
     cmdline: tuple[str, ...] | None
     exe: str | None = None
     username: str | None = None
+    container: str | None = None  # the container id in its cgroup path, its first 12 hex digits
 
 
 class Connection(NamedTuple):
@@ -205,6 +208,7 @@ class Config(NamedTuple):
     kind: str = "inet"
     engine: str = "auto"  # psutil, netlink, or auto: netlink where Linux allows it, else psutil
     watch: float = DEFAULT_WATCH  # seconds between the watcher's looks (netlink engine); 0: no watcher
+    netns: str = "all"  # the network namespaces the netlink engine watches: all that have a process, or its own
     omit_self_conns: bool = False
     omit_privnet_conns: bool = False
     omit_loopback_conns: bool = False
@@ -242,7 +246,7 @@ class Source:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._processes: dict[int, ProcessInfo] = {}
         self._unreported: set[int] = set()  # pids read ahead of a poll, while they lived
-        self.lock = threading.Lock()  # the watcher's thread reads ahead while a poll reads
+        self.lock = threading.RLock()  # the watcher's thread reads ahead while a poll reads
         self._clock = clock
         self._next_prune = clock() + PROCESS_PRUNE_SECONDS
 
@@ -322,7 +326,8 @@ class Source:
             cmdline = _read(process.cmdline) or None
             exe = _read(process.exe) or None  # '' for kernel threads
             username = _read(process.username)
-        return ProcessInfo(pid, name, create_time, tuple(cmdline) if cmdline is not None else None, exe, username)
+        return ProcessInfo(pid, name, create_time, tuple(cmdline) if cmdline is not None else None, exe, username,
+                           container_of(pid))
 
     def is_running(self, process: ProcessInfo | None) -> bool:
         """True while the process still runs (the same one: its create_time matches)."""
@@ -354,6 +359,29 @@ class Source:
         self._unreported &= self._processes.keys()  # read ahead, never logged (filtered out), and gone
 
 
+def container_of(pid: int) -> str | None:
+    """The container pid runs in, from its cgroup path (Linux); None outside one."""
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            return container_id(f.read().decode("utf-8", "replace"))
+    except OSError:
+        return None  # not Linux, or it exited
+
+
+# A container's 64-hex id in a cgroup path, as each runtime names it: Docker's
+# docker-<id>.scope (systemd) or /docker/<id> (cgroupfs), Podman's libpod-<id>, CRI's
+# cri-containerd-<id> and crio-<id>, and Kubernetes' kubepods.../<id> (cgroupfs).
+CONTAINER_CGROUP = re.compile(r"(?:/(?:docker|libpod|cri-containerd|crio)-|/docker/|/kubepods[^:\n]*/)"
+                              r"([0-9a-f]{64})(?:\.scope)?(?=/|$)", re.MULTILINE)
+
+
+def container_id(cgroup: str) -> str | None:
+    """The container id in the text of /proc/<pid>/cgroup, its first 12 hex digits as
+    `docker ps` shows them; None when no line names one."""
+    found = CONTAINER_CGROUP.search(cgroup)
+    return found.group(1)[:12] if found else None
+
+
 def _read(attribute: Callable):
     """Call one psutil.Process getter; None when the process is gone or hidden."""
     try:
@@ -365,11 +393,16 @@ def _read(attribute: Callable):
 
 
 class PsutilSource(Source):
-    """The portable engine: psutil.net_connections(), wherever psutil runs."""
+    """The portable engine: psutil.net_connections(), wherever psutil runs; on Linux, of
+    lognet's own network namespace only."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        super().__init__(clock)
+        self.unknown = _UNKNOWN_TO_PSUTIL[:3] + (netns_inode(),) + _UNKNOWN_TO_PSUTIL[4:]
 
     def connections(self, kind: str) -> list[Connection]:
         try:
-            return [connection_from_sconn(sconn) for sconn in psutil.net_connections(kind)]
+            return [connection_from_sconn(sconn, self.unknown) for sconn in psutil.net_connections(kind)]
         except psutil.AccessDenied as exc:
             # On macOS psutil lists connections only for root.
             raise LognetError(f"listing connections needs more privileges on this system ({exc})") from None
@@ -378,11 +411,12 @@ class PsutilSource(Source):
 _UNKNOWN_TO_PSUTIL = (None,) * (len(Connection._fields) - 7)
 
 
-def connection_from_sconn(sconn) -> Connection:
-    """psutil's sconn as lognet's Connection: the same seven fields, nothing more known."""
+def connection_from_sconn(sconn, unknown: tuple = _UNKNOWN_TO_PSUTIL) -> Connection:
+    """psutil's sconn as lognet's Connection: the same seven fields, and the rest as given
+    (inode, cookie, uid, netns, txbytes, rxbytes: None but the namespace, when known)."""
     # tuple.__new__ skips the keyword handling of Connection(...): half the cost, paid for
     # every socket of every poll.
-    return tuple.__new__(Connection, sconn + _UNKNOWN_TO_PSUTIL)
+    return tuple.__new__(Connection, sconn + unknown)
 
 
 ##############################################################################
@@ -426,8 +460,9 @@ RECV_SIZE = 1 << 16  # one recv() takes a whole reply of the kernel's (a dump se
 # WATCH_BURST CPU seconds: a flood of opens slows them, and never the polls.
 WATCH_CPU_SHARE = 0.03
 WATCH_BURST = 0.1
-# After WATCH_QUIET_AFTER seconds with no socket opened, the watcher looks every WATCH_QUIET
-# seconds, since each wake-up costs CPU; the first open seen brings back --watch.
+# After WATCH_QUIET_AFTER seconds with no socket opened or closed, the watcher looks every
+# WATCH_QUIET seconds, since each wake-up costs CPU; a close event wakes it at once, and
+# the first open or close seen brings back --watch.
 WATCH_QUIET_AFTER = 1.0
 WATCH_QUIET = 0.1
 
@@ -784,28 +819,157 @@ def netns_inode(pid: int | str = "self") -> int | None:
         return None  # it exited, or it is not ours to inspect
 
 
+CLONE_NEWNET = 0x40000000
+PROC_NET_FILES = {(socket.AF_INET, socket.IPPROTO_TCP): "tcp", (socket.AF_INET6, socket.IPPROTO_TCP): "tcp6",
+                  (socket.AF_INET, socket.IPPROTO_UDP): "udp", (socket.AF_INET6, socket.IPPROTO_UDP): "udp6"}
+
+
+def setns(fd: int) -> None:
+    """Move the calling thread into the network namespace that fd refers to."""
+    if hasattr(os, "setns"):  # Python 3.12 and later
+        os.setns(fd, CLONE_NEWNET)
+        return
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+
+
+def made_inside(pid: int, inode: int, make: Callable[[], tuple]) -> tuple:
+    """make() run in a thread of its own that first joins pid's network namespace (inode),
+    so that the sockets it creates belong to it. lognet's own threads never leave theirs.
+    PermissionError without CAP_SYS_ADMIN; ProcessLookupError when pid has moved on."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if os.fstat(fd).st_ino != inode:
+                    raise ProcessLookupError(errno.ESRCH, "the process left the namespace")
+                setns(fd)
+            finally:
+                os.close(fd)
+            outcome.append(make())
+        except Exception as exc:  # noqa: BLE001 -- raised again in the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="lognet-setns")
+    thread.start()
+    thread.join()
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
+
+
+def parse_proc_net(text: str, family: int, protocol: int, netns: int | None) -> list[Connection]:
+    """The sockets of a /proc/<pid>/net/{tcp,tcp6,udp,udp6} table, as ownerless Connections
+    (the way psutil reads them): addresses are hex words in the host's byte order."""
+    conns = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        try:
+            (local, lport), (remote, rport) = (part.split(":") for part in fields[1:3])
+            state, uid, inode = int(fields[3], 16), int(fields[7]), int(fields[9])
+            laddr, raddr = (decode_address(family, struct.pack(f"={len(ip) // 8}I", *(
+                int(ip[i:i + 8], 16) for i in range(0, len(ip), 8))), int(port, 16))
+                for ip, port in ((local, lport), (remote, rport)))
+        except (ValueError, struct.error, OSError):
+            continue  # a line cut short as the table changed under the read
+        status = TCP_STATES.get(state, "NONE") if protocol == socket.IPPROTO_TCP else "NONE"
+        conns.append(Connection(-1, socket.AddressFamily(family), SOCKET_TYPES[protocol], laddr, raddr, status,
+                                None, inode or None, None, uid, netns))
+    return conns
+
+
+class Namespace:
+    """A network namespace the Linux engine watches: a sock_diag socket for its dumps, one
+    that hears its closes, and its kernel counters, all made for it. Each keeps the
+    namespace alive, so they are closed (close()) once its last process is gone.
+
+    Without the privilege to join it (setns), diag is None: its tables are read as text
+    from /proc/<pid>/net at each poll, with no close events and no watcher."""
+
+    def __init__(self, inode: int, pairs: list[tuple[int, int]], pids: list[int] | None = None,
+                 sockets: tuple[SockDiag, SockDiag] | None = None):
+        self.inode = inode
+        self.pids = pids or []  # processes in it; none for lognet's own
+        self.counted: list[int] = []  # its counters when the watcher last dumped it
+        self.diag, self.events = sockets or (None, None)
+        try:
+            self.counters = KernelCounters(pairs, f"/proc/{self.pids[0]}/net" if self.pids else "/proc/self/net")
+        except OSError:
+            self.close()
+            raise
+        if self.events is not None:
+            try:
+                self.events.subscribe(DESTROY_GROUPS[pair] for pair in pairs)
+            except OSError as exc:
+                self.events.close()
+                self.events = None
+                self.refusal = exc.strerror
+        self.lost = 0  # its lost close events, kept when its socket is closed
+
+    refusal: str | None = None  # why the close events could not be joined
+
+    def text_records(self, pairs: list[tuple[int, int]]) -> dict[tuple, Connection]:
+        """Its sockets, read from the text tables of one of its processes, by key."""
+        for pid in self.pids:
+            try:
+                records = {}
+                for family, protocol in pairs:
+                    with open(f"/proc/{pid}/net/{PROC_NET_FILES[family, protocol]}") as f:
+                        for conn in parse_proc_net(f.read(), family, protocol, self.inode):
+                            records[("text", conn.inode, *conn[1:6])] = conn
+                if netns_inode(pid) == self.inode:  # still there after the read: the tables were its
+                    return records
+            except OSError:
+                pass  # that process exited: the next one is read
+        return {}
+
+    def close(self) -> None:
+        for diag in (self.diag, self.events):
+            if diag is not None:
+                self.lost += diag.lost
+                diag.close()
+        self.diag = self.events = None
+        if getattr(self, "counters", None) is not None:
+            self.counters.close()
+            self.counters = None
+
+
 class NetlinkSource(Source):
-    """The Linux engine: sock_diag dumps, owners from /proc/<pid>/fd for sockets not met
-    before, the sockets the watcher finds between polls, and the kernel's close events."""
+    """The Linux engine: sock_diag dumps of every network namespace that has a process,
+    owners from /proc/<pid>/fd for sockets not met before, the sockets the watcher finds
+    between polls, and the kernel's close events."""
 
     has_close_events = True
 
     def __init__(self, kind: str = "inet", clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], float] = time.time):
+                 now: Callable[[], float] = time.time, namespaces: bool = True):
         super().__init__(clock)
         self.pairs = kind_sockets(kind)
         self.now = now
         self.netns = netns_inode()
-        self.diag = SockDiag()
+        self.other_namespaces = namespaces  # False: lognet's own namespace only
+        diag = SockDiag()
         try:
-            self.diag.dump(*self.pairs[0], states=1 << 10)  # refused here rather than at the first poll
+            diag.dump(*self.pairs[0], states=1 << 10)  # refused here rather than at the first poll
+            own = Namespace(self.netns, self.pairs, sockets=(diag, SockDiag()))
         except OSError:
-            self.diag.close()
+            diag.close()
             raise
+        if own.events is None:
+            warn(f"close events are not available ({own.refusal}); closes are seen by polling only")
+            self.has_close_events = False
+        self.namespaces: dict[int, Namespace] = {self.netns: own}
+        self.joins = True  # whether lognet may join other namespaces (setns); False after the first refusal
+        self.lost_before = 0  # close events lost in namespaces since let go of
         self.fds = FdTable()
-        self.counters = KernelCounters(self.pairs)
-        self.counted: list[int] = []  # the counters when the watcher last dumped
-        self.signature: tuple[bytes, ...] = ()  # the counters when a poll last dumped
+        self.signature: tuple = ()  # the counters when a poll last dumped
         self.allowance = WATCH_BURST  # CPU seconds the watcher may spend on dumps now
         self.allowed_at = self.moved_at = clock()
         self.records: dict[tuple, Connection] = {}  # the last full dump, by cookie and state
@@ -817,14 +981,6 @@ class NetlinkSource(Source):
         self.missing: set[int] = set()  # inodes the last poll's scan did not find
         self.arrivals: list[tuple[Connection, float]] = []
         self.departures: list[Closed] = []
-        self.events = SockDiag()
-        try:
-            self.events.subscribe(DESTROY_GROUPS[pair] for pair in self.pairs)
-        except OSError as exc:
-            warn(f"close events are not available ({exc.strerror}); closes are seen by polling only")
-            self.events.close()
-            self.events = None
-            self.has_close_events = False
 
     @property
     def owners_visible(self) -> bool:
@@ -833,9 +989,11 @@ class NetlinkSource(Source):
 
     def connections(self, kind: str) -> list[Connection]:
         with self.lock:
+            if self.other_namespaces:
+                self._discover()
             # When the kernel's counters have not moved since the last dump, neither has any
             # socket: the dump is skipped. Owners are still reconciled below.
-            signature = self.counters.signature()
+            signature = tuple((inode, ns.counters.signature()) for inode, ns in self.namespaces.items())
             records = self.records if signature == self.signature else self._dump()
             self.signature = signature
             gone = self.records.keys() - records.keys()
@@ -867,36 +1025,46 @@ class NetlinkSource(Source):
             return self.snapshot
 
     def between_polls(self) -> tuple[list[tuple[Connection, float]], list[Closed]]:
-        if self.events is not None:
-            self.read_events()  # the watcher's too, now: the poll's dump must not outrun them
         with self.lock:
+            self.read_events()  # the watcher's too, now: the poll's dump must not outrun them
             arrivals, self.arrivals = self.arrivals, []
             departures, self.departures = self.departures, []
         return arrivals, departures
 
     def watch(self) -> None:
         """The watcher's look between polls: take the close events, and when the kernel's
-        counters moved, dump and find the owners of new sockets while they live."""
-        if self.events is not None:
-            self.read_events()
-        if self.reported is None:
-            return  # before the first poll everything would be new: the poll finds it
-        counted = self.counters.read()
-        now = self._clock()
-        self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_CPU_SHARE)
-        self.allowed_at = now
-        if counted == self.counted or self.allowance <= 0:
-            return  # nothing opened; or, under a flood of opens, the dumps wait for their share of CPU
-        self.counted, self.moved_at = counted, now
-        started = time.thread_time()
-        try:
-            self._find_new()
-        finally:
-            self.allowance -= time.thread_time() - started
+        counters of a namespace moved, dump it and find the owners of new sockets while they live."""
+        with self.lock:
+            now = self._clock()
+            if self.read_events():
+                self.moved_at = now  # sockets are closing: more are likely to open soon
+            if self.reported is None:
+                return  # before the first poll everything would be new: the poll finds it
+            counts = {ns: ns.counters.read() for ns in self.namespaces.values() if ns.diag is not None}
+            moved = [ns for ns, counted in counts.items() if counted != ns.counted]
+            self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_CPU_SHARE)
+            self.allowed_at = now
+            if not moved or self.allowance <= 0:
+                return  # nothing opened; or, under a flood of opens, the dumps wait for their share of CPU
+            self.moved_at = now
+            started = time.thread_time()
+            try:
+                for ns in moved:
+                    ns.counted = counts[ns]
+                self._find_new(moved)
+            finally:
+                self.allowance -= time.thread_time() - started
 
     def quiet(self) -> bool:
-        """True after a spell with no socket opened: the watcher may look less often."""
+        """True after a spell with no socket opened or closed: the watcher may look less often."""
         return self._clock() - self.moved_at > WATCH_QUIET_AFTER
+
+    def wakers(self) -> list[int]:
+        """The fds whose input ends the watcher's wait early: while quiet, the close events'."""
+        if not self.quiet():
+            return []
+        with self.lock:
+            return [ns.events.sock.fileno() for ns in self.namespaces.values() if ns.events is not None]
 
     def next_look(self, every: float) -> float:
         """Seconds until the watcher's next look: every, or longer after a spell with no socket
@@ -905,62 +1073,111 @@ class NetlinkSource(Source):
             return max(every, WATCH_QUIET)
         return max(every, -self.allowance / WATCH_CPU_SHARE)
 
-    def _find_new(self) -> None:
-        with self.lock:
-            new = {}
+    def _find_new(self, namespaces: list[Namespace]) -> None:
+        new = {}
+        for ns in namespaces:
             for family, protocol in self.pairs:
-                messages = dump_messages(self.diag.dump(family, protocol, OWNED_STATES))
+                messages = dump_messages(ns.diag.dump(family, protocol, OWNED_STATES))
                 for key in messages.keys() - self.records.keys() - self.watched:
-                    record = decode_socket(*messages[key], protocol, self.netns)
+                    record = decode_socket(*messages[key], protocol, ns.inode)
                     if record.inode and record.cookie not in self.reported:
                         new[key] = record
                     else:
                         self.watched.add(key)
-            if not new:
-                return
-            seen = self.now()
-            # The search is bounded: a socket whose holder is not found soon is looked for
-            # again at the next look, and the poll's scan reads every process anyway.
-            self.fds.search({r.inode for r in new.values()}, {r.uid for r in new.values()}, most=WATCH_SEARCH_PIDS)
-            found = {key: record for key, record in new.items() if record.inode in self.fds.owners}
-            arrivals = [(conn, seen) for record in found.values() for conn in self._holders(record)]
-            self.read_ahead({conn.pid for conn, _ in arrivals})
-            self.arrivals += arrivals
-            self.watched.update(found)
-            self.reported.update(record.cookie for record in found.values())
-
-    def read_events(self) -> None:
-        """Decode the close events that have arrived."""
-        chunks = self.events.events()
-        if not chunks:
+        if not new:
             return
+        seen = self.now()
+        # The search is bounded: a socket whose holder is not found soon is looked for
+        # again at the next look, and the poll's scan reads every process anyway.
+        self.fds.search({r.inode for r in new.values()}, {r.uid for r in new.values()}, most=WATCH_SEARCH_PIDS)
+        found = {key: record for key, record in new.items() if record.inode in self.fds.owners}
+        arrivals = [(conn, seen) for record in found.values() for conn in self._holders(record)]
+        self.read_ahead({conn.pid for conn, _ in arrivals})
+        self.arrivals += arrivals
+        self.watched.update(found)
+        self.reported.update(record.cookie for record in found.values())
+
+    def read_events(self) -> int:
+        """Decode the close events that have arrived, in every namespace; return how many."""
+        with self.lock:
+            closed = [c for ns in self.namespaces.values() if ns.events is not None for c in self._closes(ns)]
+            self.departures += closed
+            return len(closed)
+
+    def _closes(self, ns: Namespace) -> list[Closed]:
+        """The close events that have arrived from one namespace."""
+        chunks = ns.events.events()
+        if not chunks:
+            return []
         seen = self.now()
         closed = []
         for data, group in chunks:
             protocol = GROUP_SOCKETS[group][1]
             for kind, start, end in netlink_messages(data):
                 if kind == SOCK_DIAG_BY_FAMILY:
-                    conn = decode_socket(data, start, protocol, self.netns)
+                    conn = decode_socket(data, start, protocol, ns.inode)
                     counts = tcp_info_bytes(data, start, end) if protocol == socket.IPPROTO_TCP else None
                     sent, received, beyond = counts or (None, None, None)
                     closed.append(Closed(conn._replace(inode=None, uid=None, txbytes=sent), seen, received, beyond))
-        with self.lock:
-            self.departures += closed
+        return closed
 
     @property
     def lost_events(self) -> int:
-        return self.events.lost if self.events is not None else 0
+        return self.lost_before + sum(ns.events.lost for ns in self.namespaces.values() if ns.events is not None)
+
+    def _discover(self) -> None:
+        """Watch every network namespace that has a process lognet may inspect, and let go
+        of those whose last process is gone: what lognet holds open keeps one alive."""
+        members: dict[int, list[int]] = {}
+        for pid in self.fds.pids():
+            inode = netns_inode(pid)
+            if inode is not None and inode != self.netns:
+                members.setdefault(inode, []).append(pid)
+        for inode in self.namespaces.keys() - members.keys() - {self.netns}:
+            ns = self.namespaces.pop(inode)
+            if ns.events is not None:
+                self.departures += self._closes(ns)  # its last closes, before its socket goes
+            ns.close()
+            self.lost_before += ns.lost
+        for inode, pids in members.items():
+            if inode in self.namespaces:
+                self.namespaces[inode].pids = pids
+                continue
+            try:
+                self.namespaces[inode] = self._open(inode, pids)
+            except OSError:
+                pass  # its processes moved on as lognet came: the next poll sees what is left
+
+    def _open(self, inode: int, pids: list[int]) -> Namespace:
+        """What watches a namespace new to lognet: sockets made inside it, or its text tables."""
+        sockets = None
+        if self.joins:
+            try:
+                sockets = made_inside(pids[0], inode, lambda: (SockDiag(), SockDiag()))
+            except PermissionError as exc:
+                self.joins = False
+                warn(f"other network namespaces are read from /proc/<pid>/net, about 10 ms each per poll, "
+                     f"without close events or the watcher: joining them needs CAP_SYS_ADMIN ({exc.strerror})")
+        return Namespace(inode, self.pairs, pids, sockets)
 
     def _dump(self) -> dict[tuple, Connection]:
-        """Every socket of the kinds asked for, by key; the last dump's records are reused."""
+        """Every socket of the kinds asked for, in every namespace, by key; the last dump's
+        records are reused."""
         known = self.records
         records, keys = dict(known), set()
-        for family, protocol in self.pairs:
-            groups = (OWNED_STATES, *UNOWNED_STATE_GROUPS) if protocol == socket.IPPROTO_TCP else (ALL_STATES,)
-            messages = dump_messages([chunk for states in groups for chunk in self.diag.dump(family, protocol, states)])
-            keys |= messages.keys()
-            for key in messages.keys() - known.keys():
-                records[key] = decode_socket(*messages[key], protocol, self.netns)
+        for ns in self.namespaces.values():
+            if ns.diag is None:
+                text = ns.text_records(self.pairs)
+                keys |= text.keys()
+                records.update((key, record) for key, record in text.items() if key not in known)
+                continue
+            for family, protocol in self.pairs:
+                groups = (OWNED_STATES, *UNOWNED_STATE_GROUPS) if protocol == socket.IPPROTO_TCP else (ALL_STATES,)
+                chunks = [chunk for states in groups for chunk in ns.diag.dump(family, protocol, states)]
+                messages = dump_messages(chunks)
+                keys |= messages.keys()
+                for key in messages.keys() - known.keys():
+                    records[key] = decode_socket(*messages[key], protocol, ns.inode)
         for key in known.keys() - keys:
             del records[key]
         return records
@@ -971,14 +1188,12 @@ class NetlinkSource(Source):
         return [record._replace(pid=pid, fd=fd) for pid, fd in holders] or [record]
 
     def close(self) -> None:
-        for diag in (self.diag, self.events):
-            if diag is not None:
-                diag.close()
-        self.counters.close()
+        for ns in self.namespaces.values():
+            ns.close()
 
 
 ENGINES: dict[str, Callable[[Config], Source]] = {
-    "netlink": lambda config: NetlinkSource(config.kind),
+    "netlink": lambda config: NetlinkSource(config.kind, namespaces=config.netns == "all"),
     "psutil": lambda config: PsutilSource(),
 }
 
@@ -1105,7 +1320,7 @@ class Tracker:
         self.live: frozenset[Connection] = frozenset()
         self.sightings: dict[tuple, Sighting] = {}  # by connection_id
         self.cookies: dict[int, list[Sighting]] = {}  # the kernel's socket cookie -> its sightings (one per holder)
-        self.listening: dict[tuple, int] = {}  # (family, laddr) of live listeners: how many share it
+        self.listening: dict[tuple, int] = {}  # (netns, family, laddr) of live listeners: how many share it
         self.peer_sent: dict[tuple, int] = {}  # (netns, laddr, raddr) -> payload sent, of the last two updates' closes
         self._sent_before: dict[tuple, int] = {}
         self.updates = 0
@@ -1268,7 +1483,7 @@ class Tracker:
     def _unseen(self, closed: Closed, ended: dict[tuple, str]) -> ConnectionEvent:
         """The close of a socket lognet never saw alive: its addresses, bytes and time, no owner."""
         conn = closed.conn
-        direction = "in" if conn.laddr and self._is_listening(conn.family, conn.laddr) else None
+        direction = "in" if conn.laddr and self._is_listening(conn.netns, conn.family, conn.laddr) else None
         left = ended.get(connection_address(conn))
         peer_fin = None if left is None else ended_after_peer_fin(left)
         conn = conn._replace(rxbytes=self._received(conn, closed, peer_fin, direction))
@@ -1288,16 +1503,16 @@ class Tracker:
     def _count_listeners(self, conns: Iterable[Connection], step: int) -> None:
         for conn in conns:
             if conn.status == LISTEN:
-                address = (conn.family, conn.laddr)
+                address = (conn.netns, conn.family, conn.laddr)
                 count = self.listening.get(address, 0) + step
                 if count:
                     self.listening[address] = count
                 else:
                     del self.listening[address]
 
-    def _is_listening(self, family: int, laddr: tuple) -> bool:
+    def _is_listening(self, netns: int | None, family: int, laddr: tuple) -> bool:
         wildcard = ("0.0.0.0" if family == socket.AF_INET else "::", laddr[1])
-        return (family, laddr) in self.listening or (family, wildcard) in self.listening
+        return (netns, family, laddr) in self.listening or (netns, family, wildcard) in self.listening
 
     def _event(self, event: str, conn: Connection, sighting: Sighting, seen: float, time: float,
                kernel_close: bool = False) -> ConnectionEvent:
@@ -1316,7 +1531,7 @@ class Tracker:
             return "listen"
         if not conn.raddr:
             return None  # an unconnected UDP socket
-        if self._is_listening(conn.family, conn.laddr):
+        if self._is_listening(conn.netns, conn.family, conn.laddr):
             return "in"
         if conn.type == socket.SOCK_DGRAM or conn.status == SYN_SENT or self.updates > 1:
             return "out"
@@ -1460,6 +1675,8 @@ EVENT_VALUES: dict[str, Callable[[ConnectionEvent], object]] = {
     "duration": lambda e: e.duration,
     "txbytes": lambda e: e.conn.txbytes,
     "rxbytes": lambda e: e.conn.rxbytes,
+    "netns": lambda e: e.conn.netns,
+    "container": _owner("container"),
 }
 
 
@@ -1472,10 +1689,11 @@ class W3CFormat:
     name = "w3c"
 
     def __init__(self, fields: tuple[str, ...] = CONNECTION_FIELDS, utc: bool = False,
-                 interval: float = DEFAULT_INTERVAL):
+                 interval: float = DEFAULT_INTERVAL, host_netns: int | None = None):
         self.fields = fields
         self.utc = utc
         self.decimals = duration_decimals(interval)
+        self.host_netns = host_netns if "netns" in fields else None
         self._second, self._second_text = None, ""
 
     @functools.cached_property
@@ -1497,7 +1715,7 @@ class W3CFormat:
         return self._second_text
 
     def header(self, epoch: float) -> list[str]:
-        return format_header(self.fields, epoch, self.utc)
+        return format_header(self.fields, epoch, self.utc) + host_remark(self, epoch)
 
     def connection(self, event: ConnectionEvent) -> str:
         return " ".join([column(event) for column in self._columns])
@@ -1511,8 +1729,9 @@ class W3CFormat:
     def stats(self, stats: dict, epoch: float) -> str:
         coverage = stats["coverage"]
         if isinstance(coverage, dict):  # the kernel's closes, per protocol
-            text = "; ".join(f"{protocol} {c['ratio']:.3f} (closed {c['closed']}, with process {c['with_process']}, "
-                             f"without {c['without']})" for protocol, c in coverage.items()) or "- (closed 0)"
+            text = self._coverage(coverage) or "- (closed 0)"
+            by_netns = stats.get("coverage_netns", {})
+            text += "".join(f"; netns {netns}: {self._coverage(c)}" for netns, c in by_netns.items())
             text += f"; close events lost {stats['lost_events']}" if stats["lost_events"] else ""
         else:
             ratio = "-" if coverage is None else f"{coverage:.3f}"
@@ -1520,6 +1739,11 @@ class W3CFormat:
             text = f"{ratio} (kernel TCP opens {opens}, seen {stats['tcp_seen']})"
         return self.remark(f"coverage {text}; polls {stats['polls']}; average poll {stats['avg_poll_ms']:.1f} ms; "
                            f"late lines {stats['late']}; dropped lines {stats['dropped']}", epoch)
+
+    @staticmethod
+    def _coverage(coverage: dict[str, dict]) -> str:
+        return "; ".join(f"{protocol} {c['ratio']:.3f} (closed {c['closed']}, with process {c['with_process']}, "
+                         f"without {c['without']})" for protocol, c in coverage.items())
 
 
 class JsonLinesFormat:
@@ -1529,8 +1753,9 @@ class JsonLinesFormat:
     name = "jsonl"
 
     def __init__(self, fields: tuple[str, ...] = CONNECTION_FIELDS, utc: bool = False,
-                 interval: float = DEFAULT_INTERVAL):
+                 interval: float = DEFAULT_INTERVAL, host_netns: int | None = None):
         self.utc = utc
+        self.host_netns = host_netns  # every connection object has its netns
         decimals = duration_decimals(interval)
         special = {
             "firstseen": lambda e: format_iso_timestamp(e.first_seen, utc),
@@ -1545,7 +1770,7 @@ class JsonLinesFormat:
         return self._epoch_text
 
     def header(self, epoch: float) -> list[str]:
-        return []
+        return host_remark(self, epoch)
 
     def connection(self, event: ConnectionEvent) -> str:
         return self._line({"ts": self.timestamp(event.time), **{field: value(event) for field, value in self._values}})
@@ -1574,6 +1799,13 @@ class JsonLinesFormat:
 
 
 FORMATS = {"w3c": W3CFormat, "jsonl": JsonLinesFormat}
+
+
+def host_remark(fmt: Format, epoch: float) -> list[str]:
+    """The line that opens a log whose connections carry their netns: which one is the host's."""
+    if fmt.host_netns is None:
+        return []
+    return [fmt.remark(f"host netns {fmt.host_netns} (lognet's own network namespace)", epoch)]
 Format = Union[W3CFormat, JsonLinesFormat]
 
 
@@ -2020,7 +2252,7 @@ class Outputs(NamedTuple):
 def open_outputs(config: Config, defaulted: tuple[bool, bool] = (False, False)) -> Outputs:
     """Open both logs, and the syslog destination if one was asked for."""
     make_format = FORMATS[config.format]
-    connections = Stream(make_format(config.fields, config.utc, config.interval), [], "connection")
+    connections = Stream(make_format(config.fields, config.utc, config.interval, netns_inode()), [], "connection")
     processes = Stream(make_format(PROCESS_FIELDS, config.utc), [], "process")
     clog, plog = open_logs(config, defaulted, (connections.format, processes.format))
     connections.sinks.append(clog)
@@ -2145,6 +2377,7 @@ class Poller:
         self.tcp_opens_at_start: int | None = None
         self.tcp_seen = 0  # TCP connections first seen after the first poll
         self.closes: dict[str, list[int]] = {}  # protocol -> the kernel's closes [with process, without]
+        self.closes_by_netns: dict[int, dict[str, list[int]]] = {}  # the same, per network namespace
         self.polls = 0
         self.lines = 0  # lines given to the logs, both streams
         self.poll_seconds = 0.0
@@ -2207,8 +2440,9 @@ class Poller:
         counter), and the kernel's closes logged with and without their process."""
         for e in events:
             if e.kernel_close:
-                counts = self.closes.setdefault(PROTOCOLS[e.conn.type].lower(), [0, 0])
-                counts[e.process is None or e.attrib == "unseen"] += 1
+                protocol, without = PROTOCOLS[e.conn.type].lower(), e.process is None or e.attrib == "unseen"
+                self.closes.setdefault(protocol, [0, 0])[without] += 1
+                self.closes_by_netns.setdefault(e.conn.netns, {}).setdefault(protocol, [0, 0])[without] += 1
         if self.polls > 0:  # the first poll finds what was open before the kernel counters were read
             self.tcp_seen += sum(1 for e in events if e.event == "open" and e.conn.type == socket.SOCK_STREAM
                                  and e.conn.raddr)
@@ -2229,11 +2463,10 @@ class Poller:
         closes: of the sockets it closed, those logged with their process. Elsewhere it is
         the kernel's TCP open counter against the connections seen opening."""
         if self.source.has_close_events:
-            coverage = {"coverage": {protocol: {"ratio": round(with_process / (with_process + without), 4),
-                                                "closed": with_process + without, "with_process": with_process,
-                                                "without": without}
-                                     for protocol, (with_process, without) in sorted(self.closes.items())},
-                        "lost_events": self.source.lost_events}
+            coverage = {"coverage": close_coverage(self.closes), "lost_events": self.source.lost_events}
+            if len(self.closes_by_netns) > 1:  # containers too: each namespace's own
+                coverage["coverage_netns"] = {str(netns): close_coverage(closes)
+                                              for netns, closes in sorted(self.closes_by_netns.items())}
         else:
             opens = self.source.tcp_opens()
             kernel = None if opens is None or self.tcp_opens_at_start is None else opens - self.tcp_opens_at_start
@@ -2279,6 +2512,13 @@ class Poller:
         return {sink.name: sink.lost() for sink in self.outputs.all() if sink.lost()}
 
 
+def close_coverage(closes: dict[str, list[int]]) -> dict[str, dict]:
+    """Coverage per protocol from counts of the kernel's closes [logged with process, without]."""
+    return {protocol: {"ratio": round(with_process / (with_process + without), 4), "closed": with_process + without,
+                       "with_process": with_process, "without": without}
+            for protocol, (with_process, without) in sorted(closes.items())}
+
+
 class Watcher:
     """Calls source.watch() every `every` seconds in a thread of its own, between polls,
     so that a slow log or syslog write never holds it up."""
@@ -2304,7 +2544,13 @@ class Watcher:
 
     def _run(self) -> None:
         while True:
-            if select.select([self._stop_r], [], [], self.source.next_look(self.every))[0]:
+            # After a failed look, only the clock wakes it: an fd left unread would wake it at once, forever.
+            wakers = [] if self.failure else self.source.wakers()
+            try:
+                ready = select.select([self._stop_r, *wakers], [], [], self.source.next_look(self.every))[0]
+            except OSError:  # a namespace's socket closed by the poll while we waited on it
+                ready = []
+            if self._stop_r in ready:
                 os.close(self._stop_r)
                 return
             try:
@@ -2564,6 +2810,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--watch", type=non_negative_float, default=DEFAULT_WATCH, metavar="SECONDS",
                         help=f"netlink engine: look for new sockets and their owners this often between polls "
                              f"(default {DEFAULT_WATCH:g}; 0: no watcher, polls only)")
+    parser.add_argument("--netns", choices=("all", "own"), default="all",
+                        help="netlink engine: which network namespaces to watch: all that have a process "
+                             "(containers too; default), or lognet's own only (as the psutil engine sees)")
     parser.add_argument("-n", "--count", type=positive_int, metavar="N",
                         help="stop after N polls and exit 0 (default: run until stopped)")
     parser.add_argument("--utc", action="store_true", help="timestamps in UTC instead of local time")
@@ -2598,6 +2847,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, tuple[bool, bool]
         kind=KINDS[(args.ip_version, args.protocol)],
         engine=args.engine,
         watch=args.watch,
+        netns=args.netns,
         omit_self_conns=args.omit_self_conns,
         omit_privnet_conns=args.omit_privnet_conns,
         omit_loopback_conns=args.omit_loopback_conns,

@@ -319,8 +319,10 @@ def netlink_rss(tmp: Path, checkpoints: list[int], rate: float) -> list[dict]:
 def capture_at_defaults(tmp: Path, lifetimes: list[float], per_lifetime: int, way: str) -> list[dict]:
     """Connections of known lifetimes to a listener of this process, each from a client
     port recorded here: from one long-running churner ('one process'), or from a new
-    python3 process per connection ('a process each'). Returns the share logged with the
-    connecting process, and logged at all, by the netlink engine at its defaults."""
+    python3 process per connection, 0.1 s after the last one ended ('a process each'), or
+    2 s after, when the host has been quiet long enough for the watcher to look less often
+    ('a process each, after 2 s quiet'). Returns the share logged with the connecting
+    process, and logged at all, by the netlink engine at its defaults."""
     folder = tmp / f"capture-{way.replace(' ', '-')}"
     folder.mkdir()
     cli = subprocess.Popen(lognet_argv(folder, "-p", "tcp", engine="netlink"),
@@ -345,7 +347,7 @@ def capture_at_defaults(tmp: Path, lifetimes: list[float], per_lifetime: int, wa
             client.wait(timeout=30)
             server.close()
             made.append((str(peer[1]), lifetime, client.pid))
-            time.sleep(0.1)
+            time.sleep(2.0 if way.endswith("quiet") else 0.1)
         listener.close()
     time.sleep(lognet.DEFAULT_INTERVAL * 2)
     cli.terminate()
@@ -378,7 +380,9 @@ def netlink_part(report: dict, tmp: Path, args) -> None:
         print("capture by lifetime ...", flush=True)
         lifetimes = [0.02, 0.05, 0.2, 1.0]
         report["capture_defaults"] = (capture_at_defaults(tmp, lifetimes, args.per_lifetime, "one process")
-                                      + capture_at_defaults(tmp, lifetimes, args.per_lifetime // 2, "a process each"))
+                                      + capture_at_defaults(tmp, lifetimes, args.per_lifetime // 2, "a process each")
+                                      + capture_at_defaults(tmp, lifetimes[:3], args.per_lifetime // 5,
+                                                            "a process each, after 2 s quiet"))
     if "rss" in only:
         print("RSS while connections churn ...", flush=True)
         report["netlink_rss"] = netlink_rss(tmp, [int(x) for x in args.churn.split(",")], 1500)

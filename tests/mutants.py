@@ -211,6 +211,14 @@ FAULTS = [
           "self.lifecycle_fields = config.format == \"jsonl\" or not set(config.fields) <= set(CONNECTION_FIELDS)",
           "self.lifecycle_fields = config.format == \"jsonl\" or config.fields != CONNECTION_FIELDS",
           ("tests/test_lifecycle.py::test_a_subset_of_the_original_fields_adds_nothing",)),
+    Fault("a close event does not end the watcher's quiet spell",
+          "            self.moved_at = now  # sockets are closing",
+          "            pass  # sockets are closing",
+          ("tests/test_netlink.py::test_a_close_event_wakes_a_quiet_watcher_and_brings_back_its_pace",)),
+    Fault("a quiet watcher sleeps through close events",
+          "return [self.events.sock.fileno()] if self.events is not None and self.quiet() else []",
+          "return []",
+          ("tests/test_netlink.py::test_a_close_event_wakes_a_quiet_watcher_and_brings_back_its_pace",)),
 ]
 
 

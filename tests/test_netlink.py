@@ -4,6 +4,7 @@ the fallback when netlink is refused. Traffic stays on loopback, or inside a net
 namespace the test makes."""
 
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -138,7 +139,7 @@ def test_socket_that_lived_5ms_is_unseen_and_counted(tmp_path, background):
                       "time.sleep(0.005)\n"
                       "client.close(); server.close(); listener.close()\n"
                       "print(port, flush=True)\n")
-    ln = background("-i", "5", "-p", "tcp", "--watch", "0", "--fields", "+event,attrib",
+    ln = background("-i", "5", "-p", "tcp", "--watch", "0", "--netns", "own", "--fields", "+event,attrib",
                     "--stats-interval", "600", prefix=PRIVATE_NETNS)
     try:
         wait_for(lambda: ln.clog.exists())  # the first poll is done: the next is 5 s away
@@ -333,6 +334,29 @@ def test_the_watcher_waits_for_its_share_of_cpu_before_it_wakes_again():
         source.close()
 
 
+def test_a_close_event_wakes_a_quiet_watcher_and_brings_back_its_pace():
+    source = lognet.NetlinkSource("tcp")
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        source.connections("tcp")
+        source.watch()  # the open is counted: only the close is new below
+        source.moved_at = time.monotonic() - lognet.WATCH_QUIET_AFTER - 1  # a spell with nothing opened or closed
+        assert source.next_look(0.02) == lognet.WATCH_QUIET
+        wakers = source.wakers()
+        assert wakers and not select.select(wakers, [], [], 0)[0]
+        client.close()
+        server.close()
+        assert select.select(wakers, [], [], 5)[0]  # the close event ends the wait
+        source.watch()
+        assert not source.quiet() and source.next_look(0.02) == 0.02
+        assert source.wakers() == []
+    finally:
+        listener.close()
+        source.close()
+
+
 FAIL_NETLINK = """
 import errno, runpy, socket, sys
 real = socket.socket
@@ -385,7 +409,7 @@ keep = [socket.create_connection(("127.0.0.1", v4.getsockname()[1])), v4.accept(
         socket.create_connection(("::ffff:127.0.0.1", v6.getsockname()[1])), v6.accept()[0],
         socket.create_connection(("192.0.2.1", v4.getsockname()[1])), v4.accept()[0]]
 v6.close()
-sys.exit(subprocess.run([sys.executable, lognet, "-n", "1", "-p", "tcp", "--omit-loopback-conns",
+sys.exit(subprocess.run([sys.executable, lognet, "-n", "1", "-p", "tcp", "--netns", "own", "--omit-loopback-conns",
                          "-clog", clog, "-plog", plog]).returncode)
 """
 

@@ -50,8 +50,11 @@ def test_jsonl_objects_carry_every_field(tmp_path, holder):
     h = holder("--name", "lnjson", "json lines tag")
     clog, plog = run_jsonl(tmp_path)
     objects = [json.loads(line) for line in read_lines(clog)]  # every line parses: no '#' headers
-    connections = [o for o in objects if o["event"] != "stats"]
-    assert [o["event"] for o in objects[len(connections):]] == ["stats"]  # one, at exit
+    # first the remark that names the host's namespace, last the stats (one, at exit)
+    assert objects[0]["event"] == "remark"
+    assert objects[0]["remark"] == f"host netns {os.stat('/proc/self/ns/net').st_ino} (lognet's own network namespace)"
+    connections = objects[1:-1]
+    assert objects[-1]["event"] == "stats" and all(o["event"] == "open" for o in connections)
     processes = [json.loads(line) for line in read_lines(plog)]
     process = psutil.Process(h.pid)
     upid = upid_of(h.pid, "lnjson")
@@ -64,7 +67,8 @@ def test_jsonl_objects_carry_every_field(tmp_path, holder):
                          "raddr": None, "rport": None, "status": "LISTEN", "pid": h.pid, "name": "lnjson",
                          "create_time": process.create_time(), "upid": upid, "user": process.username(),
                          "exe": os.path.realpath(sys.executable), "direction": "listen", "attrib": "pid",
-                         "duration": None, "txbytes": None, "rxbytes": None}
+                         "duration": None, "txbytes": None, "rxbytes": None,
+                         "netns": os.stat(f"/proc/{h.pid}/ns/net").st_ino, "container": None}
     ours = [p for p in processes if p["pid"] == h.pid]
     assert len(ours) == 1
     assert ISO.match(ours[0].pop("ts"))

@@ -136,7 +136,7 @@ def test_a_socket_found_after_the_snapshot_began_that_it_shows_in_another_state_
 def test_listeners_are_forgotten_when_they_close():
     tracker = lognet.Tracker()
     tracker.update([LISTEN])
-    assert tracker.listening == {(socket.AF_INET, ("127.0.0.1", 80)): 1}
+    assert tracker.listening == {(None, socket.AF_INET, ("127.0.0.1", 80)): 1}
     tracker.update([])
     assert tracker.listening == {}
     late = tracker.update([ESTAB._replace(fd=9)])
