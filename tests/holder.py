@@ -27,6 +27,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--name", help="process name to set with prctl (escapes like \\x0a are decoded)")
     parser.add_argument("--host", default="127.0.0.1", help="address of the TCP listener")
+    parser.add_argument("--port", type=int, default=0, help="port of the TCP listener (default: any free one)")
     parser.add_argument("--udp6", action="store_true", help="also bind a UDP socket on ::1")
     parser.add_argument("--connect", action="append", default=[], metavar="HOST",
                         help="also connect to the listener's port on HOST (repeatable)")
@@ -38,7 +39,7 @@ def main() -> int:
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.bind((args.host, 0))
+    listener.bind((args.host, args.port))
     listener.listen(64)
     port = listener.getsockname()[1]
     client = socket.create_connection((args.host, port))

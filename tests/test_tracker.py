@@ -234,3 +234,14 @@ def test_the_peer_on_this_host_says_exactly_what_was_received():
 def test_received_fin_from_the_measured_counts(received, beyond, direction, fin):
     closed = lognet.Closed(make_conn(), 0.0, received, beyond)
     assert lognet.received_fin(closed, direction) is fin
+
+
+def test_a_listener_in_one_namespace_says_nothing_of_another_namespaces_connections():
+    listener = make_conn(("0.0.0.0", 8123))._replace(netns=1)
+    # in another namespace (a container), a connection from the same local port: it connected out
+    there = make_conn(("10.0.0.2", 8123), ("10.0.0.9", 443), "ESTABLISHED", pid=11, fd=4)._replace(netns=2)
+    here = there._replace(netns=1, fd=5)
+    tracker = lognet.Tracker()
+    tracker.update([listener])
+    opened = {e.conn.netns: e.direction for e in tracker.update([listener, there, here])}
+    assert opened == {2: "out", 1: "in"}
