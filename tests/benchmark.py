@@ -279,6 +279,46 @@ def poll_cost(rounds: int) -> dict:
     return {"sockets": connections, "psutil_ms": psutil_ms, "netlink_ms": netlink_ms, "ratio": netlink_ms / psutil_ms}
 
 
+PRIVATE_NETNS = ("unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh")
+
+
+def namespaces_cost(tmp: Path, count: int, pairs: int, rounds: int, idle_seconds: float) -> dict:
+    """With `count` more network namespaces of `pairs` loopback pairs each (unshare -n): the
+    CPU of one full poll watching every namespace against one watching lognet's own only
+    (--netns own), interleaved, medians; and the CPU with nothing changing at the defaults."""
+    load = Load()
+    try:
+        for _ in range(count):
+            load.start("hold", pairs, prefix=PRIVATE_NETNS)
+        sources = {"all": lognet.NetlinkSource("inet"), "own": lognet.NetlinkSource("inet", namespaces=False)}
+        times: dict[str, list[float]] = {"all": [], "own": []}
+        try:
+            for source in sources.values():
+                source.connections("inet")
+            for _ in range(rounds):
+                for which, source in sources.items():
+                    source.signature = ()  # a full poll: every namespace dumped
+                    t = time.process_time()
+                    source.connections("inet")
+                    times[which].append(time.process_time() - t)
+            counted = {which: (len(source.namespaces), len(source.records)) for which, source in sources.items()}
+        finally:
+            for source in sources.values():
+                source.close()
+        idle = []
+        for _ in range(3):
+            startup, _ = run_cpu(lognet_argv(tmp, "-n", "1", engine="netlink"))
+            cpu, _ = running_cpu(lognet_argv(tmp, engine="netlink"), idle_seconds)
+            idle.append(max(0.0, cpu - startup) / idle_seconds)
+    finally:
+        load.stop()
+    all_ms, own_ms = (statistics.median(times[which]) * 1e3 for which in ("all", "own"))
+    extra = counted["all"][0] - counted["own"][0]
+    return {"namespaces": counted["all"][0], "sockets": counted["all"][1], "own_sockets": counted["own"][1],
+            "all_ms": all_ms, "own_ms": own_ms, "per_namespace_ms": (all_ms - own_ms) / extra,
+            "idle_cpu": statistics.median(idle)}
+
+
 def churn_cpu(tmp: Path, rate: float, seconds: float) -> dict:
     """CPU share of the netlink engine at its defaults while a churner opens `rate` connections a second."""
     load = Load()
@@ -365,7 +405,7 @@ def capture_at_defaults(tmp: Path, lifetimes: list[float], per_lifetime: int, wa
 
 
 def netlink_part(report: dict, tmp: Path, args) -> None:
-    only = set(args.only.split(",")) if args.only else {"idle", "polls", "churn", "capture", "rss"}
+    only = set(args.only.split(",")) if args.only else {"idle", "polls", "churn", "capture", "rss", "namespaces"}
     report["watch"] = float(WATCH[1]) if WATCH else lognet.DEFAULT_WATCH
     if "idle" in only:
         print("the Linux engine: idle CPU ...", flush=True)
@@ -383,6 +423,9 @@ def netlink_part(report: dict, tmp: Path, args) -> None:
                                       + capture_at_defaults(tmp, lifetimes, args.per_lifetime // 2, "a process each")
                                       + capture_at_defaults(tmp, lifetimes[:3], args.per_lifetime // 5,
                                                             "a process each, after 2 s quiet"))
+    if "namespaces" in only:
+        print("20 more network namespaces ...", flush=True)
+        report["namespaces"] = namespaces_cost(tmp, 20, 25, 101, args.idle_seconds)
     if "rss" in only:
         print("RSS while connections churn ...", flush=True)
         report["netlink_rss"] = netlink_rss(tmp, [int(x) for x in args.churn.split(",")], 1500)
@@ -420,6 +463,16 @@ def print_netlink_report(r: dict) -> None:
     if len(rss) >= 2:
         print(f"| RSS growth from {rss[0]['churned']:,} to {rss[-1]['churned']:,} | "
               f"{rss[-1]['rss_mb'] - rss[0]['rss_mb']:+.2f} MB | | |")
+    n = r.get("namespaces")
+    if n:
+        print()
+        print(f"| with {n['namespaces'] - 1} more network namespaces ({n['sockets']:,} sockets in all, "
+              f"{n['own_sockets']:,} in lognet's own) | this run |")
+        print("|---|---:|")
+        print(f"| one full poll of every namespace, ms of CPU | {n['all_ms']:.2f} |")
+        print(f"| one full poll of lognet's own namespace only (--netns own), ms of CPU | {n['own_ms']:.2f} |")
+        print(f"| what each more namespace adds to a full poll, ms | {n['per_namespace_ms']:.3f} |")
+        print(f"| CPU with nothing changing, at the defaults | {n['idle_cpu']:.3%} |")
     print()
     print("| who connects | lifetime | connections | logged with their process | logged at all |")
     print("|---|---:|---:|---:|---:|")
@@ -446,7 +499,7 @@ def main() -> int:
     parser.add_argument("--big-pairs", type=int, default=10000, help="pairs for the large poll (default 10000)")
     parser.add_argument("--watch", type=float, help="the netlink engine's --watch (default: lognet's default)")
     parser.add_argument("--only", help="netlink part: only these measures, comma-separated "
-                                       "(idle, polls, churn, capture, rss)")
+                                       "(idle, polls, churn, capture, rss, namespaces)")
     args = parser.parse_args()
     if args.watch is not None:
         WATCH[:] = ["--watch", str(args.watch)]

@@ -113,8 +113,9 @@ class Load:
     def __init__(self):
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, *args) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, str(HERE / "load.py"), *map(str, args)],
+    def start(self, *args, prefix: tuple = ()) -> subprocess.Popen:
+        """load.py with args, run after prefix (such as unshare -n ...) when given."""
+        proc = subprocess.Popen([*prefix, sys.executable, str(HERE / "load.py"), *map(str, args)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"load.py {args} did not start")
