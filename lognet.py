@@ -444,8 +444,7 @@ TCP_INFO_NEEDED = 216
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "SYN_RECV"}
 ALL_STATES = 0xFFFFFFFF
-# States whose sockets no process holds (TIME_WAIT, request sockets): the watcher leaves them
-# out. A full dump asks for them apart, so that each reply holds messages of one length.
+# States whose sockets no process holds (TIME_WAIT, request sockets): the watcher leaves them out.
 UNOWNED_STATE_GROUPS = (1 << 6, 1 << 3 | 1 << 12)
 OWNED_STATES = ALL_STATES & ~sum(UNOWNED_STATE_GROUPS)
 # The sock_diag destroy groups (enum sknetlink_groups), the interface of `ss -E`.
@@ -969,7 +968,7 @@ class NetlinkSource(Source):
         self.joins = True  # whether lognet may join other namespaces (setns); False after the first refusal
         self.lost_before = 0  # close events lost in namespaces since let go of
         self.fds = FdTable()
-        self.signature: tuple = ()  # the counters when a poll last dumped
+        self.signatures: dict[int, tuple] = {}  # each namespace's counters when a poll last dumped it
         self.allowance = WATCH_BURST  # CPU seconds the watcher may spend on dumps now
         self.allowed_at = self.moved_at = clock()
         self.records: dict[tuple, Connection] = {}  # the last full dump, by cookie and state
@@ -991,11 +990,13 @@ class NetlinkSource(Source):
         with self.lock:
             if self.other_namespaces:
                 self._discover()
-            # When the kernel's counters have not moved since the last dump, neither has any
-            # socket: the dump is skipped. Owners are still reconciled below.
-            signature = tuple((inode, ns.counters.signature()) for inode, ns in self.namespaces.items())
-            records = self.records if signature == self.signature else self._dump()
-            self.signature = signature
+            # Where the kernel's counters have not moved since the last dump, neither has any
+            # socket: only the namespaces whose counters moved are dumped. Owners are still
+            # reconciled below.
+            signatures = {inode: ns.counters.signature() for inode, ns in self.namespaces.items()}
+            moved = [ns for inode, ns in self.namespaces.items() if signatures[inode] != self.signatures.get(inode)]
+            records = self._dump(moved) if moved or self.signatures.keys() != signatures.keys() else self.records
+            self.signatures = signatures
             gone = self.records.keys() - records.keys()
             self.fds.forget(self.records[key].inode for key in gone if self.records[key].inode)
             self.fds.scan()
@@ -1160,26 +1161,19 @@ class NetlinkSource(Source):
                      f"without close events or the watcher: joining them needs CAP_SYS_ADMIN ({exc.strerror})")
         return Namespace(inode, self.pairs, pids, sockets)
 
-    def _dump(self) -> dict[tuple, Connection]:
-        """Every socket of the kinds asked for, in every namespace, by key; the last dump's
-        records are reused."""
-        known = self.records
-        records, keys = dict(known), set()
-        for ns in self.namespaces.values():
+    def _dump(self, namespaces: list[Namespace]) -> dict[tuple, Connection]:
+        """Every socket of the kinds asked for, by key: those of these namespaces dumped
+        afresh, the others' as the last dump found them (none of a namespace let go of).
+        The records of sockets met before are reused."""
+        known, dumped = self.records, {ns.inode for ns in namespaces}
+        records = {key: r for key, r in known.items() if r.netns in self.namespaces and r.netns not in dumped}
+        for ns in namespaces:
             if ns.diag is None:
-                text = ns.text_records(self.pairs)
-                keys |= text.keys()
-                records.update((key, record) for key, record in text.items() if key not in known)
+                records.update((key, known.get(key, record)) for key, record in ns.text_records(self.pairs).items())
                 continue
             for family, protocol in self.pairs:
-                groups = (OWNED_STATES, *UNOWNED_STATE_GROUPS) if protocol == socket.IPPROTO_TCP else (ALL_STATES,)
-                chunks = [chunk for states in groups for chunk in ns.diag.dump(family, protocol, states)]
-                messages = dump_messages(chunks)
-                keys |= messages.keys()
-                for key in messages.keys() - known.keys():
-                    records[key] = decode_socket(*messages[key], protocol, ns.inode)
-        for key in known.keys() - keys:
-            del records[key]
+                for key, place in dump_messages(ns.diag.dump(family, protocol)).items():
+                    records[key] = known.get(key) or decode_socket(*place, protocol, ns.inode)
         return records
 
     def _holders(self, record: Connection) -> list[Connection]:

@@ -268,7 +268,7 @@ def poll_cost(rounds: int) -> dict:
             t = time.process_time()
             psutil.net_connections("inet")
             a.append(time.process_time() - t)
-            source.signature = ()  # a full poll: the dump is not skipped for counters that stood still
+            source.signatures = {}  # a full poll: the dump is not skipped for counters that stood still
             t = time.process_time()
             tracker.update(source.connections("inet"), 0.0, *source.between_polls())
             b.append(time.process_time() - t)
@@ -297,7 +297,7 @@ def namespaces_cost(tmp: Path, count: int, pairs: int, rounds: int, idle_seconds
                 source.connections("inet")
             for _ in range(rounds):
                 for which, source in sources.items():
-                    source.signature = ()  # a full poll: every namespace dumped
+                    source.signatures = {}  # a full poll: every namespace dumped
                     t = time.process_time()
                     source.connections("inet")
                     times[which].append(time.process_time() - t)
