@@ -790,6 +790,12 @@ class KernelCounters:
         """The counters of socket opens, for the kinds asked for."""
         return [parse(os.pread(self.fds[name], 8192, 0)) for name, parse in self.readers]
 
+    def tcp_allocated(self) -> int:
+        """TCP sockets allocated in every namespace: the kernel keeps one count for all (the
+        `alloc` of /proc/net/sockstat), so it moves when one is made anywhere."""
+        data = os.pread(self.fds["sockstat"], 8192, 0)
+        return int(data[data.index(b" alloc ") + 7:].split(None, 1)[0])
+
     def signature(self) -> tuple[bytes, ...]:
         """All three files as they are: when nothing in them moved, no socket opened,
         closed, or changed state (a segment sent or received), but for a UDP connect()."""
@@ -897,6 +903,7 @@ class Namespace:
         self.inode = inode
         self.pids = pids or []  # processes in it; none for lognet's own
         self.counted: list[int] = []  # its counters when the watcher last dumped it
+        self.closing = False  # it sent close events since the watcher last read its counters
         self.diag, self.events = sockets or (None, None)
         try:
             self.counters = KernelCounters(pairs, f"/proc/{self.pids[0]}/net" if self.pids else "/proc/self/net")
@@ -967,6 +974,7 @@ class NetlinkSource(Source):
         self.namespaces: dict[int, Namespace] = {self.netns: own}
         self.joins = True  # whether lognet may join other namespaces (setns); False after the first refusal
         self.lost_before = 0  # close events lost in namespaces since let go of
+        self.allocated = 0  # the kernel's count of TCP sockets allocated, in all namespaces, at the last look
         self.fds = FdTable()
         self.signatures: dict[int, tuple] = {}  # each namespace's counters when a poll last dumped it
         self.allowance = WATCH_BURST  # CPU seconds the watcher may spend on dumps now
@@ -1041,20 +1049,35 @@ class NetlinkSource(Source):
                 self.moved_at = now  # sockets are closing: more are likely to open soon
             if self.reported is None:
                 return  # before the first poll everything would be new: the poll finds it
-            counts = {ns: ns.counters.read() for ns in self.namespaces.values() if ns.diag is not None}
-            moved = [ns for ns, counted in counts.items() if counted != ns.counted]
             self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_CPU_SHARE)
             self.allowed_at = now
-            if not moved or self.allowance <= 0:
-                return  # nothing opened; or, under a flood of opens, the dumps wait for their share of CPU
-            self.moved_at = now
+            if self.allowance <= 0:
+                return  # under a flood of opens, the looks wait for their share of CPU
             started = time.thread_time()
             try:
-                for ns in moved:
-                    ns.counted = counts[ns]
-                self._find_new(moved)
+                moved = self._moved()
+                if moved:
+                    self.moved_at = now
+                    self._find_new(moved)
             finally:
                 self.allowance -= time.thread_time() - started
+
+    def _moved(self) -> list[Namespace]:
+        """The namespaces whose counters moved since the watcher last read them. Another
+        namespace's counters are read only when a TCP socket was made somewhere (the one
+        count for all namespaces moved) or it sent close events: every look reading every
+        namespace's would cost CPU for each container, also with nothing changing."""
+        own = self.namespaces[self.netns]
+        allocated = own.counters.tcp_allocated()
+        anywhere, self.allocated = allocated != self.allocated, allocated
+        moved = []
+        for ns in self.namespaces.values():
+            if ns.diag is not None and (ns is own or anywhere or ns.closing):
+                counted, ns.closing = ns.counters.read(), False
+                if counted != ns.counted:
+                    ns.counted = counted
+                    moved.append(ns)
+        return moved
 
     def quiet(self) -> bool:
         """True after a spell with no socket opened or closed: the watcher may look less often."""
@@ -1110,6 +1133,7 @@ class NetlinkSource(Source):
         chunks = ns.events.events()
         if not chunks:
             return []
+        ns.closing = True
         seen = self.now()
         closed = []
         for data, group in chunks:

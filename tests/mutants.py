@@ -239,6 +239,10 @@ FAULTS = [
           "closed = [c for ns in self.namespaces.values() if ns.events is not None for c in self._closes(ns)]",
           "closed = [c for ns in [self.namespaces[self.netns]] if ns.events is not None for c in self._closes(ns)]",
           ("tests/test_namespaces.py::test_a_short_client_in_a_namespace_is_logged_with_its_process_at_the_defaults",)),
+    Fault("the watcher reads only lognet's own namespace's counters",
+          "if ns.diag is not None and (ns is own or anywhere or ns.closing):",
+          "if ns.diag is not None and ns is own:",
+          ("tests/test_namespaces.py::test_a_short_client_in_a_namespace_is_logged_with_its_process_at_the_defaults",)),
     Fault("the container is never read",
           "return ProcessInfo(pid, name, create_time, tuple(cmdline) if cmdline is not None else None, exe, username,\n"
           "                           container_of(pid))",
