@@ -772,6 +772,14 @@ class FdTable:
         return theirs
 
 
+# Where sockstat (and sockstat6) counts each kind's sockets in use, and whether that kind's
+# TIME_WAIT sockets, counted apart, may hide behind a count of 0.
+HELD_LABELS = {(socket.AF_INET, socket.IPPROTO_TCP): ("TCP", True),
+               (socket.AF_INET6, socket.IPPROTO_TCP): ("TCP6", True),
+               (socket.AF_INET, socket.IPPROTO_UDP): ("UDP", False),
+               (socket.AF_INET6, socket.IPPROTO_UDP): ("UDP6", False)}
+
+
 class KernelCounters:
     """The kernel's counters, read with pread on fds kept open: TCP opens (/proc/net/snmp)
     and UDP sockets in use (/proc/net/sockstat, sockstat6) move when a socket opens; any
@@ -800,6 +808,21 @@ class KernelCounters:
         """All three files as they are: when nothing in them moved, no socket opened,
         closed, or changed state (a segment sent or received), but for a UDP connect()."""
         return tuple(os.pread(fd, 8192, 0) for fd in self.fds.values())
+
+    @staticmethod
+    def held(signature: tuple[bytes, ...]) -> set[tuple[int, int]]:
+        """The kinds (family, protocol) that may hold a socket, from sockstat and sockstat6 as
+        a signature read them: a kind with none in use (and for TCP, no TIME_WAIT) need not
+        be dumped, which spares a walk of the kernel's tables, shared by all namespaces."""
+        counts = {}
+        for data in signature[1:]:
+            for line in data.decode("ascii", "replace").splitlines():
+                label, _, values = line.partition(": ")
+                words = values.split()
+                counts[label] = dict(zip(words[0::2], words[1::2]))
+        waiting = counts.get("TCP", {}).get("tw", "1") != "0"
+        return {pair for pair, (label, timewait) in HELD_LABELS.items()
+                if counts.get(label, {}).get("inuse", "1") != "0" or (timewait and waiting)}
 
     @staticmethod
     def _tcp_opens(data: bytes) -> int:
@@ -904,6 +927,7 @@ class Namespace:
         self.pids = pids or []  # processes in it; none for lognet's own
         self.counted: list[int] = []  # its counters when the watcher last dumped it
         self.closing = False  # it sent close events since the watcher last read its counters
+        self.lost = 0  # its lost close events, kept when its socket is closed
         self.diag, self.events = sockets or (None, None)
         try:
             self.counters = KernelCounters(pairs, f"/proc/{self.pids[0]}/net" if self.pids else "/proc/self/net")
@@ -917,7 +941,6 @@ class Namespace:
                 self.events.close()
                 self.events = None
                 self.refusal = exc.strerror
-        self.lost = 0  # its lost close events, kept when its socket is closed
 
     refusal: str | None = None  # why the close events could not be joined
 
@@ -1003,7 +1026,8 @@ class NetlinkSource(Source):
             # reconciled below.
             signatures = {inode: ns.counters.signature() for inode, ns in self.namespaces.items()}
             moved = [ns for inode, ns in self.namespaces.items() if signatures[inode] != self.signatures.get(inode)]
-            records = self._dump(moved) if moved or self.signatures.keys() != signatures.keys() else self.records
+            redump = moved or self.signatures.keys() != signatures.keys()
+            records = self._dump(moved, signatures) if redump else self.records
             self.signatures = signatures
             gone = self.records.keys() - records.keys()
             self.fds.forget(self.records[key].inode for key in gone if self.records[key].inode)
@@ -1052,13 +1076,14 @@ class NetlinkSource(Source):
             self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_CPU_SHARE)
             self.allowed_at = now
             if self.allowance <= 0:
-                return  # under a flood of opens, the looks wait for their share of CPU
+                return  # under a flood of opens, the dumps wait for their share of CPU
+            moved = self._moved()
+            if not moved:
+                return
+            self.moved_at = now
             started = time.thread_time()
             try:
-                moved = self._moved()
-                if moved:
-                    self.moved_at = now
-                    self._find_new(moved)
+                self._find_new(moved)
             finally:
                 self.allowance -= time.thread_time() - started
 
@@ -1185,17 +1210,18 @@ class NetlinkSource(Source):
                      f"without close events or the watcher: joining them needs CAP_SYS_ADMIN ({exc.strerror})")
         return Namespace(inode, self.pairs, pids, sockets)
 
-    def _dump(self, namespaces: list[Namespace]) -> dict[tuple, Connection]:
+    def _dump(self, namespaces: list[Namespace], signatures: dict[int, tuple]) -> dict[tuple, Connection]:
         """Every socket of the kinds asked for, by key: those of these namespaces dumped
-        afresh, the others' as the last dump found them (none of a namespace let go of).
-        The records of sockets met before are reused."""
+        afresh (the kinds they hold, by their signatures), the others' as the last dump
+        found them (none of a namespace let go of). The records of sockets met before are reused."""
         known, dumped = self.records, {ns.inode for ns in namespaces}
         records = {key: r for key, r in known.items() if r.netns in self.namespaces and r.netns not in dumped}
         for ns in namespaces:
             if ns.diag is None:
                 records.update((key, known.get(key, record)) for key, record in ns.text_records(self.pairs).items())
                 continue
-            for family, protocol in self.pairs:
+            held = KernelCounters.held(signatures[ns.inode])
+            for family, protocol in (pair for pair in self.pairs if pair in held):
                 for key, place in dump_messages(ns.diag.dump(family, protocol)).items():
                     records[key] = known.get(key) or decode_socket(*place, protocol, ns.inode)
         return records

@@ -243,6 +243,10 @@ FAULTS = [
           "if ns.diag is not None and (ns is own or anywhere or ns.closing):",
           "if ns.diag is not None and ns is own:",
           ("tests/test_namespaces.py::test_a_short_client_in_a_namespace_is_logged_with_its_process_at_the_defaults",)),
+    Fault("a namespace's TIME_WAIT sockets are not dumped when none is in use",
+          "if counts.get(label, {}).get(\"inuse\", \"1\") != \"0\" or (timewait and waiting)}",
+          "if counts.get(label, {}).get(\"inuse\", \"1\") != \"0\"}",
+          ("tests/test_namespaces.py -k held",)),
     Fault("the container is never read",
           "return ProcessInfo(pid, name, create_time, tuple(cmdline) if cmdline is not None else None, exe, username,\n"
           "                           container_of(pid))",

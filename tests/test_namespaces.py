@@ -205,3 +205,21 @@ def test_proc_net_tables_are_read_as_the_kernel_writes_them():
             "00:00000000 00000000   101        0 999 2 0 0\n")
     conns = lognet.parse_proc_net(udp6, socket.AF_INET6, socket.IPPROTO_UDP, 77)
     assert [(c.laddr, c.raddr, c.status, c.inode) for c in conns] == [(("::1", 53), (), "NONE", 999)]
+
+
+SOCKSTAT = ("sockets: used 9\nTCP: inuse {tcp} orphan 0 tw {tw} alloc 7 mem 1\nUDP: inuse {udp} mem 0\n"
+            "UDPLITE: inuse 0\nRAW: inuse 0\nFRAG: inuse 0 memory 0\n")
+SOCKSTAT6 = "TCP6: inuse {tcp6}\nUDP6: inuse {udp6}\nUDPLITE6: inuse 0\nRAW6: inuse 0\nFRAG6: inuse 0 memory 0\n"
+TCP4, TCP6 = (socket.AF_INET, socket.IPPROTO_TCP), (socket.AF_INET6, socket.IPPROTO_TCP)
+UDP4, UDP6 = (socket.AF_INET, socket.IPPROTO_UDP), (socket.AF_INET6, socket.IPPROTO_UDP)
+
+
+@pytest.mark.parametrize("counts, held", [
+    ({"tcp": 3, "tw": 0, "udp": 1, "tcp6": 0, "udp6": 0}, {TCP4, UDP4}),
+    ({"tcp": 0, "tw": 2, "udp": 0, "tcp6": 0, "udp6": 0}, {TCP4, TCP6}),  # TIME_WAIT of either family
+    ({"tcp": 0, "tw": 0, "udp": 0, "tcp6": 1, "udp6": 4}, {TCP6, UDP6}),
+    ({"tcp": 0, "tw": 0, "udp": 0, "tcp6": 0, "udp6": 0}, set()),
+])
+def test_only_the_kinds_a_namespace_holds_are_dumped(counts, held):
+    signature = (b"Tcp: ...\n", SOCKSTAT.format(**counts).encode(), SOCKSTAT6.format(**counts).encode())
+    assert lognet.KernelCounters.held(signature) == held
