@@ -24,6 +24,7 @@ from conftest import run_lognet
     (["--engine", "x"], "argument --engine: invalid choice: 'x' (choose from 'auto', 'netlink', 'psutil')"),
     (["--watch", "-1"], "argument --watch: must be 0 or more: '-1'"),
     (["--watch", "x"], "argument --watch: not a number: 'x'"),
+    (["--netns", "none"], "argument --netns: invalid choice: 'none' (choose from 'all', 'own')"),
     (["-clog", ""], "argument -clog/--connections-log: an empty path: give a file, or - for standard output"),
     (["-plog", ""], "argument -plog/--processes-log: an empty path: give a file, or - for standard output"),
     (["--fields", "+event,,duration"], "argument --fields: an empty field name: '+event,,duration'"),
@@ -48,7 +49,7 @@ def test_help_shows_original_options_and_examples():
         assert re.search(rf"(^|\s){re.escape(short)}( {re.escape(value)})?, {re.escape(long)}( {re.escape(value)})?",
                          out, re.M), short
     for option in ("--omit-self-conns", "--omit-privnet-conns", "--utc", "--version", "--fields LIST",
-                   "--format {w3c,jsonl}", "--syslog [ADDRESS]", "--stats-interval SECONDS"):
+                   "--format {w3c,jsonl}", "--syslog [ADDRESS]", "--stats-interval SECONDS", "--netns {all,own}"):
         assert option in out, option
     assert "lognet -i 1 -p tcp" in out
     assert "@reboot" in out
