@@ -302,6 +302,17 @@ def namespaces_cost(tmp: Path, count: int, pairs: int, rounds: int, idle_seconds
                     source.connections("inet")
                     times[which].append(time.process_time() - t)
             counted = {which: (len(source.namespaces), len(source.records)) for which, source in sources.items()}
+            # one of them read as text, as where joining it is refused (no CAP_SYS_ADMIN)
+            inode, joined = next((i, ns) for i, ns in sources["all"].namespaces.items() if i != sources["all"].netns)
+            text = lognet.Namespace(inode, sources["all"].pairs, joined.pids)
+            try:
+                text_times = []
+                for _ in range(rounds):
+                    t = time.process_time()
+                    text.text_records(sources["all"].pairs)
+                    text_times.append(time.process_time() - t)
+            finally:
+                text.close()
         finally:
             for source in sources.values():
                 source.close()
@@ -316,6 +327,7 @@ def namespaces_cost(tmp: Path, count: int, pairs: int, rounds: int, idle_seconds
     extra = counted["all"][0] - counted["own"][0]
     return {"namespaces": counted["all"][0], "sockets": counted["all"][1], "own_sockets": counted["own"][1],
             "all_ms": all_ms, "own_ms": own_ms, "per_namespace_ms": (all_ms - own_ms) / extra,
+            "text_ms": statistics.median(text_times) * 1e3,
             "idle_cpu": statistics.median(idle)}
 
 
@@ -473,6 +485,7 @@ def print_netlink_report(r: dict) -> None:
         print(f"| one full poll of lognet's own namespace only (--netns own), ms of CPU | {n['own_ms']:.2f} |")
         print(f"| what each more namespace adds to a full poll, ms | {n['per_namespace_ms']:.3f} |")
         print(f"| CPU with nothing changing, at the defaults | {n['idle_cpu']:.3%} |")
+        print(f"| one namespace read as text (/proc/<pid>/net, no CAP_SYS_ADMIN), ms of CPU | {n['text_ms']:.2f} |")
     print()
     print("| who connects | lifetime | connections | logged with their process | logged at all |")
     print("|---|---:|---:|---:|---:|")
