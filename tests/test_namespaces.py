@@ -88,6 +88,30 @@ def test_a_short_client_in_a_namespace_is_logged_with_its_process_at_the_default
     assert f"; netns {netns_of(inside.pid)}: tcp " in remark and f"; netns {netns_of(os.getpid())}: tcp " in remark
 
 
+def test_a_close_in_another_namespace_makes_the_watcher_dump_it(holder):
+    require_root("unshare -n, and setns into the namespace it makes")
+    inside = holder("--name", "lnnsswap", prefix=PRIVATE_NETNS)
+    source = lognet.NetlinkSource("tcp")
+    try:
+        source.connections("tcp")
+        source.watch()
+        source.between_polls()
+        # a pair closes and another opens between two looks: the namespace's counts of
+        # sockets in use stand still, and so does the kernel's count of TCP sockets made
+        inside.send("open")
+        source.connections("tcp")
+        source.watch()
+        source.between_polls()
+        assert inside.send("drop") == "dropped"
+        port = int(inside.send("open"))
+        time.sleep(0.2)  # the close events are in
+        source.watch()
+        arrivals, _ = source.between_polls()
+        assert [(c.pid, c.netns) for c, _ in arrivals if c.laddr[1] == port] == [(inside.pid, netns_of(inside.pid))]
+    finally:
+        source.close()
+
+
 def test_fifty_namespaces_come_and_go_and_none_is_kept_alive(tmp_path, background):
     require_root("unshare -n")
     require_tool("lsns", "util-linux")
