@@ -1808,7 +1808,8 @@ class W3CFormat:
 
 
 class JsonLinesFormat:
-    """One JSON object per line, no header; every field, null for what is missing.
+    """One JSON object per line, no directives (a remark object names the host's netns); every
+    field, null for what is missing.
     ASCII only, so every byte a process supplied survives as an escape."""
 
     name = "jsonl"
@@ -1867,6 +1868,8 @@ def host_remark(fmt: Format, epoch: float) -> list[str]:
     if fmt.host_netns is None:
         return []
     return [fmt.remark(f"host netns {fmt.host_netns} (lognet's own network namespace)", epoch)]
+
+
 Format = Union[W3CFormat, JsonLinesFormat]
 
 
