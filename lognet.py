@@ -780,6 +780,9 @@ HELD_LABELS = {(socket.AF_INET, socket.IPPROTO_TCP): ("TCP", True),
                (socket.AF_INET6, socket.IPPROTO_UDP): ("UDP6", False)}
 
 
+HOST_WIDE_COUNTS = re.compile(rb" (?:orphan|alloc|mem) \d+")  # in sockstat: one count for every namespace
+
+
 class KernelCounters:
     """The kernel's counters, read with pread on fds kept open: TCP opens (/proc/net/snmp)
     and UDP sockets in use (/proc/net/sockstat, sockstat6) move when a socket opens; any
@@ -814,9 +817,11 @@ class KernelCounters:
         return int(data[data.index(b" alloc ") + 7:].split(None, 1)[0])
 
     def signature(self) -> tuple[bytes, ...]:
-        """All three files as they are: when nothing in them moved, no socket opened,
-        closed, or changed state (a segment sent or received), but for a UDP connect()."""
-        return tuple(os.pread(fd, 8192, 0) for fd in self.fds.values())
+        """All three files as they are, but for the counts that the kernel keeps for all
+        namespaces at once (TCP's orphan and alloc, and the memory in use), which move with
+        any other namespace: when nothing else in them moved, no socket of this namespace
+        opened, closed, or changed state (a segment sent or received), but for a UDP connect()."""
+        return tuple(HOST_WIDE_COUNTS.sub(b"", os.pread(fd, 8192, 0)) for fd in self.fds.values())
 
     @staticmethod
     def held(signature: tuple[bytes, ...]) -> set[tuple[int, int]]:

@@ -112,6 +112,22 @@ def test_a_close_in_another_namespace_makes_the_watcher_dump_it(holder):
         source.close()
 
 
+def test_a_socket_made_in_another_namespace_leaves_a_namespace_undumped(holder):
+    require_root("unshare -n, and setns into the namespace it makes")
+    inside = holder("--name", "lnnsstill", prefix=PRIVATE_NETNS)
+    source = lognet.NetlinkSource("tcp")
+    try:
+        source.connections("tcp")
+        ns, own = source.namespaces[netns_of(inside.pid)], source.namespaces[source.netns]
+        before, allocated = ns.counters.signature(), own.counters.tcp_allocated()
+        with socket.socket() as made_here:  # a TCP socket of the host's: the kernel's one count moves
+            made_here.bind(("127.0.0.1", 0))
+            assert own.counters.tcp_allocated() != allocated
+            assert ns.counters.signature() == before
+    finally:
+        source.close()
+
+
 def test_fifty_namespaces_come_and_go_and_none_is_kept_alive(tmp_path, background):
     require_root("unshare -n")
     require_tool("lsns", "util-linux")
