@@ -88,44 +88,45 @@ def test_a_short_client_in_a_namespace_is_logged_with_its_process_at_the_default
     assert f"; netns {netns_of(inside.pid)}: tcp " in remark and f"; netns {netns_of(os.getpid())}: tcp " in remark
 
 
-def test_a_close_in_another_namespace_makes_the_watcher_dump_it(holder):
+@pytest.fixture
+def watched_namespace(holder):
+    """A holder in a namespace of its own, and a netlink engine that has polled it once."""
     require_root("unshare -n, and setns into the namespace it makes")
-    inside = holder("--name", "lnnsswap", prefix=PRIVATE_NETNS)
+    inside = holder("--name", "lnnswatched", prefix=PRIVATE_NETNS)
     source = lognet.NetlinkSource("tcp")
     try:
         source.connections("tcp")
-        source.watch()
-        source.between_polls()
-        # a pair closes and another opens between two looks: the namespace's counts of
-        # sockets in use stand still, and so does the kernel's count of TCP sockets made
-        inside.send("open")
-        source.connections("tcp")
-        source.watch()
-        source.between_polls()
-        assert inside.send("drop") == "dropped"
-        port = int(inside.send("open"))
-        time.sleep(0.2)  # the close events are in
-        source.watch()
-        arrivals, _ = source.between_polls()
-        assert [(c.pid, c.netns) for c, _ in arrivals if c.laddr[1] == port] == [(inside.pid, netns_of(inside.pid))]
+        yield inside, source
     finally:
         source.close()
 
 
-def test_a_socket_made_in_another_namespace_leaves_a_namespace_undumped(holder):
-    require_root("unshare -n, and setns into the namespace it makes")
-    inside = holder("--name", "lnnsstill", prefix=PRIVATE_NETNS)
-    source = lognet.NetlinkSource("tcp")
-    try:
-        source.connections("tcp")
-        ns, own = source.namespaces[netns_of(inside.pid)], source.namespaces[source.netns]
-        before, allocated = ns.counters.signature(), own.counters.tcp_allocated()
-        with socket.socket() as made_here:  # a TCP socket of the host's: the kernel's one count moves
-            made_here.bind(("127.0.0.1", 0))
-            assert own.counters.tcp_allocated() != allocated
-            assert ns.counters.signature() == before
-    finally:
-        source.close()
+def test_a_close_in_another_namespace_makes_the_watcher_dump_it(watched_namespace):
+    inside, source = watched_namespace
+    source.watch()
+    source.between_polls()
+    # a pair closes and another opens between two looks: the namespace's counts of
+    # sockets in use stand still, and so does the kernel's count of TCP sockets made
+    inside.send("open")
+    source.connections("tcp")
+    source.watch()
+    source.between_polls()
+    assert inside.send("drop") == "dropped"
+    port = int(inside.send("open"))
+    time.sleep(0.2)  # the close events are in
+    source.watch()
+    arrivals, _ = source.between_polls()
+    assert [(c.pid, c.netns) for c, _ in arrivals if c.laddr[1] == port] == [(inside.pid, netns_of(inside.pid))]
+
+
+def test_a_socket_made_in_another_namespace_leaves_a_namespace_undumped(watched_namespace):
+    inside, source = watched_namespace
+    ns, own = source.namespaces[netns_of(inside.pid)], source.namespaces[source.netns]
+    before, allocated = ns.counters.signature(), own.counters.tcp_allocated()
+    with socket.socket() as made_here:  # a TCP socket of the host's: the kernel's one count moves
+        made_here.bind(("127.0.0.1", 0))
+        assert own.counters.tcp_allocated() != allocated
+        assert ns.counters.signature() == before
 
 
 def test_fifty_namespaces_come_and_go_and_none_is_kept_alive(tmp_path, background):
