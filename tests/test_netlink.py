@@ -299,11 +299,14 @@ def test_a_search_finds_a_new_process_that_had_no_socket_at_the_last_look():
     with socket.create_server(("127.0.0.1", 0)) as listener:
         table = lognet.FdTable()
         table.scan()  # before the process starts: it is new to every search until the next scan
-        client = subprocess.Popen([sys.executable, "-c", "import socket, sys, time; sys.stdin.readline(); "
+        client = subprocess.Popen([sys.executable, "-c", "import socket, sys, time; print('ready', flush=True); "
+                                   "sys.stdin.readline(); "
                                    "s = socket.create_connection(('127.0.0.1', int(sys.argv[1]))); time.sleep(20)",
-                                   str(listener.getsockname()[1])], stdin=subprocess.PIPE, text=True)
+                                   str(listener.getsockname()[1])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
         try:
-            wait_for(lambda: client.pid in table.pids())
+            # started, with no file left open from its start-up: the socket will be one fd more
+            assert client.stdout.readline() == "ready\n"
             table.search({1}, most=0)  # a look for another socket reads the new process: no socket yet
             assert client.pid in table.links
             client.stdin.write("connect\n")
