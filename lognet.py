@@ -398,7 +398,8 @@ class PsutilSource(Source):
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         super().__init__(clock)
-        self.unknown = _UNKNOWN_TO_PSUTIL[:3] + (netns_inode(),) + _UNKNOWN_TO_PSUTIL[4:]
+        at = Connection._fields.index("netns") - len(Connection._fields) + len(_UNKNOWN_TO_PSUTIL)
+        self.unknown = _UNKNOWN_TO_PSUTIL[:at] + (netns_inode(),) + _UNKNOWN_TO_PSUTIL[at + 1:]
 
     def connections(self, kind: str) -> list[Connection]:
         try:
@@ -943,6 +944,7 @@ class Namespace:
         self.closing = False  # it sent close events since the watcher last read its counters
         self.lost = 0  # its lost close events, kept when its socket is closed
         self.diag, self.events = sockets or (None, None)
+        self.counters: KernelCounters | None = None
         try:
             self.counters = KernelCounters(pairs, f"/proc/{self.pids[0]}/net" if self.pids else "/proc/self/net")
         except OSError:
@@ -979,7 +981,7 @@ class Namespace:
                 self.lost += diag.lost
                 diag.close()
         self.diag = self.events = None
-        if getattr(self, "counters", None) is not None:
+        if self.counters is not None:
             self.counters.close()
             self.counters = None
 
@@ -2445,8 +2447,8 @@ class Poller:
         self.next_stats = clock() + (self.stats_every or 0)
         self.tcp_opens_at_start: int | None = None
         self.tcp_seen = 0  # TCP connections first seen after the first poll
-        self.closes: dict[str, list[int]] = {}  # protocol -> the kernel's closes [with process, without]
-        self.closes_by_netns: dict[int, dict[str, list[int]]] = {}  # the same, per network namespace
+        # netns -> protocol -> the kernel's closes [with process, without]
+        self.closes: dict[int | None, dict[str, list[int]]] = {}
         self.polls = 0
         self.lines = 0  # lines given to the logs, both streams
         self.poll_seconds = 0.0
@@ -2510,8 +2512,7 @@ class Poller:
         for e in events:
             if e.kernel_close:
                 protocol, without = PROTOCOLS[e.conn.type].lower(), e.process is None or e.attrib == "unseen"
-                self.closes.setdefault(protocol, [0, 0])[without] += 1
-                self.closes_by_netns.setdefault(e.conn.netns, {}).setdefault(protocol, [0, 0])[without] += 1
+                self.closes.setdefault(e.conn.netns, {}).setdefault(protocol, [0, 0])[without] += 1
         if self.polls > 0:  # the first poll finds what was open before the kernel counters were read
             self.tcp_seen += sum(1 for e in events if e.event == "open" and e.conn.type == socket.SOCK_STREAM
                                  and e.conn.raddr)
@@ -2532,10 +2533,14 @@ class Poller:
         closes: of the sockets it closed, those logged with their process. Elsewhere it is
         the kernel's TCP open counter against the connections seen opening."""
         if self.source.has_close_events:
-            coverage = {"coverage": close_coverage(self.closes), "lost_events": self.source.lost_events}
-            if len(self.closes_by_netns) > 1:  # containers too: each namespace's own
+            total: dict[str, list[int]] = {}
+            for closes in self.closes.values():
+                for protocol, counts in closes.items():
+                    total[protocol] = [a + b for a, b in zip(total.get(protocol, (0, 0)), counts)]
+            coverage = {"coverage": close_coverage(total), "lost_events": self.source.lost_events}
+            if len(self.closes) > 1:  # containers too: each namespace's own
                 coverage["coverage_netns"] = {str(netns): close_coverage(closes)
-                                              for netns, closes in sorted(self.closes_by_netns.items())}
+                                              for netns, closes in sorted(self.closes.items())}
         else:
             opens = self.source.tcp_opens()
             kernel = None if opens is None or self.tcp_opens_at_start is None else opens - self.tcp_opens_at_start
