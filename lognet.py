@@ -782,6 +782,7 @@ HELD_LABELS = {(socket.AF_INET, socket.IPPROTO_TCP): ("TCP", True),
 
 
 HOST_WIDE_COUNTS = re.compile(rb" (?:orphan|alloc|mem) \d+")  # in sockstat: one count for every namespace
+MEMORY_COUNTS = re.compile(rb" mem \d+")  # in sockstat: pages of buffers, which move with any traffic
 
 
 class KernelCounters:
@@ -794,6 +795,7 @@ class KernelCounters:
     def __init__(self, pairs: list[tuple[int, int]], proc: str = "/proc/self/net"):
         protocols = {protocol for _, protocol in pairs}
         self.pairs = pairs
+        self.activity_files = ("sockstat", "sockstat6")[:1 + any(family == socket.AF_INET6 for family, _ in pairs)]
         self.fds = {name: os.open(f"{proc}/{name}", os.O_RDONLY | os.O_CLOEXEC) for name in self.FILES}
         self.readers = ([("snmp", self._tcp_opens)] if socket.IPPROTO_TCP in protocols else []) + (
             [("sockstat", self._udp_in_use), ("sockstat6", self._udp_in_use)]
@@ -811,10 +813,18 @@ class KernelCounters:
             b"\n" + HELD_LABELS[family, protocol][0].encode() + b": inuse ", 1)[1].split(None, 1)[0])
             for family, protocol in self.pairs]
 
-    def tcp_allocated(self) -> int:
-        """TCP sockets allocated in every namespace: the kernel keeps one count for all (the
-        `alloc` of /proc/net/sockstat), so it moves when one is made anywhere."""
-        data = os.pread(self.fds["sockstat"], 8192, 0)
+    def activity(self) -> tuple[bytes, ...]:
+        """sockstat (and sockstat6, for IPv6 kinds) as they are, but for the memory in use:
+        they move when a TCP socket is made anywhere (alloc), and when a socket of this
+        namespace is hashed (connect(), listen(), accept(), a UDP bind) or closed. Two
+        small reads, where the open counters (snmp) cost as much as five of them."""
+        return tuple(MEMORY_COUNTS.sub(b"", os.pread(self.fds[name], 8192, 0)) for name in self.activity_files)
+
+    @staticmethod
+    def tcp_allocated(activity: tuple[bytes, ...]) -> int:
+        """TCP sockets allocated in every namespace, from activity(): the kernel keeps one
+        count for all (the `alloc` of /proc/net/sockstat), so it moves when one is made anywhere."""
+        data = activity[0]
         return int(data[data.index(b" alloc ") + 7:].split(None, 1)[0])
 
     def signature(self) -> tuple[bytes, ...]:
@@ -941,7 +951,6 @@ class Namespace:
         self.inode = inode
         self.pids = pids or []  # processes in it; none for lognet's own
         self.counted: list[int] = []  # its counters when the watcher last dumped it
-        self.closing = False  # it sent close events since the watcher last read its counters
         self.lost = 0  # its lost close events, kept when its socket is closed
         self.diag, self.events = sockets or (None, None)
         self.counters: KernelCounters | None = None
@@ -1011,9 +1020,13 @@ class NetlinkSource(Source):
             warn(f"close events are not available ({own.refusal}); closes are seen by polling only")
             self.has_close_events = False
         self.namespaces: dict[int, Namespace] = {self.netns: own}
+        self.listening: dict[int, Namespace] = {}  # the namespaces that hear their closes, by that socket's fd
+        self.closing: set[Namespace] = set()  # those that sent close events since the watcher last read their counters
+        self._listen()
         self.joins = True  # whether lognet may join other namespaces (setns); False after the first refusal
         self.lost_before = 0  # close events lost in namespaces since let go of
         self.allocated = 0  # the kernel's count of TCP sockets allocated, in all namespaces, at the last look
+        self.activity: tuple[bytes, ...] = ()  # lognet's namespace's KernelCounters.activity() at the last look
         self.fds = FdTable()
         self.signatures: dict[int, tuple] = {}  # each namespace's counters when a poll last dumped it
         self.allowance = WATCH_BURST  # CPU seconds the watcher may spend on dumps now
@@ -1080,12 +1093,13 @@ class NetlinkSource(Source):
             departures, self.departures = self.departures, []
         return arrivals, departures
 
-    def watch(self) -> None:
+    def watch(self, heard: Iterable[int] | None = None) -> None:
         """The watcher's look between polls: take the close events, and when the kernel's
-        counters of a namespace moved, dump it and find the owners of new sockets while they live."""
+        counters of a namespace moved, dump it and find the owners of new sockets while they live.
+        heard: the close-event fds (wakers()) that a wait just found readable, if it waited on them."""
         with self.lock:
             now = self._clock()
-            if self.read_events():
+            if self.read_events(heard):
                 self.moved_at = now  # sockets are closing: more are likely to open soon
             if self.reported is None:
                 return  # before the first poll everything would be new: the poll finds it
@@ -1111,17 +1125,21 @@ class NetlinkSource(Source):
         reading every namespace's open counters would cost CPU for each container, also with
         nothing changing."""
         own = self.namespaces[self.netns]
-        allocated = own.counters.tcp_allocated()
+        activity = own.counters.activity()
+        if activity == self.activity and not self.closing:
+            return []  # no TCP socket made anywhere, and none of lognet's namespace hashed or closed
+        self.activity = activity
+        allocated = KernelCounters.tcp_allocated(activity)
         anywhere, self.allocated = allocated != self.allocated, allocated
         moved = []
-        for ns in self.namespaces.values():
-            if ns.diag is None or not (ns is own or anywhere or ns.closing):
+        for ns in self.namespaces.values() if anywhere else {own, *self.closing}:
+            if ns.diag is None:
                 continue
             counted = ns.counters.read() if ns is own else ns.counters.in_use()
-            if counted != ns.counted or (ns.closing and ns is not own):
+            if counted != ns.counted or (ns in self.closing and ns is not own):
                 ns.counted = counted
                 moved.append(ns)
-            ns.closing = False
+        self.closing = set()
         return moved
 
     def quiet(self) -> bool:
@@ -1130,10 +1148,7 @@ class NetlinkSource(Source):
 
     def wakers(self) -> list[int]:
         """The fds whose input ends the watcher's wait early: while quiet, the close events'."""
-        if not self.quiet():
-            return []
-        with self.lock:
-            return [ns.events.sock.fileno() for ns in self.namespaces.values() if ns.events is not None]
+        return list(self.listening) if self.quiet() else []
 
     def next_look(self, every: float) -> float:
         """Seconds until the watcher's next look: every, or longer after a spell with no socket
@@ -1166,13 +1181,17 @@ class NetlinkSource(Source):
         self.watched.update(found)
         self.reported.update(record.cookie for record in found.values())
 
-    def read_events(self) -> int:
-        """Decode the close events that have arrived, in every namespace; return how many."""
+    def read_events(self, heard: Iterable[int] | None = None) -> int:
+        """Decode the close events that have arrived, in every namespace; return how many.
+        heard: the fds a wait on wakers() just found readable, when it waited on them all."""
         with self.lock:
-            listening = {ns.events.sock.fileno(): ns for ns in self.namespaces.values() if ns.events is not None}
+            listening = self.listening
             # With many namespaces, one select() finds those with events, rather than a
             # recv() that finds nothing in each, at every look.
-            ready = listening.keys() if len(listening) < 2 else select.select(list(listening), [], [], 0)[0]
+            if heard is not None:
+                ready = [fd for fd in heard if fd in listening]
+            else:
+                ready = listening.keys() if len(listening) < 2 else select.select(list(listening), [], [], 0)[0]
             closed = [c for fd in ready for c in self._closes(listening[fd])]
             self.departures += closed
             return len(closed)
@@ -1182,7 +1201,7 @@ class NetlinkSource(Source):
         chunks = ns.events.events()
         if not chunks:
             return []
-        ns.closing = True
+        self.closing.add(ns)
         seen = self.now()
         closed = []
         for data, group in chunks:
@@ -1221,6 +1240,11 @@ class NetlinkSource(Source):
                 self.namespaces[inode] = self._open(inode, pids)
             except OSError:
                 pass  # its processes moved on as lognet came: the next poll sees what is left
+        self._listen()
+
+    def _listen(self) -> None:
+        """Index the close-event sockets by fd, once a poll rather than at every look."""
+        self.listening = {ns.events.sock.fileno(): ns for ns in self.namespaces.values() if ns.events is not None}
 
     def _open(self, inode: int, pids: list[int]) -> Namespace:
         """What watches a namespace new to lognet: sockets made inside it, or its text tables."""
@@ -2623,12 +2647,13 @@ class Watcher:
             try:
                 ready = select.select([self._stop_r, *wakers], [], [], self.source.next_look(self.every))[0]
             except OSError:  # a namespace's socket closed by the poll while we waited on it
-                ready = []
+                ready, wakers = [], []
             if self._stop_r in ready:
                 os.close(self._stop_r)
                 return
             try:
-                self.source.watch()
+                # Having waited on every close-event socket, it knows which have events to read.
+                self.source.watch(ready if wakers else None)
             except Exception as exc:  # noqa: BLE001
                 # Whatever failed, a look is lost, not the watcher: the next poll reconciles
                 # what it missed. Said once for each kind of failure, never silently.

@@ -3,6 +3,7 @@ kernel's close events with bytes, unseen sockets, exact coverage, parity with ps
 the fallback when netlink is refused. Traffic stays on loopback, or inside a network
 namespace the test makes."""
 
+import errno
 import os
 import select
 import socket
@@ -323,6 +324,30 @@ def test_a_search_finds_a_new_process_that_had_no_socket_at_the_last_look():
             client.wait()
 
 
+def test_the_watcher_finds_a_socket_made_before_one_look_and_connected_after_it():
+    source = lognet.NetlinkSource("tcp")
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    # The accept queue is full: a later connect() stays in SYN_SENT, and the kernel makes
+    # no socket for it, so that only the count of sockets in use moves.
+    first = socket.create_connection(listener.getsockname())
+    client = socket.socket()  # made, not bound: in no dump
+    client.setblocking(False)
+    try:
+        source.connections("tcp")
+        source.watch()  # the counters as they are now
+        source.watch()
+        assert source.between_polls()[0] == []
+        assert client.connect_ex(listener.getsockname()) == errno.EINPROGRESS
+        source.watch()
+        arrivals, _ = source.between_polls()
+        ours = [(c.status, c.pid) for c, _ in arrivals if c.laddr == client.getsockname()]
+        assert ours == [("SYN_SENT", os.getpid())]
+    finally:
+        for sock in (client, first, listener):
+            sock.close()
+        source.close()
+
+
 def test_the_watcher_waits_for_its_share_of_cpu_before_it_wakes_again():
     source = lognet.NetlinkSource("tcp")
     try:
@@ -351,8 +376,9 @@ def test_a_close_event_wakes_a_quiet_watcher_and_brings_back_its_pace():
         assert wakers and not select.select(wakers, [], [], 0)[0]
         client.close()
         server.close()
-        assert select.select(wakers, [], [], 5)[0]  # the close event ends the wait
-        source.watch()
+        heard = select.select(wakers, [], [], 5)[0]
+        assert heard  # the close event ends the wait
+        source.watch(heard)  # as the watcher calls it after such a wait
         assert not source.quiet() and source.next_look(0.02) == 0.02
         assert source.wakers() == []
     finally:
