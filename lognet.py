@@ -46,7 +46,7 @@ import struct
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from typing import Callable, NamedTuple, Union
 
@@ -73,7 +73,7 @@ LOG_FILE_MODE = 0o640  # command lines can carry secrets
 CONNECTION_FIELDS = ("timestamp", "prot", "laddr", "lport", "raddr", "rport", "status", "upid")
 # What --fields may add (the W3C way to choose logged fields); JSON Lines always has them all.
 EXTRA_FIELDS = ("event", "duration", "direction", "family", "user", "exe", "attrib", "firstseen", "txbytes", "rxbytes",
-                "netns", "container")
+                "netns", "container", "rhost")
 PROCESS_FIELDS = ("timestamp", "upid", "[command_line with parameters]")
 
 # The narrowest psutil kind for each (ip_version, protocol) the filters allow.
@@ -112,6 +112,10 @@ STATUS_SECONDS = 1.0  # the status line is redrawn at most this often
 GC_SECONDS = 60.0  # how often lognet runs Python's cycle collector itself (see run())
 DEFAULT_STATS_INTERVAL = 300.0
 SNMP = "/proc/net/snmp"  # Linux counts every TCP open of the network namespace here
+# Names for remote addresses (rhost), from the DNS answers the host receives: each is kept
+# for its TTL and at least NAME_TTL_FLOOR seconds, NAMES_KEPT of them at the most.
+NAME_TTL_FLOOR = 600.0
+NAMES_KEPT = 16_384
 
 
 ##############################################################################
@@ -191,6 +195,7 @@ class ConnectionEvent(NamedTuple):
     attrib: str  # how the owner is known: pid, orphan, hidden, or unseen (never seen alive)
     time: float = 0.0  # when it happened, as well as lognet knows: the line's timestamp
     kernel_close: bool = False  # the kernel reported this close
+    rhost: str | None = None  # the name this host resolved to the remote address, when lognet saw the answer
 
     @property
     def duration(self) -> float | None:
@@ -274,6 +279,10 @@ class Source:
         return [], []
 
     lost_events = 0  # close events the kernel dropped
+
+    def rhost(self, conn: Connection, pid: int | None) -> str | None:
+        """The name the host resolved to conn's remote address (for pid, where it asked), if known."""
+        return None
 
     def close(self) -> None:
         """Let go of what the engine holds open."""
@@ -396,8 +405,10 @@ class PsutilSource(Source):
     """The portable engine: psutil.net_connections(), wherever psutil runs; on Linux, of
     lognet's own network namespace only."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, names: bool = False):
         super().__init__(clock)
+        if names:
+            warn("host names (rhost) come from the Linux engine's DNS taps; with psutil rhost is '-'")
         at = Connection._fields.index("netns") - len(Connection._fields) + len(_UNKNOWN_TO_PSUTIL)
         self.unknown = _UNKNOWN_TO_PSUTIL[:at] + (netns_inode(),) + _UNKNOWN_TO_PSUTIL[at + 1:]
 
@@ -938,21 +949,244 @@ def parse_proc_net(text: str, family: int, protocol: int, netns: int | None) -> 
     return conns
 
 
+# ---------------------------------------------------------------- names: the DNS answers the host receives
+
+DNS_PORT = 53
+DNS_HEADER = struct.Struct("!HHHHHH")  # id, flags, questions, answers, authority, additional
+DNS_RECORD = struct.Struct("!HHIH")  # type, class, ttl, rdata length
+DNS_ADDRESS_TYPES = {1: (socket.AF_INET, 4), 28: (socket.AF_INET6, 16)}  # A, AAAA: family, rdata length
+DNS_CNAME = 5
+DNS_NAME_MAX = 255  # bytes, as the wire writes a name (RFC 1035 3.1)
+ETH_P_ALL, ETH_P_IP, ETH_P_IPV6 = 0x0003, 0x0800, 0x86DD
+PACKET_OUTGOING = 4  # a packet this host sends: on lo each answer is also seen coming in
+SO_ATTACH_FILTER = 26
+TAP_BUFFER = 4 << 20  # bytes the kernel may queue for lognet of DNS answers (root may raise the limit)
+SKF_AD_PROTOCOL, SKF_AD_PKTTYPE = 0xFFFFF000, 0xFFFFF004  # classic BPF's loads of skb->protocol, pkt_type
+
+# Classic BPF (linux/filter.h), the opcodes used here.
+BPF_LD_W_ABS, BPF_LD_H_ABS, BPF_LD_B_ABS, BPF_LD_H_IND, BPF_LD_B_IND = 0x20, 0x28, 0x30, 0x48, 0x50
+BPF_LD_MEM, BPF_ST, BPF_LDX_IMM, BPF_LDX_B_MSH = 0x60, 0x02, 0x01, 0xB1
+BPF_JEQ_K, BPF_JSET_K, BPF_RET_K = 0x15, 0x45, 0x06
+QUERY_SNAP = 96  # bytes of a query kept: its IP and UDP headers, which name the socket that asks
+
+
+def bpf_program(steps: list[tuple]) -> bytes:
+    """Classic BPF code from (opcode, k, label if true, label if false) steps and
+    label strings: jumps named by label, not counted by hand. The kernel's struct
+    sock_filter is (u16 code, u8 jt, u8 jf, u32 k)."""
+    labels, at = {}, 0
+    for step in steps:
+        if isinstance(step, str):
+            labels[step] = at
+        else:
+            at += 1
+    code, at = [], 0
+    for step in steps:
+        if isinstance(step, str):
+            continue
+        opcode, k, *targets = step
+        jt, jf = (labels[target] - at - 1 if target else 0 for target in (targets + [None, None])[:2])
+        code.append(struct.pack("=HBBI", opcode, jt, jf, k))
+        at += 1
+    return b"".join(code)
+
+
+# What reaches Python from the host's packets, judged in the kernel: UDP from port 53 that
+# the host received (not sent) with the DNS header's QR bit, an answer; and the headers of
+# the UDP to port 53 that it sent without it, a question, which tells that a socket is
+# asking. Unfragmented, or the first fragment. The offsets are of the network header: the
+# tap is a SOCK_DGRAM one.
+DNS_FILTER = bpf_program([
+    (BPF_LD_W_ABS, SKF_AD_PKTTYPE), (BPF_ST, 0),
+    (BPF_LD_W_ABS, SKF_AD_PROTOCOL), (BPF_JEQ_K, ETH_P_IP, "ipv4", None), (BPF_JEQ_K, ETH_P_IPV6, None, "drop"),
+    (BPF_LD_B_ABS, 6), (BPF_LDX_IMM, 40), (BPF_JEQ_K, socket.IPPROTO_UDP, "udp", "drop"),  # X = IPv6's header length
+    "ipv4",
+    (BPF_LD_B_ABS, 9), (BPF_JEQ_K, socket.IPPROTO_UDP, None, "drop"),
+    (BPF_LD_H_ABS, 6), (BPF_JSET_K, 0x1FFF, "drop", None),  # a later fragment: no UDP header
+    (BPF_LDX_B_MSH, 0),  # X = the IPv4 header's length
+    "udp",
+    (BPF_LD_B_IND, 10), (BPF_JSET_K, 0x80, "answer", "question"),
+    "answer",
+    (BPF_LD_H_IND, 0), (BPF_JEQ_K, DNS_PORT, None, "drop"),
+    (BPF_LD_MEM, 0), (BPF_JEQ_K, PACKET_OUTGOING, "drop", "keep"),  # on lo each is also seen going out
+    "question",
+    (BPF_LD_H_IND, 2), (BPF_JEQ_K, DNS_PORT, None, "drop"),
+    (BPF_LD_MEM, 0), (BPF_JEQ_K, PACKET_OUTGOING, "headers", "drop"),
+    "keep", (BPF_RET_K, 0xFFFF),
+    "headers", (BPF_RET_K, QUERY_SNAP),
+    "drop", (BPF_RET_K, 0),
+])
+
+
+def attach_filter(sock: socket.socket, program: bytes) -> None:
+    """Attach a classic BPF program (SO_ATTACH_FILTER): the kernel copies it at once."""
+    import ctypes
+    code = ctypes.create_string_buffer(program, len(program))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("@HP", len(program) // 8, ctypes.addressof(code)))
+
+
+def dns_label(label: bytes) -> str:
+    r"""A label in DNS presentation form (RFC 1035 5.1): '.' and '\' escaped, bytes outside
+    printable ASCII as \DDD; so that a name that holds a dot, a space or a newline in a
+    label cannot pass for another: b'a.b' -> 'a\.b', b'x\n' -> 'x\010'."""
+    if label.replace(b"-", b"").replace(b"_", b"").isalnum():  # the usual label: nothing to escape
+        return label.decode("ascii").lower()
+    return "".join(f"\\{chr(byte)}" if byte in b".\\" else chr(byte) if 0x21 <= byte <= 0x7E else f"\\{byte:03d}"
+                   for byte in label.lower())
+
+
+def read_dns_name(data: bytes, offset: int) -> tuple[str, int]:
+    """The name at offset, compression pointers followed, and the offset after it.
+    ValueError for what is malformed: a pointer that does not point before the labels
+    it interrupts (so that a loop cannot be), a name over 255 bytes; IndexError when cut
+    short. (b'\\x03www\\x07example\\x03com\\x00', 0) -> ('www.example.com', 17)"""
+    labels, end, start, size = [], None, offset, 0
+    while True:
+        length = data[offset]
+        if length >= 0xC0:
+            pointer = (length & 0x3F) << 8 | data[offset + 1]
+            if pointer >= start:
+                raise ValueError("a compression pointer that does not point back")
+            end = offset + 2 if end is None else end
+            offset = start = pointer
+            continue
+        if length > 63:
+            raise ValueError("a label type that is not a length")
+        if length == 0:
+            return ".".join(labels), offset + 1 if end is None else end
+        size += length + 1
+        label = data[offset + 1:offset + 1 + length]
+        if size > DNS_NAME_MAX or len(label) != length:
+            raise ValueError("a name too long or cut short")
+        labels.append(dns_label(label))
+        offset += 1 + length
+
+
+def decode_dns_answer(message: bytes) -> tuple[str, list[tuple[str, int]]] | None:
+    """The name asked, and the addresses (with their TTLs) that the answer gave for it,
+    following CNAME chains back to the question; None when the message is not a usable
+    answer, whatever it holds.
+    A question for site.test answered 'site.test CNAME edge.cdn.test', 'edge.cdn.test A
+    192.0.2.10' -> ('site.test', [('192.0.2.10', ttl)])."""
+    try:
+        _, flags, questions, answers, _, _ = DNS_HEADER.unpack_from(message)
+        if not flags & 0x8000 or flags & 0x000F or questions != 1:
+            return None  # a question, an error (NXDOMAIN ...), or not what a stub asks
+        asked, offset = read_dns_name(message, DNS_HEADER.size)
+        offset += 4  # the question's type and class
+        aliases, addresses = {}, []
+        for _ in range(answers):
+            owner, offset = read_dns_name(message, offset)
+            rtype, rclass, ttl, length = DNS_RECORD.unpack_from(message, offset)
+            offset += DNS_RECORD.size + length
+            if offset > len(message):
+                return None
+            if rclass != 1:
+                continue
+            if rtype == DNS_CNAME:
+                aliases[owner] = read_dns_name(message, offset - length)[0]
+            elif DNS_ADDRESS_TYPES.get(rtype, (0, -1))[1] == length:
+                addresses.append((owner, socket.inet_ntop(DNS_ADDRESS_TYPES[rtype][0], message[offset - length:offset]),
+                                  min(ttl, 0x7FFFFFFF)))
+    except (struct.error, IndexError, ValueError):
+        return None  # it came from the network: whatever is malformed is skipped
+    chain, name = {asked}, asked
+    for _ in range(len(aliases)):  # a CNAME loop ends when the aliases are spent
+        name = aliases.get(name)
+        if name is None or name in chain:
+            break
+        chain.add(name)
+    return asked, [(address, ttl) for owner, address, ttl in addresses if owner in chain]
+
+
+class Answer(NamedTuple):
+    """A DNS answer a namespace received: where it went (the asking socket's address) and what it said."""
+
+    netns: int | None
+    to: tuple  # (ip, port) of the socket that asked
+    name: str
+    addresses: list[tuple[str, int]]  # (ip, ttl)
+
+
+def decode_dns_packet(packet: bytes, protocol: int, sent: bool, netns: int | None) -> Answer | None:
+    """An Answer from a packet as a SOCK_DGRAM tap reads it (from the network header on),
+    or None for any other packet: the kernel's filter is trusted for speed, not for safety.
+    The answer's name is empty for a question (the DNS packets the host sent): only its
+    sender, the socket that asks, is known."""
+    try:
+        if protocol == ETH_P_IP and packet[0] >> 4 == 4:
+            start, family, ips, next_header = (packet[0] & 0x0F) * 4, socket.AF_INET, (12, 16, 20), packet[9]
+        elif protocol == ETH_P_IPV6 and packet[0] >> 4 == 6:
+            start, family, ips, next_header = 40, socket.AF_INET6, (8, 24, 40), packet[6]
+        else:
+            return None
+        sport, dport, length = struct.unpack_from("!HHH", packet, start)
+    except (IndexError, struct.error):
+        return None
+    if next_header != socket.IPPROTO_UDP:
+        return None
+    if dport == DNS_PORT and sent:
+        return Answer(netns, (socket.inet_ntop(family, packet[ips[0]:ips[1]]), sport), "", [])
+    if sport != DNS_PORT or sent:
+        return None
+    decoded = decode_dns_answer(packet[start + 8:start + max(8, length)])
+    if decoded is None or not decoded[1]:
+        return None
+    return Answer(netns, (socket.inet_ntop(family, packet[ips[1]:ips[2]]), dport), *decoded)
+
+
+class DnsTap:
+    """A packet socket that reads the DNS answers its network namespace receives: a
+    classic BPF filter lets only those reach lognet, whatever else the host sends.
+    Needs CAP_NET_RAW (PermissionError without)."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        try:
+            attach_filter(self.sock, DNS_FILTER)
+            self.sock.setblocking(False)
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, 33, TAP_BUFFER)  # SO_RCVBUFFORCE: with CAP_NET_ADMIN
+            except OSError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TAP_BUFFER)  # up to net.core.rmem_max
+        except OSError:
+            self.sock.close()
+            raise
+
+    def read(self, netns: int | None, most: int = 10_000) -> list[Answer]:
+        """The answers, and questions sent, that have arrived (packets that came before the
+        filter was attached, and any other that is neither, are skipped)."""
+        found = []
+        for _ in range(most):
+            try:
+                packet, (_, protocol, pkttype, *_) = self.sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            answer = decode_dns_packet(packet, protocol, pkttype == PACKET_OUTGOING, netns)
+            if answer is not None:
+                found.append(answer)
+        return found
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class Namespace:
     """A network namespace the Linux engine watches: a sock_diag socket for its dumps, one
-    that hears its closes, and its kernel counters, all made for it. Each keeps the
-    namespace alive, so they are closed (close()) once its last process is gone.
+    that hears its closes, a tap for its DNS answers (where names are asked for), and its
+    kernel counters, all made for it. Each keeps the namespace alive, so they are closed
+    (close()) once its last process is gone.
 
     Without the privilege to join it (setns), diag is None: its tables are read as text
     from /proc/<pid>/net at each poll, with no close events and no watcher."""
 
     def __init__(self, inode: int, pairs: list[tuple[int, int]], pids: list[int] | None = None,
-                 sockets: tuple[SockDiag, SockDiag] | None = None):
+                 sockets: tuple[SockDiag, SockDiag, DnsTap | None] | None = None):
         self.inode = inode
         self.pids = pids or []  # processes in it; none for lognet's own
         self.counted: list[int] = []  # its counters when the watcher last dumped it
         self.lost = 0  # its lost close events, kept when its socket is closed
-        self.diag, self.events = sockets or (None, None)
+        self.diag, self.events, self.tap = sockets or (None, None, None)
         self.counters: KernelCounters | None = None
         try:
             self.counters = KernelCounters(pairs, f"/proc/{self.pids[0]}/net" if self.pids else "/proc/self/net")
@@ -990,6 +1224,9 @@ class Namespace:
                 self.lost += diag.lost
                 diag.close()
         self.diag = self.events = None
+        if self.tap is not None:
+            self.tap.close()
+            self.tap = None
         if self.counters is not None:
             self.counters.close()
             self.counters = None
@@ -1003,16 +1240,21 @@ class NetlinkSource(Source):
     has_close_events = True
 
     def __init__(self, kind: str = "inet", clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], float] = time.time, namespaces: bool = True):
+                 now: Callable[[], float] = time.time, namespaces: bool = True, names: bool = False):
         super().__init__(clock)
         self.pairs = kind_sockets(kind)
         self.now = now
         self.netns = netns_inode()
         self.other_namespaces = namespaces  # False: lognet's own namespace only
+        self.names = NameCache() if names else None  # what DNS answers named, when rhost is logged
+        self.tap_refusal: str | None = None  # why a DNS tap could not be made, once said
+        # (netns, local port) of live UDP sockets seen with their owner -> pid: who asks for
+        # the DNS answers sent to that port
+        self.askers: OrderedDict[tuple, int] = OrderedDict()
         diag = SockDiag()
         try:
             diag.dump(*self.pairs[0], states=1 << 10)  # refused here rather than at the first poll
-            own = Namespace(self.netns, self.pairs, sockets=(diag, SockDiag()))
+            own = Namespace(self.netns, self.pairs, sockets=(diag, SockDiag(), self._tap()))
         except OSError:
             diag.close()
             raise
@@ -1020,8 +1262,12 @@ class NetlinkSource(Source):
             warn(f"close events are not available ({own.refusal}); closes are seen by polling only")
             self.has_close_events = False
         self.namespaces: dict[int, Namespace] = {self.netns: own}
-        self.listening: dict[int, Namespace] = {}  # the namespaces that hear their closes, by that socket's fd
+        # What the watcher waits on and reads, by fd: each namespace's close events and DNS tap.
+        self.listening: dict[int, tuple[Namespace, bool]] = {}  # fd -> (namespace, whether it is the tap)
         self.closing: set[Namespace] = set()  # those that sent close events since the watcher last read their counters
+        self.asking: set[Namespace] = set()  # those that sent DNS questions since: a socket there waits for an answer
+        self.answers: list[Answer] = []  # DNS answers read and not yet learnt
+        self.released: list[tuple] = []  # askers' keys whose UDP sockets closed since: their ports may go to another
         self._listen()
         self.joins = True  # whether lognet may join other namespaces (setns); False after the first refusal
         self.lost_before = 0  # close events lost in namespaces since let go of
@@ -1089,6 +1335,7 @@ class NetlinkSource(Source):
     def between_polls(self) -> tuple[list[tuple[Connection, float]], list[Closed]]:
         with self.lock:
             self.read_events()  # the watcher's too, now: the poll's dump must not outrun them
+            self._learn()
             arrivals, self.arrivals = self.arrivals, []
             departures, self.departures = self.departures, []
         return arrivals, departures
@@ -1098,24 +1345,30 @@ class NetlinkSource(Source):
         counters of a namespace moved, dump it and find the owners of new sockets while they live.
         heard: the close-event fds (wakers()) that a wait just found readable, if it waited on them."""
         with self.lock:
-            now = self._clock()
-            if self.read_events(heard):
-                self.moved_at = now  # sockets are closing: more are likely to open soon
-            if self.reported is None:
-                return  # before the first poll everything would be new: the poll finds it
-            self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_CPU_SHARE)
-            self.allowed_at = now
-            if self.allowance <= 0:
-                return  # under a flood of opens, the dumps wait for their share of CPU
-            moved = self._moved()
-            if not moved:
-                return
-            self.moved_at = now
-            started = time.thread_time()
             try:
-                self._find_new(moved)
+                self._look(heard)
             finally:
-                self.allowance -= time.thread_time() - started
+                self._learn()  # after the look's dump, which may have found the sockets that asked
+
+    def _look(self, heard: Iterable[int] | None) -> None:
+        now = self._clock()
+        if self.read_events(heard):
+            self.moved_at = now  # sockets are closing, or asking for names: more are likely to open soon
+        if self.reported is None:
+            return  # before the first poll everything would be new: the poll finds it
+        self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_CPU_SHARE)
+        self.allowed_at = now
+        if self.allowance <= 0:
+            return  # under a flood of opens, the dumps wait for their share of CPU
+        moved = self._moved()
+        if not moved:
+            return
+        self.moved_at = now
+        started = time.thread_time()
+        try:
+            self._find_new(moved)
+        finally:
+            self.allowance -= time.thread_time() - started
 
     def _moved(self) -> list[Namespace]:
         """The namespaces where sockets may have opened since the watcher last dumped them.
@@ -1126,20 +1379,20 @@ class NetlinkSource(Source):
         nothing changing."""
         own = self.namespaces[self.netns]
         activity = own.counters.activity()
-        if activity == self.activity and not self.closing:
+        if activity == self.activity and not self.closing and not self.asking:
             return []  # no TCP socket made anywhere, and none of lognet's namespace hashed or closed
         self.activity = activity
         allocated = KernelCounters.tcp_allocated(activity)
         anywhere, self.allocated = allocated != self.allocated, allocated
         moved = []
-        for ns in self.namespaces.values() if anywhere else {own, *self.closing}:
+        for ns in self.namespaces.values() if anywhere else {own, *self.closing, *self.asking}:
             if ns.diag is None:
                 continue
             counted = ns.counters.read() if ns is own else ns.counters.in_use()
-            if counted != ns.counted or (ns in self.closing and ns is not own):
+            if counted != ns.counted or ns in self.asking or (ns in self.closing and ns is not own):
                 ns.counted = counted
                 moved.append(ns)
-        self.closing = set()
+        self.closing, self.asking = set(), set()
         return moved
 
     def quiet(self) -> bool:
@@ -1192,9 +1445,40 @@ class NetlinkSource(Source):
                 ready = [fd for fd in heard if fd in listening]
             else:
                 ready = listening.keys() if len(listening) < 2 else select.select(list(listening), [], [], 0)[0]
-            closed = [c for fd in ready for c in self._closes(listening[fd])]
+            closed, answers = [], 0
+            # The taps first: an answer came before the close of the socket that asked for it.
+            for fd in sorted(ready, key=lambda fd: not listening[fd][1]):
+                ns, tap = listening[fd]
+                if tap:
+                    answers += self._hear(ns)
+                else:
+                    closed += self._closes(ns)
             self.departures += closed
-            return len(closed)
+            return len(closed) + answers
+
+    def _hear(self, ns: Namespace) -> int:
+        """Take the DNS answers and questions that have arrived in one namespace; return how many."""
+        packets = ns.tap.read(ns.inode)
+        answers = [answer for answer in packets if answer.addresses]
+        if len(answers) < len(packets):
+            self.asking.add(ns)  # it sent a question: the asking socket lives until its answer comes
+        self.answers += answers
+        return len(packets)
+
+    def _learn(self) -> None:
+        """Learn the names the answers read gave, each for the process that asked, where known."""
+        now = self.now()
+        for answer in self.answers:
+            self.names.add(answer, self.askers.get((answer.netns, answer.to[1])), now)
+        for key in self.released:  # after the answers: a socket closes once its answer has come
+            self.askers.pop(key, None)
+        self.answers, self.released = [], []
+
+    def rhost(self, conn: Connection, pid: int | None) -> str | None:
+        if self.names is None or not conn.raddr:
+            return None
+        with self.lock:
+            return self.names.name(conn.netns, pid, conn.raddr[0], self.now())
 
     def _closes(self, ns: Namespace) -> list[Closed]:
         """The close events that have arrived from one namespace."""
@@ -1211,6 +1495,8 @@ class NetlinkSource(Source):
                     conn = decode_socket(data, start, protocol, ns.inode)
                     counts = tcp_info_bytes(data, start, end) if protocol == socket.IPPROTO_TCP else None
                     sent, received, beyond = counts or (None, None, None)
+                    if protocol == socket.IPPROTO_UDP and self.names is not None and conn.laddr:
+                        self.released.append((ns.inode, conn.laddr[1]))
                     closed.append(Closed(conn._replace(inode=None, uid=None, txbytes=sent), seen, received, beyond))
         return closed
 
@@ -1243,15 +1529,30 @@ class NetlinkSource(Source):
         self._listen()
 
     def _listen(self) -> None:
-        """Index the close-event sockets by fd, once a poll rather than at every look."""
-        self.listening = {ns.events.sock.fileno(): ns for ns in self.namespaces.values() if ns.events is not None}
+        """Index the close-event sockets and the DNS taps by fd, once a poll rather than at every look."""
+        self.listening = {sock.fileno(): (ns, sock is not events) for ns in self.namespaces.values()
+                          for events in [ns.events and ns.events.sock]
+                          for sock in (events, ns.tap and ns.tap.sock) if sock is not None}
+
+    def _tap(self) -> DnsTap | None:
+        """A tap for the DNS answers of the calling thread's namespace, while names are logged."""
+        if self.names is None:
+            return None
+        try:
+            return DnsTap()
+        except OSError as exc:
+            if self.tap_refusal is None:
+                self.tap_refusal = exc.strerror
+                warn(f"host names (rhost) are not available: reading DNS answers needs CAP_NET_RAW "
+                     f"({exc.strerror}); rhost is '-' for every connection")
+            return None
 
     def _open(self, inode: int, pids: list[int]) -> Namespace:
         """What watches a namespace new to lognet: sockets made inside it, or its text tables."""
         sockets = None
         if self.joins:
             try:
-                sockets = made_inside(pids[0], inode, lambda: (SockDiag(), SockDiag()))
+                sockets = made_inside(pids[0], inode, lambda: (SockDiag(), SockDiag(), self._tap()))
             except PermissionError as exc:
                 self.joins = False
                 warn(f"other network namespaces are read from /proc/<pid>/net, about 10 ms each per poll, "
@@ -1277,6 +1578,13 @@ class NetlinkSource(Source):
     def _holders(self, record: Connection) -> list[Connection]:
         """The record once per process that holds it, ownerless when none is known (as psutil lists it)."""
         holders = self.fds.owners.get(record.inode, ()) if record.inode else ()
+        if holders and self.names is not None and record.type == socket.SOCK_DGRAM and record.laddr:
+            # Who holds a UDP socket may be who asks for the DNS answers sent to its port.
+            key = (record.netns, record.laddr[1])
+            self.askers[key] = holders[0][0]
+            self.askers.move_to_end(key)
+            if len(self.askers) > NAMES_KEPT:
+                self.askers.popitem(last=False)
         return [record._replace(pid=pid, fd=fd) for pid, fd in holders] or [record]
 
     def close(self) -> None:
@@ -1284,9 +1592,14 @@ class NetlinkSource(Source):
             ns.close()
 
 
+def logs_names(config: Config) -> bool:
+    """Whether lines carry rhost: JSON Lines always does, W3C with +rhost."""
+    return config.format == "jsonl" or "rhost" in config.fields
+
+
 ENGINES: dict[str, Callable[[Config], Source]] = {
-    "netlink": lambda config: NetlinkSource(config.kind, namespaces=config.netns == "all"),
-    "psutil": lambda config: PsutilSource(),
+    "netlink": lambda config: NetlinkSource(config.kind, namespaces=config.netns == "all", names=logs_names(config)),
+    "psutil": lambda config: PsutilSource(names=logs_names(config)),
 }
 
 
@@ -1365,6 +1678,44 @@ def build_filter(config: Config) -> Callable[[Connection], bool]:
 ##############################################################################
 # Tracker: what opened, changed and closed since the last poll
 ##############################################################################
+
+class NameCache:
+    """The names that DNS answers gave for remote addresses, by network namespace: the
+    one each process asked for, where the asking socket's owner was known, and the most
+    recent for each address. A name lives for its answer's TTL, and at least
+    NAME_TTL_FLOOR: clients keep answers longer than that (and a connection made just
+    after expiry still finds its name). The NAMES_KEPT latest of each stay: memory stays flat."""
+
+    def __init__(self, kept: int = NAMES_KEPT, floor: float = NAME_TTL_FLOOR):
+        self.kept = kept
+        self.floor = floor
+        self.asked: OrderedDict[tuple, tuple[str, float]] = OrderedDict()  # (netns, pid, address) -> (name, until)
+        self.recent: OrderedDict[tuple, tuple[str, float]] = OrderedDict()  # (netns, address) -> (name, until)
+
+    def add(self, answer: Answer, pid: int | None, now: float) -> None:
+        """What an answer said; pid is the asking socket's owner, when known."""
+        for address, ttl in answer.addresses:
+            until = now + max(ttl, self.floor)
+            self._put(self.recent, (answer.netns, address), (answer.name, until))
+            if pid is not None:
+                self._put(self.asked, (answer.netns, pid, address), (answer.name, until))
+
+    def name(self, netns: int | None, pid: int | None, address: str, now: float) -> str | None:
+        """The name for a connection of pid to address: the one pid asked for, else the latest."""
+        if address.startswith("::ffff:") and "." in address:  # IPv4-mapped: as the A record wrote it
+            address = address[7:]
+        for table, key in ((self.asked, (netns, pid, address)), (self.recent, (netns, address))):
+            found = table.get(key)
+            if found is not None and found[1] >= now:
+                return found[0]
+        return None
+
+    def _put(self, table: OrderedDict, key: tuple, value: tuple[str, float]) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        if len(table) > self.kept:
+            table.popitem(last=False)
+
 
 class Sighting:
     """What the tracker remembers of one live connection."""
@@ -1769,6 +2120,7 @@ EVENT_VALUES: dict[str, Callable[[ConnectionEvent], object]] = {
     "rxbytes": lambda e: e.conn.rxbytes,
     "netns": lambda e: e.conn.netns,
     "container": _owner("container"),
+    "rhost": lambda e: e.rhost,
 }
 
 
@@ -2467,6 +2819,7 @@ class Poller:
         # no owner carried into TIME_WAIT, no statistics unless asked for.
         self.lifecycle_fields = config.format == "jsonl" or not set(config.fields) <= set(CONNECTION_FIELDS)
         self.logs_closes = config.format == "jsonl" or "event" in config.fields
+        self.logs_names = logs_names(config)
         self.stats_every = config.stats_interval or (DEFAULT_STATS_INTERVAL if self.lifecycle_fields else None)
         self.next_stats = clock() + (self.stats_every or 0)
         self.tcp_opens_at_start: int | None = None
@@ -2512,6 +2865,9 @@ class Poller:
         # Owned events first: they teach the tracker the owners that TIME_WAIT lines carry on.
         owned = {i: self.attribute(e, owners) for i, e in enumerate(kept) if e.conn.pid is not None}
         kept = [owned[i] if i in owned else self.attribute(e, owners) for i, e in enumerate(kept)]
+        if self.logs_names:
+            kept = [e._replace(rhost=self.source.rhost(e.conn, e.process.pid if e.process else e.conn.pid))
+                    if e.conn.raddr else e for e in kept]
         self.count_seen(kept)
         return [e for e in kept if self.logs_closes or e.event != "close" or e.attrib == "unseen"], new_processes
 

@@ -331,6 +331,39 @@ def namespaces_cost(tmp: Path, count: int, pairs: int, rounds: int, idle_seconds
             "idle_cpu": statistics.median(idle)}
 
 
+def names_cost(tmp: Path, seconds: float, rounds: int) -> dict:
+    """CPU share of the netlink engine at its defaults, with names (+rhost) and without, in a
+    network namespace of its own (unshare -n, --netns own) under other UDP traffic and under
+    DNS answers, all on that namespace's loopback; interleaved, medians, start-up left out."""
+    anchor = subprocess.Popen(["unshare", "-n", "sh", "-c", "ip link set lo up && echo ready && exec cat"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    results = []
+    try:
+        assert anchor.stdout.readline() == "ready\n"
+        inside = ["nsenter", f"--net=/proc/{anchor.pid}/ns/net"]
+        for label, load_args in (("nothing else", None), ("20,000 other UDP packets a second", ["--rate", 20000]),
+                                 ("500 DNS answers a second", ["--rate", 500, "--dns"])):
+            load = Load()
+            try:
+                if load_args:
+                    load.start("udp", *load_args, "--seconds", 3600, prefix=inside)
+                shares: dict[str, list[float]] = {"without": [], "with": []}
+                for _ in range(rounds):
+                    for names, extra in (("without", []), ("with", ["--fields", "+rhost"])):
+                        argv = inside + lognet_argv(tmp, "--netns", "own", *extra, engine="netlink")
+                        startup, _ = run_cpu(argv + ["-n", "1"])
+                        cpu, _ = running_cpu(argv, seconds)
+                        shares[names].append(max(0.0, cpu - startup) / seconds)
+            finally:
+                load.stop()
+            without, with_names = (statistics.median(shares[names]) for names in ("without", "with"))
+            results.append({"load": label, "without": without, "with": with_names, "beyond": with_names - without})
+    finally:
+        anchor.stdin.close()
+        anchor.wait(timeout=10)
+    return {"runs": results}
+
+
 def churn_cpu(tmp: Path, rate: float, seconds: float) -> dict:
     """CPU share of the netlink engine at its defaults while a churner opens `rate` connections a second."""
     load = Load()
@@ -417,7 +450,8 @@ def capture_at_defaults(tmp: Path, lifetimes: list[float], per_lifetime: int, wa
 
 
 def netlink_part(report: dict, tmp: Path, args) -> None:
-    only = set(args.only.split(",")) if args.only else {"idle", "polls", "churn", "capture", "rss", "namespaces"}
+    only = set(args.only.split(",")) if args.only else {"idle", "polls", "churn", "capture", "rss", "namespaces",
+                                                        "names"}
     report["watch"] = float(WATCH[1]) if WATCH else lognet.DEFAULT_WATCH
     if "idle" in only:
         print("the Linux engine: idle CPU ...", flush=True)
@@ -438,6 +472,9 @@ def netlink_part(report: dict, tmp: Path, args) -> None:
     if "namespaces" in only:
         print("20 more network namespaces ...", flush=True)
         report["namespaces"] = namespaces_cost(tmp, 20, 25, 101, args.idle_seconds)
+    if "names" in only:
+        print("names: DNS taps under other traffic and under answers ...", flush=True)
+        report["names"] = names_cost(tmp, args.idle_seconds, args.idle_rounds)
     if "rss" in only:
         print("RSS while connections churn ...", flush=True)
         report["netlink_rss"] = netlink_rss(tmp, [int(x) for x in args.churn.split(",")], 1500)
@@ -486,6 +523,13 @@ def print_netlink_report(r: dict) -> None:
         print(f"| what each more namespace adds to a full poll, ms | {n['per_namespace_ms']:.3f} |")
         print(f"| CPU with nothing changing, at the defaults | {n['idle_cpu']:.3%} |")
         print(f"| one namespace read as text (/proc/<pid>/net, no CAP_SYS_ADMIN), ms of CPU | {n['text_ms']:.2f} |")
+    names = r.get("names")
+    if names:
+        print()
+        print("| in a namespace of its own, with | CPU without names | with names (+rhost) | beyond |")
+        print("|---|---:|---:|---:|")
+        for run in names["runs"]:
+            print(f"| {run['load']} | {run['without']:.3%} | {run['with']:.3%} | {run['beyond']:+.3%} |")
     print()
     print("| who connects | lifetime | connections | logged with their process | logged at all |")
     print("|---|---:|---:|---:|---:|")
@@ -512,7 +556,7 @@ def main() -> int:
     parser.add_argument("--big-pairs", type=int, default=10000, help="pairs for the large poll (default 10000)")
     parser.add_argument("--watch", type=float, help="the netlink engine's --watch (default: lognet's default)")
     parser.add_argument("--only", help="netlink part: only these measures, comma-separated "
-                                       "(idle, polls, churn, capture, rss, namespaces)")
+                                       "(idle, polls, churn, capture, rss, namespaces, names)")
     args = parser.parse_args()
     if args.watch is not None:
         WATCH[:] = ["--watch", str(args.watch)]

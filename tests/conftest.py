@@ -320,6 +320,7 @@ class ScriptedSource(lognet.Source):
         self.reuse = {}
         self.running_by_poll = None
         self.arrivals = {}  # poll index -> [(connection, epoch seen)] found between polls, as a watcher would
+        self.names = {}  # (pid, remote ip) -> the name that pid asked for; (None, remote ip) -> the latest
 
     owners_visible = False  # as for a user who is not root: an ownerless socket may be another user's
 
@@ -337,6 +338,9 @@ class ScriptedSource(lognet.Source):
 
     def tcp_opens(self):
         return self.opens.pop(0) if self.opens else None
+
+    def rhost(self, conn, pid):
+        return self.names.get((pid, conn.raddr[0])) or self.names.get((None, conn.raddr[0]))
 
     def is_running(self, process):
         if process is None:

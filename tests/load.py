@@ -9,6 +9,9 @@
         port while fewer than 20,000 were opened; FILE gets one line per
         connection: "client_port lifetime opened closed". --close normal closes
         with FIN instead, so that the client end stays in TIME_WAIT.
+    python3 tests/load.py udp --rate R --seconds S [--dns]
+        sends R UDP datagrams a second to a socket of its own on 127.0.0.1; with --dns, DNS
+        answers from port 53 (root), each naming another address, else 100 bytes of other traffic.
 
 The helpers below start these as subprocesses and stop them again.
 """
@@ -107,6 +110,34 @@ def churn(rate: float, lifetimes: list[float], seconds: float, record: str | Non
     print(f"opened {opened_count}", flush=True)
 
 
+def udp(rate: float, seconds: float, dns: bool) -> None:
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 53 if dns else 0))
+    if dns:
+        from dns_responder import answer, encode_name, record
+    print("ready", flush=True)
+    start, sent, step = time.monotonic(), 0, 0.01  # a burst every 10 ms
+    while time.monotonic() - start < seconds and sent < rate * seconds:
+        for _ in range(int(rate * step)):
+            n = sent % 60_000
+            if dns:
+                question = encode_name(f"host{n}.bench.test") + b"\x00\x01\x00\x01"
+                payload = answer(n, question, [record(b"\xc0\x0c", 1, bytes([198, 18, n >> 8, n & 0xFF]))])
+            else:
+                payload = b"x" * 100
+            sender.sendto(payload, sink.getsockname())
+            sent += 1
+        while True:  # the sink reads what came, so that its buffer never drops (that would be cheaper)
+            try:
+                sink.recv(4096, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+        time.sleep(max(0.0, start + (sent / rate) - time.monotonic()))
+    print(f"sent {sent}", flush=True)
+
+
 class Load:
     """Started load processes; stop() ends them all."""
 
@@ -151,8 +182,14 @@ def main() -> int:
     c.add_argument("--record")
     c.add_argument("--close", choices=("reset", "normal"), default="reset",
                    help="reset: RST, no TIME_WAIT (default); normal: FIN, the client keeps a TIME_WAIT")
+    u = sub.add_parser("udp")
+    u.add_argument("--rate", type=float, required=True)
+    u.add_argument("--seconds", type=float, required=True)
+    u.add_argument("--dns", action="store_true")
     args = parser.parse_args()
-    if args.command == "hold":
+    if args.command == "udp":
+        udp(args.rate, args.seconds, args.dns)
+    elif args.command == "hold":
         hold(args.pairs, args.seconds)
     else:
         churn(args.rate, [float(x) for x in args.lifetimes.split(",")], args.seconds, args.record,

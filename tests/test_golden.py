@@ -62,7 +62,7 @@ TCP_OPENS = [100, 107, 109]  # the kernel's counter: at the first poll, at the r
 RUNS = {
     "w3c default fields": {},
     "w3c every field, utc, -i 0.2": {"utc": True, "interval": 0.2, "fields": lognet.CONNECTION_FIELDS + (
-        "event", "duration", "direction", "family", "user", "exe", "attrib", "firstseen")},
+        "event", "duration", "direction", "family", "user", "exe", "attrib", "firstseen", "rhost")},
     "w3c chosen fields": {"fields": ("upid", "lport", "event", "duration", "attrib")},
     "w3c filters, tcp": {"omit_self_conns": True, "omit_privnet_conns": True, "kind": "tcp",
                          "fields": lognet.CONNECTION_FIELDS + ("event", "attrib")},
@@ -80,6 +80,9 @@ def render(tmp_path: Path, name: str, settings: dict) -> str:
     source.opens = list(TCP_OPENS)
     source.reuse = {6: REUSED}  # from the seventh poll, pid 11 is another process
     source.running_by_poll = [running for _, running in SNAPSHOTS]
+    # curl asked for the address it connects to; someone else's answer named the private one
+    source.names = {(11, "93.184.215.14"): "www.example.test", (12, "93.184.215.14"): "cdn.example.test",
+                    (None, "192.168.1.9"): "nas.home.test"}
     folder = tmp_path / name.replace(" ", "_").replace(",", "")
     folder.mkdir()
     config = lognet.Config(connections_log=str(folder / "c.log"), processes_log=str(folder / "p.log"),

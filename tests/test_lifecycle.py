@@ -55,7 +55,7 @@ def test_chosen_subset_and_bad_names(tmp_path, holder):
     assert f"{upid_of(h.pid, 'lnsubset')} {h.info['port']} listen" in data_lines(clog)
     for bad, message in (("+bogus", "unknown field 'bogus' (choose from timestamp, prot, laddr, lport, raddr, "
                                     "rport, status, upid, event, duration, direction, family, user, exe, attrib, "
-                                    "firstseen, txbytes, rxbytes, netns, container)"),
+                                    "firstseen, txbytes, rxbytes, netns, container, rhost)"),
                          ("upid,upid", "each field once: 'upid,upid'"),
                          ("+event,,duration", "an empty field name: '+event,,duration'"),
                          ("+", "an empty field name: '+'")):

@@ -68,7 +68,7 @@ def test_jsonl_objects_carry_every_field(tmp_path, holder):
                          "create_time": process.create_time(), "upid": upid, "user": process.username(),
                          "exe": os.path.realpath(sys.executable), "direction": "listen", "attrib": "pid",
                          "duration": None, "txbytes": None, "rxbytes": None,
-                         "netns": os.stat(f"/proc/{h.pid}/ns/net").st_ino, "container": None}
+                         "netns": os.stat(f"/proc/{h.pid}/ns/net").st_ino, "container": None, "rhost": None}
     ours = [p for p in processes if p["pid"] == h.pid]
     assert len(ours) == 1
     assert ISO.match(ours[0].pop("ts"))
