@@ -1108,26 +1108,29 @@ class Answer(NamedTuple):
     addresses: list[tuple[str, int]]  # (ip, ttl)
 
 
-def decode_dns_packet(packet: bytes, protocol: int, sent: bool, netns: int | None) -> Answer | None:
+def decode_dns_packet(packet: bytes, netns: int | None) -> Answer | None:
     """An Answer from a packet as a SOCK_DGRAM tap reads it (from the network header on),
     or None for any other packet: the kernel's filter is trusted for speed, not for safety.
-    The answer's name is empty for a question (the DNS packets the host sent): only its
-    sender, the socket that asks, is known."""
+    The answer's name is empty for a question to port 53 (the tap keeps those the host
+    sent): only its sender, the socket that asks, is known."""
     try:
-        if protocol == ETH_P_IP and packet[0] >> 4 == 4:
+        version = packet[0] >> 4
+        if version == 4:
             start, family, ips, next_header = (packet[0] & 0x0F) * 4, socket.AF_INET, (12, 16, 20), packet[9]
-        elif protocol == ETH_P_IPV6 and packet[0] >> 4 == 6:
+        elif version == 6:
             start, family, ips, next_header = 40, socket.AF_INET6, (8, 24, 40), packet[6]
         else:
             return None
-        sport, dport, length = struct.unpack_from("!HHH", packet, start)
+        sport, dport, length, _, _, flags = struct.unpack_from("!HHHHHH", packet, start)
     except (IndexError, struct.error):
         return None
     if next_header != socket.IPPROTO_UDP:
         return None
-    if dport == DNS_PORT and sent:
+    if not flags & 0x8000:  # a question: only who asks
+        if dport != DNS_PORT:
+            return None
         return Answer(netns, (socket.inet_ntop(family, packet[ips[0]:ips[1]]), sport), "", [])
-    if sport != DNS_PORT or sent:
+    if sport != DNS_PORT:
         return None
     decoded = decode_dns_answer(packet[start + 8:start + max(8, length)])
     if decoded is None or not decoded[1]:
@@ -1156,13 +1159,13 @@ class DnsTap:
     def read(self, netns: int | None, most: int = 10_000) -> list[Answer]:
         """The answers, and questions sent, that have arrived (packets that came before the
         filter was attached, and any other that is neither, are skipped)."""
-        found = []
+        found, recv = [], self.sock.recv
         for _ in range(most):
             try:
-                packet, (_, protocol, pkttype, *_) = self.sock.recvfrom(RECV_SIZE)
+                packet = recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
-            answer = decode_dns_packet(packet, protocol, pkttype == PACKET_OUTGOING, netns)
+            answer = decode_dns_packet(packet, netns)
             if answer is not None:
                 found.append(answer)
         return found
@@ -1400,8 +1403,9 @@ class NetlinkSource(Source):
         return self._clock() - self.moved_at > WATCH_QUIET_AFTER
 
     def wakers(self) -> list[int]:
-        """The fds whose input ends the watcher's wait early: while quiet, the close events'."""
-        return list(self.listening) if self.quiet() else []
+        """The fds whose input ends the watcher's wait early: while quiet, the close events'.
+        Not the DNS taps': a flood of answers would wake it for each."""
+        return [fd for fd, (_, tap) in self.listening.items() if not tap] if self.quiet() else []
 
     def next_look(self, every: float) -> float:
         """Seconds until the watcher's next look: every, or longer after a spell with no socket
@@ -1435,35 +1439,38 @@ class NetlinkSource(Source):
         self.reported.update(record.cookie for record in found.values())
 
     def read_events(self, heard: Iterable[int] | None = None) -> int:
-        """Decode the close events that have arrived, in every namespace; return how many.
-        heard: the fds a wait on wakers() just found readable, when it waited on them all."""
+        """Decode the close events that have arrived, in every namespace, and take the DNS
+        answers and questions; return how many closes and questions (what predicts more
+        sockets). heard: the fds a wait on wakers() just found readable, when it waited on them all."""
         with self.lock:
             listening = self.listening
             # With many namespaces, one select() finds those with events, rather than a
             # recv() that finds nothing in each, at every look.
             if heard is not None:
-                ready = [fd for fd in heard if fd in listening]
+                taps = [fd for fd, (_, tap) in listening.items() if tap]
+                ready = [fd for fd in heard if fd in listening] + (select.select(taps, [], [], 0)[0] if taps else [])
             else:
                 ready = listening.keys() if len(listening) < 2 else select.select(list(listening), [], [], 0)[0]
-            closed, answers = [], 0
+            closed, asked = [], 0
             # The taps first: an answer came before the close of the socket that asked for it.
             for fd in sorted(ready, key=lambda fd: not listening[fd][1]):
                 ns, tap = listening[fd]
                 if tap:
-                    answers += self._hear(ns)
+                    asked += self._hear(ns)
                 else:
                     closed += self._closes(ns)
             self.departures += closed
-            return len(closed) + answers
+            return len(closed) + asked
 
     def _hear(self, ns: Namespace) -> int:
-        """Take the DNS answers and questions that have arrived in one namespace; return how many."""
+        """Take the DNS answers and questions that have arrived in one namespace; return how
+        many questions: a connection is likely to follow each."""
         packets = ns.tap.read(ns.inode)
         answers = [answer for answer in packets if answer.addresses]
         if len(answers) < len(packets):
             self.asking.add(ns)  # it sent a question: the asking socket lives until its answer comes
         self.answers += answers
-        return len(packets)
+        return len(packets) - len(answers)
 
     def _learn(self) -> None:
         """Learn the names the answers read gave, each for the process that asked, where known."""
