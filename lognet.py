@@ -991,31 +991,33 @@ def bpf_program(steps: list[tuple]) -> bytes:
     return b"".join(code)
 
 
-# What reaches Python from the host's packets, judged in the kernel: UDP from port 53 that
-# the host received (not sent) with the DNS header's QR bit, an answer; and the headers of
-# the UDP to port 53 that it sent without it, a question, which tells that a socket is
-# asking. Unfragmented, or the first fragment. The offsets are of the network header: the
-# tap is a SOCK_DGRAM one.
-DNS_FILTER = bpf_program([
-    (BPF_LD_W_ABS, SKF_AD_PKTTYPE), (BPF_ST, 0),
-    (BPF_LD_W_ABS, SKF_AD_PROTOCOL), (BPF_JEQ_K, ETH_P_IP, "ipv4", None), (BPF_JEQ_K, ETH_P_IPV6, None, "drop"),
-    (BPF_LD_B_ABS, 6), (BPF_LDX_IMM, 40), (BPF_JEQ_K, socket.IPPROTO_UDP, "udp", "drop"),  # X = IPv6's header length
-    "ipv4",
-    (BPF_LD_B_ABS, 9), (BPF_JEQ_K, socket.IPPROTO_UDP, None, "drop"),
-    (BPF_LD_H_ABS, 6), (BPF_JSET_K, 0x1FFF, "drop", None),  # a later fragment: no UDP header
-    (BPF_LDX_B_MSH, 0),  # X = the IPv4 header's length
-    "udp",
-    (BPF_LD_B_IND, 10), (BPF_JSET_K, 0x80, "answer", "question"),
-    "answer",
-    (BPF_LD_H_IND, 0), (BPF_JEQ_K, DNS_PORT, None, "drop"),
-    (BPF_LD_MEM, 0), (BPF_JEQ_K, PACKET_OUTGOING, "drop", "keep"),  # on lo each is also seen going out
-    "question",
-    (BPF_LD_H_IND, 2), (BPF_JEQ_K, DNS_PORT, None, "drop"),
-    (BPF_LD_MEM, 0), (BPF_JEQ_K, PACKET_OUTGOING, "headers", "drop"),
-    "keep", (BPF_RET_K, 0xFFFF),
-    "headers", (BPF_RET_K, QUERY_SNAP),
-    "drop", (BPF_RET_K, 0),
-])
+def dns_filter(questions: bool) -> bytes:
+    """What reaches Python from the host's packets, judged in the kernel: the UDP from port
+    53 that the host received (not sent) with the DNS header's QR bit, answers; or the
+    headers of the UDP to port 53 that it sent without that bit, questions, which tell that
+    a socket is asking. Unfragmented, or the first fragment. The offsets are of the network
+    header: a tap is a SOCK_DGRAM socket."""
+    return bpf_program([
+        (BPF_LD_W_ABS, SKF_AD_PKTTYPE), (BPF_ST, 0),
+        (BPF_LD_W_ABS, SKF_AD_PROTOCOL), (BPF_JEQ_K, ETH_P_IP, "ipv4", None), (BPF_JEQ_K, ETH_P_IPV6, None, "drop"),
+        (BPF_LD_B_ABS, 6), (BPF_LDX_IMM, 40), (BPF_JEQ_K, socket.IPPROTO_UDP, "udp", "drop"),  # X: IPv6's header
+        "ipv4",
+        (BPF_LD_B_ABS, 9), (BPF_JEQ_K, socket.IPPROTO_UDP, None, "drop"),
+        (BPF_LD_H_ABS, 6), (BPF_JSET_K, 0x1FFF, "drop", None),  # a later fragment: no UDP header
+        (BPF_LDX_B_MSH, 0),  # X = the IPv4 header's length
+        "udp",
+        (BPF_LD_B_IND, 10), (BPF_JSET_K, 0x80, "drop", "question") if questions else
+        (BPF_JSET_K, 0x80, "answer", "drop"),
+        "answer",
+        (BPF_LD_H_IND, 0), (BPF_JEQ_K, DNS_PORT, None, "drop"),
+        (BPF_LD_MEM, 0), (BPF_JEQ_K, PACKET_OUTGOING, "drop", "keep"),  # on lo each is also seen going out
+        "question",
+        (BPF_LD_H_IND, 2), (BPF_JEQ_K, DNS_PORT, None, "drop"),
+        (BPF_LD_MEM, 0), (BPF_JEQ_K, PACKET_OUTGOING, "headers", "drop"),
+        "keep", (BPF_RET_K, 0xFFFF),
+        "headers", (BPF_RET_K, QUERY_SNAP),
+        "drop", (BPF_RET_K, 0),
+    ])
 
 
 def attach_filter(sock: socket.socket, program: bytes) -> None:
@@ -1076,7 +1078,10 @@ def decode_dns_answer(message: bytes) -> tuple[str, list[tuple[str, int]]] | Non
         offset += 4  # the question's type and class
         aliases, addresses = {}, []
         for _ in range(answers):
-            owner, offset = read_dns_name(message, offset)
+            if message[offset:offset + 2] == b"\xc0\x0c":  # the usual owner: a pointer to the question's name
+                owner, offset = asked, offset + 2
+            else:
+                owner, offset = read_dns_name(message, offset)
             rtype, rclass, ttl, length = DNS_RECORD.unpack_from(message, offset)
             offset += DNS_RECORD.size + length
             if offset > len(message):
@@ -1139,39 +1144,54 @@ def decode_dns_packet(packet: bytes, netns: int | None) -> Answer | None:
 
 
 class DnsTap:
-    """A packet socket that reads the DNS answers its network namespace receives: a
-    classic BPF filter lets only those reach lognet, whatever else the host sends.
-    Needs CAP_NET_RAW (PermissionError without)."""
+    """Two packet sockets that read the DNS traffic of their network namespace: the answers
+    it receives, and the questions it sends (which wake the watcher, to find the socket that
+    asks while it waits). Classic BPF filters let only those reach lognet, whatever else
+    the host sends. Needs CAP_NET_RAW (PermissionError without)."""
 
     def __init__(self):
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        self.answers, self.questions = self._open(dns_filter(questions=False)), None
         try:
-            attach_filter(self.sock, DNS_FILTER)
-            self.sock.setblocking(False)
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, 33, TAP_BUFFER)  # SO_RCVBUFFORCE: with CAP_NET_ADMIN
-            except OSError:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TAP_BUFFER)  # up to net.core.rmem_max
+            self.questions = self._open(dns_filter(questions=True))
         except OSError:
-            self.sock.close()
+            self.close()
             raise
 
-    def read(self, netns: int | None, most: int = 10_000) -> list[Answer]:
-        """The answers, and questions sent, that have arrived (packets that came before the
-        filter was attached, and any other that is neither, are skipped)."""
-        found, recv = [], self.sock.recv
-        for _ in range(most):
+    @staticmethod
+    def _open(program: bytes) -> socket.socket:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        try:
+            attach_filter(sock, program)
+            sock.setblocking(False)
             try:
-                packet = recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            answer = decode_dns_packet(packet, netns)
-            if answer is not None:
-                found.append(answer)
+                sock.setsockopt(socket.SOL_SOCKET, 33, TAP_BUFFER)  # SO_RCVBUFFORCE: with CAP_NET_ADMIN
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TAP_BUFFER)  # up to net.core.rmem_max
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def read(self, netns: int | None, most: int = 10_000) -> list[Answer]:
+        """The questions sent, then the answers, that have arrived (packets that came before
+        the filters were attached, and any other that is neither, are skipped)."""
+        found = []
+        for sock in (self.questions, self.answers):
+            recv = sock.recv
+            for _ in range(most):
+                try:
+                    packet = recv(RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                answer = decode_dns_packet(packet, netns)
+                if answer is not None:
+                    found.append(answer)
         return found
 
     def close(self) -> None:
-        self.sock.close()
+        for sock in (self.answers, self.questions):
+            if sock is not None:
+                sock.close()
 
 
 class Namespace:
@@ -1265,8 +1285,8 @@ class NetlinkSource(Source):
             warn(f"close events are not available ({own.refusal}); closes are seen by polling only")
             self.has_close_events = False
         self.namespaces: dict[int, Namespace] = {self.netns: own}
-        # What the watcher waits on and reads, by fd: each namespace's close events and DNS tap.
-        self.listening: dict[int, tuple[Namespace, bool]] = {}  # fd -> (namespace, whether it is the tap)
+        # What the watcher waits on and reads, by fd: each namespace's close events and DNS taps.
+        self.listening: dict[int, tuple[Namespace, str]] = {}  # fd -> (namespace, "events", "answers" or "questions")
         self.closing: set[Namespace] = set()  # those that sent close events since the watcher last read their counters
         self.asking: set[Namespace] = set()  # those that sent DNS questions since: a socket there waits for an answer
         self.answers: list[Answer] = []  # DNS answers read and not yet learnt
@@ -1403,9 +1423,9 @@ class NetlinkSource(Source):
         return self._clock() - self.moved_at > WATCH_QUIET_AFTER
 
     def wakers(self) -> list[int]:
-        """The fds whose input ends the watcher's wait early: while quiet, the close events'.
-        Not the DNS taps': a flood of answers would wake it for each."""
-        return [fd for fd, (_, tap) in self.listening.items() if not tap] if self.quiet() else []
+        """The fds whose input ends the watcher's wait early: while quiet, the close events'
+        and the DNS questions'. Not the answers': a flood of them would wake it for each."""
+        return [fd for fd, (_, role) in self.listening.items() if role != "answers"] if self.quiet() else []
 
     def next_look(self, every: float) -> float:
         """Seconds until the watcher's next look: every, or longer after a spell with no socket
@@ -1447,18 +1467,15 @@ class NetlinkSource(Source):
             # With many namespaces, one select() finds those with events, rather than a
             # recv() that finds nothing in each, at every look.
             if heard is not None:
-                taps = [fd for fd, (_, tap) in listening.items() if tap]
-                ready = [fd for fd in heard if fd in listening] + (select.select(taps, [], [], 0)[0] if taps else [])
+                answers = [fd for fd, (_, role) in listening.items() if role == "answers"]
+                ready = [fd for fd in heard if fd in listening] + (select.select(answers, [], [], 0)[0] if answers
+                                                                   else [])
             else:
                 ready = listening.keys() if len(listening) < 2 else select.select(list(listening), [], [], 0)[0]
-            closed, asked = [], 0
+            hearing = {listening[fd][0] for fd in ready if listening[fd][1] != "events"}
             # The taps first: an answer came before the close of the socket that asked for it.
-            for fd in sorted(ready, key=lambda fd: not listening[fd][1]):
-                ns, tap = listening[fd]
-                if tap:
-                    asked += self._hear(ns)
-                else:
-                    closed += self._closes(ns)
+            asked = sum(self._hear(ns) for ns in hearing)
+            closed = [c for fd in ready if listening[fd][1] == "events" for c in self._closes(listening[fd][0])]
             self.departures += closed
             return len(closed) + asked
 
@@ -1537,9 +1554,10 @@ class NetlinkSource(Source):
 
     def _listen(self) -> None:
         """Index the close-event sockets and the DNS taps by fd, once a poll rather than at every look."""
-        self.listening = {sock.fileno(): (ns, sock is not events) for ns in self.namespaces.values()
-                          for events in [ns.events and ns.events.sock]
-                          for sock in (events, ns.tap and ns.tap.sock) if sock is not None}
+        self.listening = {
+            sock.fileno(): (ns, role) for ns in self.namespaces.values()
+            for role, sock in (("events", ns.events and ns.events.sock), ("answers", ns.tap and ns.tap.answers),
+                               ("questions", ns.tap and ns.tap.questions)) if sock is not None}
 
     def _tap(self) -> DnsTap | None:
         """A tap for the DNS answers of the calling thread's namespace, while names are logged."""
