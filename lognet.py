@@ -21,7 +21,7 @@ are in the W3C extended log style:
 
 Usage: lognet.py [-i SECONDS] [-p {tcp,udp}] [-ipv {4,6}] [-clog FILE] [-plog FILE]
                  [--engine {auto,netlink,psutil}] [--watch SECONDS]
-                 [--fields +event,duration,direction,attrib] [--format jsonl] [--syslog [ADDRESS]]
+                 [--fields +event,duration,direction,attrib,rhost] [--format jsonl] [--syslog [ADDRESS]]
 See lognet.py --help, and README.md for the log format and the escape rule.
 """
 
@@ -1006,8 +1006,8 @@ def dns_filter(questions: bool) -> bytes:
         (BPF_LD_H_ABS, 6), (BPF_JSET_K, 0x1FFF, "drop", None),  # a later fragment: no UDP header
         (BPF_LDX_B_MSH, 0),  # X = the IPv4 header's length
         "udp",
-        (BPF_LD_B_IND, 10), (BPF_JSET_K, 0x80, "drop", "question") if questions else
-        (BPF_JSET_K, 0x80, "answer", "drop"),
+        (BPF_LD_B_IND, 10),  # the DNS header's QR bit
+        (BPF_JSET_K, 0x80, "drop", "question") if questions else (BPF_JSET_K, 0x80, "answer", "drop"),
         "answer",
         (BPF_LD_H_IND, 0), (BPF_JEQ_K, DNS_PORT, None, "drop"),
         (BPF_LD_MEM, 0), (BPF_JEQ_K, PACKET_OUTGOING, "drop", "keep"),  # on lo each is also seen going out
@@ -1473,7 +1473,6 @@ class NetlinkSource(Source):
             else:
                 ready = listening.keys() if len(listening) < 2 else select.select(list(listening), [], [], 0)[0]
             hearing = {listening[fd][0] for fd in ready if listening[fd][1] != "events"}
-            # The taps first: an answer came before the close of the socket that asked for it.
             asked = sum(self._hear(ns) for ns in hearing)
             closed = [c for fd in ready if listening[fd][1] == "events" for c in self._closes(listening[fd][0])]
             self.departures += closed
@@ -3173,6 +3172,7 @@ examples:
   lognet --format jsonl --syslog tcp://loghost:514       # JSON Lines, also to a syslog collector
   lognet --fields +event,duration,direction,attrib       # also close lines, lifetimes, who connected
   lognet --fields +event,txbytes,rxbytes --omit-loopback-conns   # bytes of each connection off this host
+  lognet --fields +rhost,netns,container # the name each remote address was resolved from; containers
   lognet --engine psutil -i 1        # poll psutil.net_connections() only, as on macOS and the BSDs
   tail -f /var/log/netlog/connections.log   # watch it live
   # crontab -e (as root): the folder is made first, since lognet is not yet there to make it

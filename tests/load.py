@@ -160,13 +160,18 @@ class Load:
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
-                proc.stdin.close()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop_process(proc)
         self.procs.clear()
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """End a helper that runs until its stdin closes; kill it when it has not within 10 s."""
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from dns_responder import answer, encode_name, malformed, record, resolve
+from load import stop_process
 
 import lognet
 from conftest import Lognet, require_root, require_tool, upid_of, w3c_rows, wait_for
@@ -244,12 +245,7 @@ class DnsWorld:
 
     def stop(self) -> None:
         for proc in reversed(self.started):
-            proc.stdin.close()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 @pytest.fixture
