@@ -1366,7 +1366,7 @@ class NetlinkSource(Source):
     def watch(self, heard: Iterable[int] | None = None) -> None:
         """The watcher's look between polls: take the close events, and when the kernel's
         counters of a namespace moved, dump it and find the owners of new sockets while they live.
-        heard: the close-event fds (wakers()) that a wait just found readable, if it waited on them."""
+        heard: the fds of wakers() that a wait just found readable, if it waited on them."""
         with self.lock:
             try:
                 self._look(heard)
@@ -1559,7 +1559,7 @@ class NetlinkSource(Source):
                                ("questions", ns.tap and ns.tap.questions)) if sock is not None}
 
     def _tap(self) -> DnsTap | None:
-        """A tap for the DNS answers of the calling thread's namespace, while names are logged."""
+        """A tap for the DNS traffic of the calling thread's namespace, while names are logged."""
         if self.names is None:
             return None
         try:
@@ -1607,7 +1607,7 @@ class NetlinkSource(Source):
             key = (record.netns, record.laddr[1])
             self.askers[key] = holders[0][0]
             self.askers.move_to_end(key)
-            if len(self.askers) > NAMES_KEPT:
+            if len(self.askers) > NAMES_KEPT:  # bounded as the names are
                 self.askers.popitem(last=False)
         return [record._replace(pid=pid, fd=fd) for pid, fd in holders] or [record]
 
@@ -3032,7 +3032,7 @@ class Watcher:
                 os.close(self._stop_r)
                 return
             try:
-                # Having waited on every close-event socket, it knows which have events to read.
+                # Having waited on every close-event and question socket, it knows which have input.
                 self.source.watch(ready if wakers else None)
             except Exception as exc:  # noqa: BLE001
                 # Whatever failed, a look is lost, not the watcher: the next poll reconciles
