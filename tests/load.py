@@ -11,7 +11,8 @@
         with FIN instead, so that the client end stays in TIME_WAIT.
     python3 tests/load.py udp --rate R --seconds S [--dns]
         sends R UDP datagrams a second to a socket of its own on 127.0.0.1; with --dns, DNS
-        answers from port 53 (root), each naming another address, else 100 bytes of other traffic.
+        answers from port 53 (root), each naming another address, else 100 bytes of other
+        traffic; until S seconds pass or stdin closes.
 
 The helpers below start these as subprocesses and stop them again.
 """
@@ -134,7 +135,8 @@ def udp(rate: float, seconds: float, dns: bool) -> None:
                 sink.recv(4096, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 break
-        time.sleep(max(0.0, start + (sent / rate) - time.monotonic()))
+        if select.select([sys.stdin], [], [], max(0.0, start + (sent / rate) - time.monotonic()))[0]:
+            break  # stdin closed: stopped
     print(f"sent {sent}", flush=True)
 
 
