@@ -796,6 +796,18 @@ HOST_WIDE_COUNTS = re.compile(rb" (?:orphan|alloc|mem) \d+")  # in sockstat: one
 MEMORY_COUNTS = re.compile(rb" mem \d+")  # in sockstat: pages of buffers, which move with any traffic
 
 
+def sockstat_counts(files: Iterable[bytes]) -> dict[str, dict[str, str]]:
+    """The counts of /proc/net/sockstat and sockstat6, by label and name:
+    b'TCP: inuse 3 orphan 0 tw 1' -> {'TCP': {'inuse': '3', 'orphan': '0', 'tw': '1'}}."""
+    counts = {}
+    for data in files:
+        for line in data.decode("ascii", "replace").splitlines():
+            label, _, values = line.partition(": ")
+            words = values.split()
+            counts[label] = dict(zip(words[0::2], words[1::2]))
+    return counts
+
+
 class KernelCounters:
     """The kernel's counters, read with pread on fds kept open: TCP opens (/proc/net/snmp)
     and UDP sockets in use (/proc/net/sockstat, sockstat6) move when a socket opens; any
@@ -819,10 +831,8 @@ class KernelCounters:
     def in_use(self) -> list[int]:
         """The sockets in use of each kind asked for (sockstat, sockstat6): cheaper to read
         than the open counters, but a close and an open between two reads cancel out."""
-        data = {name: b"\n" + os.pread(self.fds[name], 8192, 0) for name in ("sockstat", "sockstat6")}
-        return [int(data["sockstat6" if family == socket.AF_INET6 else "sockstat"].split(
-            b"\n" + HELD_LABELS[family, protocol][0].encode() + b": inuse ", 1)[1].split(None, 1)[0])
-            for family, protocol in self.pairs]
+        counts = sockstat_counts(os.pread(self.fds[name], 8192, 0) for name in ("sockstat", "sockstat6"))
+        return [int(counts.get(HELD_LABELS[pair][0], {}).get("inuse", 0)) for pair in self.pairs]
 
     def activity(self) -> tuple[bytes, ...]:
         """sockstat (and sockstat6, for IPv6 kinds) as they are, but for the memory in use:
@@ -850,12 +860,7 @@ class KernelCounters:
         """The kinds (family, protocol) that may hold a socket, from sockstat and sockstat6 as
         a signature read them: a kind with none in use (and for TCP, no TIME_WAIT) need not
         be dumped, which spares a walk of the kernel's tables, shared by all namespaces."""
-        counts = {}
-        for data in signature[1:]:
-            for line in data.decode("ascii", "replace").splitlines():
-                label, _, values = line.partition(": ")
-                words = values.split()
-                counts[label] = dict(zip(words[0::2], words[1::2]))
+        counts = sockstat_counts(signature[1:])
         waiting = counts.get("TCP", {}).get("tw", "1") != "0"
         return {pair for pair, (label, timewait) in HELD_LABELS.items()
                 if counts.get(label, {}).get("inuse", "1") != "0" or (timewait and waiting)}
@@ -1105,42 +1110,34 @@ def decode_dns_answer(message: bytes) -> tuple[str, list[tuple[str, int]]] | Non
 
 
 class Answer(NamedTuple):
-    """A DNS answer a namespace received: where it went (the asking socket's address) and what it said."""
+    """A DNS answer a namespace received: where it went (the asking socket's port) and what it said."""
 
     netns: int | None
-    to: tuple  # (ip, port) of the socket that asked
+    port: int  # of the socket that asked
     name: str
     addresses: list[tuple[str, int]]  # (ip, ttl)
 
 
 def decode_dns_packet(packet: bytes, netns: int | None) -> Answer | None:
-    """An Answer from a packet as a SOCK_DGRAM tap reads it (from the network header on),
-    or None for any other packet: the kernel's filter is trusted for speed, not for safety.
-    The answer's name is empty for a question to port 53 (the tap keeps those the host
-    sent): only its sender, the socket that asks, is known."""
+    """An Answer from a packet as the answers' tap reads it (from the network header on),
+    or None for any other packet: the kernel's filter is trusted for speed, not for safety."""
     try:
         version = packet[0] >> 4
         if version == 4:
-            start, family, ips, next_header = (packet[0] & 0x0F) * 4, socket.AF_INET, (12, 16, 20), packet[9]
+            start, next_header = (packet[0] & 0x0F) * 4, packet[9]
         elif version == 6:
-            start, family, ips, next_header = 40, socket.AF_INET6, (8, 24, 40), packet[6]
+            start, next_header = 40, packet[6]
         else:
             return None
-        sport, dport, length, _, _, flags = struct.unpack_from("!HHHHHH", packet, start)
+        sport, dport, length = struct.unpack_from("!HHH", packet, start)
     except (IndexError, struct.error):
         return None
-    if next_header != socket.IPPROTO_UDP:
-        return None
-    if not flags & 0x8000:  # a question: only who asks
-        if dport != DNS_PORT:
-            return None
-        return Answer(netns, (socket.inet_ntop(family, packet[ips[0]:ips[1]]), sport), "", [])
-    if sport != DNS_PORT:
+    if next_header != socket.IPPROTO_UDP or sport != DNS_PORT:
         return None
     decoded = decode_dns_answer(packet[start + 8:start + max(8, length)])
     if decoded is None or not decoded[1]:
         return None
-    return Answer(netns, (socket.inet_ntop(family, packet[ips[1]:ips[2]]), dport), *decoded)
+    return Answer(netns, dport, *decoded)
 
 
 class DnsTap:
@@ -1172,21 +1169,21 @@ class DnsTap:
             raise
         return sock
 
-    def read(self, netns: int | None, most: int = 10_000) -> list[Answer]:
-        """The questions sent, then the answers, that have arrived (packets that came before
-        the filters were attached, and any other that is neither, are skipped)."""
-        found = []
-        for sock in (self.questions, self.answers):
-            recv = sock.recv
-            for _ in range(most):
-                try:
-                    packet = recv(RECV_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    break
-                answer = decode_dns_packet(packet, netns)
-                if answer is not None:
-                    found.append(answer)
-        return found
+    def read(self, netns: int | None, most: int = 10_000) -> tuple[int, list[Answer]]:
+        """How many questions were sent, and the answers that arrived (a packet that came
+        before the filters were attached and is no answer is skipped; counted as a question,
+        it costs one dump)."""
+        asked = sum(1 for _ in self._packets(self.questions, most))
+        answers = (decode_dns_packet(packet, netns) for packet in self._packets(self.answers, most))
+        return asked, [answer for answer in answers if answer is not None]
+
+    @staticmethod
+    def _packets(sock: socket.socket, most: int) -> Iterator[bytes]:
+        for _ in range(most):
+            try:
+                yield sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
 
     def close(self) -> None:
         for sock in (self.answers, self.questions):
@@ -1196,9 +1193,9 @@ class DnsTap:
 
 class Namespace:
     """A network namespace the Linux engine watches: a sock_diag socket for its dumps, one
-    that hears its closes, a tap for its DNS answers (where names are asked for), and its
-    kernel counters, all made for it. Each keeps the namespace alive, so they are closed
-    (close()) once its last process is gone.
+    that hears its closes, a tap for its DNS answers and questions (where names are
+    logged), and its kernel counters, all made for it. Each keeps the namespace alive, so
+    they are closed (close()) once its last process is gone.
 
     Without the privilege to join it (setns), diag is None: its tables are read as text
     from /proc/<pid>/net at each poll, with no close events and no watcher."""
@@ -1287,6 +1284,8 @@ class NetlinkSource(Source):
         self.namespaces: dict[int, Namespace] = {self.netns: own}
         # What the watcher waits on and reads, by fd: each namespace's close events and DNS taps.
         self.listening: dict[int, tuple[Namespace, str]] = {}  # fd -> (namespace, "events", "answers" or "questions")
+        self.answer_fds: list[int] = []
+        self.wakeful: list[int] = []
         self.closing: set[Namespace] = set()  # those that sent close events since the watcher last read their counters
         self.asking: set[Namespace] = set()  # those that sent DNS questions since: a socket there waits for an answer
         self.answers: list[Answer] = []  # DNS answers read and not yet learnt
@@ -1396,8 +1395,9 @@ class NetlinkSource(Source):
     def _moved(self) -> list[Namespace]:
         """The namespaces where sockets may have opened since the watcher last dumped them.
         Another namespace is looked at only when a TCP socket was made somewhere (the one
-        count for all namespaces moved) or it sent close events, and then by its counts of
-        sockets in use, the cheapest to read, with a close enough to dump it: every look
+        count for all namespaces moved), or it sent close events or DNS questions, and then
+        by its counts of sockets in use, the cheapest to read, with a close or a question
+        enough to dump it: every look
         reading every namespace's open counters would cost CPU for each container, also with
         nothing changing."""
         own = self.namespaces[self.netns]
@@ -1425,7 +1425,7 @@ class NetlinkSource(Source):
     def wakers(self) -> list[int]:
         """The fds whose input ends the watcher's wait early: while quiet, the close events'
         and the DNS questions'. Not the answers': a flood of them would wake it for each."""
-        return [fd for fd, (_, role) in self.listening.items() if role != "answers"] if self.quiet() else []
+        return self.wakeful if self.quiet() else []
 
     def next_look(self, every: float) -> float:
         """Seconds until the watcher's next look: every, or longer after a spell with no socket
@@ -1467,7 +1467,7 @@ class NetlinkSource(Source):
             # With many namespaces, one select() finds those with events, rather than a
             # recv() that finds nothing in each, at every look.
             if heard is not None:
-                answers = [fd for fd, (_, role) in listening.items() if role == "answers"]
+                answers = self.answer_fds
                 ready = [fd for fd in heard if fd in listening] + (select.select(answers, [], [], 0)[0] if answers
                                                                    else [])
             else:
@@ -1481,18 +1481,17 @@ class NetlinkSource(Source):
     def _hear(self, ns: Namespace) -> int:
         """Take the DNS answers and questions that have arrived in one namespace; return how
         many questions: a connection is likely to follow each."""
-        packets = ns.tap.read(ns.inode)
-        answers = [answer for answer in packets if answer.addresses]
-        if len(answers) < len(packets):
+        asked, answers = ns.tap.read(ns.inode)
+        if asked:
             self.asking.add(ns)  # it sent a question: the asking socket lives until its answer comes
         self.answers += answers
-        return len(packets) - len(answers)
+        return asked
 
     def _learn(self) -> None:
         """Learn the names the answers read gave, each for the process that asked, where known."""
         now = self.now()
         for answer in self.answers:
-            self.names.add(answer, self.askers.get((answer.netns, answer.to[1])), now)
+            self.names.add(answer, self.askers.get((answer.netns, answer.port)), now)
         for key in self.released:  # after the answers: a socket closes once its answer has come
             self.askers.pop(key, None)
         self.answers, self.released = [], []
@@ -1557,6 +1556,8 @@ class NetlinkSource(Source):
             sock.fileno(): (ns, role) for ns in self.namespaces.values()
             for role, sock in (("events", ns.events and ns.events.sock), ("answers", ns.tap and ns.tap.answers),
                                ("questions", ns.tap and ns.tap.questions)) if sock is not None}
+        self.answer_fds = [fd for fd, (_, role) in self.listening.items() if role == "answers"]
+        self.wakeful = [fd for fd, (_, role) in self.listening.items() if role != "answers"]  # see wakers()
 
     def _tap(self) -> DnsTap | None:
         """A tap for the DNS traffic of the calling thread's namespace, while names are logged."""

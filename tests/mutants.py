@@ -216,7 +216,7 @@ FAULTS = [
           "            pass  # sockets are closing",
           ("tests/test_netlink.py::test_a_close_event_wakes_a_quiet_watcher_and_brings_back_its_pace",)),
     Fault("a quiet watcher sleeps through close events",
-          "return [fd for fd, (_, role) in self.listening.items() if role != \"answers\"] if self.quiet() else []",
+          "return self.wakeful if self.quiet() else []",
           "return []",
           ("tests/test_netlink.py::test_a_close_event_wakes_a_quiet_watcher_and_brings_back_its_pace",)),
     Fault("a namespace's sockets stay open after its last process is gone",
@@ -320,8 +320,8 @@ FAULTS = [
           '                (f"host names (rhost) are not available',
           ('tests/test_names.py::test_without_cap_net_raw_one_warning_and_no_names',)),
     Fault("a question does not wake a quiet watcher",
-          "self.listening.items() if role != \"answers\"] if self.quiet() else []",
-          "self.listening.items() if role == \"events\"] if self.quiet() else []",
+          "self.wakeful = [fd for fd, (_, role) in self.listening.items() if role != \"answers\"]",
+          "self.wakeful = [fd for fd, (_, role) in self.listening.items() if role == \"events\"]",
           ("tests/test_names.py::test_each_process_gets_the_name_it_resolved",)),
 ]
 

@@ -129,7 +129,7 @@ def test_the_decoder_survives_random_and_mutated_messages():
 # ---------------------------------------------------------------- the name cache: pure
 
 def an_answer(name, *addresses, netns=1, ttl=60):
-    return lognet.Answer(netns, ("127.0.0.1", 40000), name, [(a, ttl) for a in addresses])
+    return lognet.Answer(netns, 40000, name, [(a, ttl) for a in addresses])
 
 
 def test_a_process_gets_the_name_it_asked_for_and_others_the_latest():
