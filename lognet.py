@@ -116,6 +116,15 @@ SNMP = "/proc/net/snmp"  # Linux counts every TCP open of the network namespace 
 # for its TTL and at least NAME_TTL_FLOOR seconds, NAMES_KEPT of them at the most.
 NAME_TTL_FLOOR = 600.0
 NAMES_KEPT = 16_384
+# The CPU budget (--max-cpu): lognet's own CPU time over the last CPU_WINDOW seconds, as a
+# share of one core. Over it, lognet sheds one more step of work every SHED_STEP seconds
+# (see SHED_STEPS), and takes one back every SHED_STEP seconds under SHED_RESUME of it.
+DEFAULT_MAX_CPU = 10.0
+CPU_WINDOW = 1.0
+SHED_STEP = 0.25
+SHED_RESUME = 0.5
+SHED_STEPS = ("", "watcher", "closes counted", "polls stretched")  # what each level of shedding adds
+POLL_STRETCH = 3  # at the last level, a full poll comes every POLL_STRETCH intervals
 
 
 ##############################################################################
@@ -226,6 +235,7 @@ class Config(NamedTuple):
     syslog: tuple[str, str] | None = None  # (transport, address): ("unix", "/dev/log"), ("udp", "host:514")
     syslog_facility: str = "daemon"
     quiet: bool = False
+    max_cpu: float = DEFAULT_MAX_CPU  # percent of one core; 100: no shedding
 
 
 def connection_id(conn: Connection) -> tuple:
@@ -279,6 +289,15 @@ class Source:
         return [], []
 
     lost_events = 0  # close events the kernel dropped
+    events_read = 0  # close events that reached lognet, decoded or counted
+    budget: CpuBudget | None = None  # lognet's CPU budget, where one is set: over it, work is shed
+
+    def take_skipped(self) -> list[tuple[Connection, int, str | None, bool]]:
+        """The kernel's closes counted and not decoded since the last call, for a CPU budget:
+        (a connection standing for those with the same peer, service port and owner; how
+        many; how the owner is known: 'pid', 'listener', or None; whether a listener here
+        served them, so that the local port, not the remote one, names the service)."""
+        return []
 
     def rhost(self, conn: Connection, pid: int | None) -> str | None:
         """The name the host resolved to conn's remote address (for pid, where it asked), if known."""
@@ -451,13 +470,18 @@ RTATTR = struct.Struct("=HH")
 # In struct tcp_info: bytes_acked and bytes_received at offset 120, bytes_sent and bytes_retrans
 # at 200 (Linux 4.19 and later), all u64; a tcp_info shorter than TCP_INFO_NEEDED lacks them.
 TWO_U64 = struct.Struct("=QQ")
+COOKIE = struct.Struct("=II")  # a socket's cookie in inet_diag_msg, at offset 44: low and high u32
+NLMSG_LENGTH = struct.Struct("=I")
+DIAG_MESSAGE_TYPE = struct.pack("=H", SOCK_DIAG_BY_FAMILY)  # nlmsghdr's type, as the kernel writes it
 TCP_INFO_NEEDED = 216
 # The kernel's TCP states (include/net/tcp_states.h) by psutil's names; 12 is a request socket.
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "SYN_RECV"}
 ALL_STATES = 0xFFFFFFFF
 # States whose sockets no process holds (TIME_WAIT, request sockets): the watcher leaves them out.
-UNOWNED_STATE_GROUPS = (1 << 6, 1 << 3 | 1 << 12)
+TIME_WAIT_STATE = 1 << 6
+TIME_WAIT_SECONDS = 60.0  # how long Linux keeps a TIME_WAIT socket (TCP_TIMEWAIT_LEN)
+UNOWNED_STATE_GROUPS = (TIME_WAIT_STATE, 1 << 3 | 1 << 12)
 OWNED_STATES = ALL_STATES & ~sum(UNOWNED_STATE_GROUPS)
 # The sock_diag destroy groups (enum sknetlink_groups), the interface of `ss -E`.
 DESTROY_GROUPS = {(socket.AF_INET, socket.IPPROTO_TCP): 1, (socket.AF_INET, socket.IPPROTO_UDP): 2,
@@ -517,6 +541,11 @@ def decode_socket(data: bytes, offset: int, protocol: int, netns: int | None) ->
     return Connection(-1, socket.AddressFamily(family), SOCKET_TYPES[protocol], decode_address(family, src, sport),
                       decode_address(family, dst, dport), status, None, inode or None,
                       cookie_low | cookie_high << 32, uid, netns)
+
+
+def cookie_bytes(cookie: int) -> bytes:
+    """A socket's cookie as inet_diag_msg holds it, to compare with a message unread."""
+    return COOKIE.pack(cookie & 0xFFFFFFFF, cookie >> 32)
 
 
 def tcp_info_bytes(data: bytes, start: int, end: int) -> tuple[int, int, int] | None:
@@ -589,7 +618,21 @@ class SockDiag:
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
-                self.lost += 1  # the kernel dropped events: at least one; the count says so
+                self.lost += 1  # the kernel dropped events: at least one; drops() says how many
+
+    def drops(self, proc_net: str) -> int | None:
+        """The kernel's own count of the messages it dropped for this socket, the Drops of
+        proc_net/netlink (the namespace's): exact, where ENOBUFS says only that some were."""
+        inode = str(os.fstat(self.sock.fileno()).st_ino)
+        try:
+            with open(f"{proc_net}/netlink") as f:
+                for line in f:
+                    columns = line.split()
+                    if columns and columns[-1] == inode:
+                        return int(columns[-2])
+        except (OSError, ValueError):
+            pass
+        return None
 
     def close(self) -> None:
         self.sock.close()
@@ -972,6 +1015,7 @@ SKF_AD_PROTOCOL, SKF_AD_PKTTYPE = 0xFFFFF000, 0xFFFFF004  # classic BPF's loads 
 BPF_LD_W_ABS, BPF_LD_H_ABS, BPF_LD_B_ABS, BPF_LD_H_IND, BPF_LD_B_IND = 0x20, 0x28, 0x30, 0x48, 0x50
 BPF_LD_MEM, BPF_ST, BPF_LDX_IMM, BPF_LDX_B_MSH = 0x60, 0x02, 0x01, 0xB1
 BPF_JEQ_K, BPF_JSET_K, BPF_RET_K = 0x15, 0x45, 0x06
+BPF_LD_W_LEN, BPF_JGE_K, BPF_AND_K = 0x80, 0x35, 0x54
 QUERY_SNAP = 96  # bytes of a query kept: its IP and UDP headers, which name the socket that asks
 
 
@@ -1021,6 +1065,41 @@ def dns_filter(questions: bool) -> bytes:
         (BPF_LD_MEM, 0), (BPF_JEQ_K, PACKET_OUTGOING, "headers", "drop"),
         "keep", (BPF_RET_K, 0xFFFF),
         "headers", (BPF_RET_K, QUERY_SNAP),
+        "drop", (BPF_RET_K, 0),
+    ])
+
+
+# Where a close event's fields are, from the start of its netlink message: the family, the
+# remote port, the remote address (an IPv4 address in its first 4 bytes).
+EVENT_FAMILY, EVENT_DPORT, EVENT_DST = NLMSG_HEADER.size, NLMSG_HEADER.size + 6, NLMSG_HEADER.size + 24
+
+
+def close_filter(config: Config) -> bytes | None:
+    """The filters that a close event's remote address can judge (--omit-self-conns,
+    --omit-privnet-conns, --omit-loopback-conns), as a classic BPF program for the
+    close-event sockets: what they leave out never reaches Python. It keeps what
+    build_filter() keeps, and more only for messages too short to judge. None: no such filter."""
+    if not (config.omit_self_conns or config.omit_privnet_conns or config.omit_loopback_conns):
+        return None
+    no_peer, private, loopback = ("drop" if omit else "keep" for omit in (
+        config.omit_self_conns, config.omit_privnet_conns, config.omit_loopback_conns))
+    return bpf_program([
+        (BPF_LD_W_LEN, 0), (BPF_JGE_K, EVENT_DST + 16, None, "keep"),
+        (BPF_LD_H_ABS, EVENT_DPORT), (BPF_JEQ_K, 0, no_peer, None),  # port 0: no remote address
+        (BPF_LDX_IMM, 0),  # X: where the IPv4 address is, after EVENT_DST
+        (BPF_LD_B_ABS, EVENT_FAMILY), (BPF_JEQ_K, socket.AF_INET, "ipv4", None),
+        (BPF_JEQ_K, socket.AF_INET6, None, "keep"),
+        (BPF_LD_W_ABS, EVENT_DST), (BPF_JEQ_K, 0, None, "keep"),
+        (BPF_LD_W_ABS, EVENT_DST + 4), (BPF_JEQ_K, 0, None, "keep"),
+        (BPF_LD_W_ABS, EVENT_DST + 8), (BPF_JEQ_K, 0xFFFF, "mapped", None), (BPF_JEQ_K, 0, None, "keep"),
+        (BPF_LD_W_ABS, EVENT_DST + 12), (BPF_JEQ_K, 1, loopback, "keep"),  # ::1
+        "mapped", (BPF_LDX_IMM, 12),  # ::ffff:a.b.c.d
+        "ipv4",
+        (BPF_LD_B_IND, EVENT_DST), (BPF_JEQ_K, 127, loopback, None), (BPF_JEQ_K, 10, private, None),
+        (BPF_JEQ_K, 172, "172", None), (BPF_JEQ_K, 192, None, "keep"),
+        (BPF_LD_B_IND, EVENT_DST + 1), (BPF_JEQ_K, 168, private, "keep"),
+        "172", (BPF_LD_B_IND, EVENT_DST + 1), (BPF_AND_K, 0xF0), (BPF_JEQ_K, 16, private, "keep"),
+        "keep", (BPF_RET_K, 0xFFFFFFFF),
         "drop", (BPF_RET_K, 0),
     ])
 
@@ -1201,7 +1280,7 @@ class Namespace:
     from /proc/<pid>/net at each poll, with no close events and no watcher."""
 
     def __init__(self, inode: int, pairs: list[tuple[int, int]], pids: list[int] | None = None,
-                 sockets: tuple[SockDiag, SockDiag, DnsTap | None] | None = None):
+                 sockets: tuple[SockDiag, SockDiag, DnsTap | None] | None = None, program: bytes | None = None):
         self.inode = inode
         self.pids = pids or []  # processes in it; none for lognet's own
         self.counted: list[int] = []  # its counters when the watcher last dumped it
@@ -1215,6 +1294,8 @@ class Namespace:
             raise
         if self.events is not None:
             try:
+                if program:  # before the events come: none is let through unfiltered
+                    attach_filter(self.events.sock, program)
                 self.events.subscribe(DESTROY_GROUPS[pair] for pair in pairs)
             except OSError as exc:
                 self.events.close()
@@ -1238,10 +1319,20 @@ class Namespace:
                 pass  # that process exited: the next one is read
         return {}
 
+    def events_lost(self) -> int:
+        """Its close events that the kernel dropped: its exact count, once any was (ENOBUFS)."""
+        if self.events is None or not self.events.lost:
+            return 0
+        for proc_net in [f"/proc/{pid}/net" for pid in self.pids] or ["/proc/self/net"]:
+            drops = self.events.drops(proc_net)
+            if drops is not None:
+                return max(drops, self.events.lost)
+        return self.events.lost
+
     def close(self) -> None:
+        self.lost += self.events_lost()
         for diag in (self.diag, self.events):
             if diag is not None:
-                self.lost += diag.lost
                 diag.close()
         self.diag = self.events = None
         if self.tap is not None:
@@ -1260,9 +1351,11 @@ class NetlinkSource(Source):
     has_close_events = True
 
     def __init__(self, kind: str = "inet", clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], float] = time.time, namespaces: bool = True, names: bool = False):
+                 now: Callable[[], float] = time.time, namespaces: bool = True, names: bool = False,
+                 program: bytes | None = None):
         super().__init__(clock)
         self.pairs = kind_sockets(kind)
+        self.program = program  # the close events' filter (close_filter()), if any
         self.now = now
         self.netns = netns_inode()
         self.other_namespaces = namespaces  # False: lognet's own namespace only
@@ -1274,7 +1367,7 @@ class NetlinkSource(Source):
         diag = SockDiag()
         try:
             diag.dump(*self.pairs[0], states=1 << 10)  # refused here rather than at the first poll
-            own = Namespace(self.netns, self.pairs, sockets=(diag, SockDiag(), self._tap()))
+            own = Namespace(self.netns, self.pairs, sockets=(diag, SockDiag(), self._tap()), program=program)
         except OSError:
             diag.close()
             raise
@@ -1308,6 +1401,13 @@ class NetlinkSource(Source):
         self.missing: set[int] = set()  # inodes the last poll's scan did not find
         self.arrivals: list[tuple[Connection, float]] = []
         self.departures: list[Closed] = []
+        # Shedding (see CpuBudget): the level in force, and the close events counted, not decoded.
+        self.shed = 0
+        self.timewait_hidden_until = 0.0  # new TIME_WAIT sockets are left out of dumps until then
+        self.skipped: dict[tuple, list] = {}  # (netns, group, addresses, pid) -> [count, data, offset]
+        self.cookie_pids: dict[bytes, int] = {}  # cookie (cookie_bytes()) -> pid, of the sockets reported with an owner
+        self.listener_pids: dict[tuple, int] = {}  # (netns, family, laddr) -> pid, of the listeners
+        self.served: set[tuple[int, bytes]] = set()  # (netns, port as the kernel writes it) of the listeners
 
     @property
     def owners_visible(self) -> bool:
@@ -1316,6 +1416,7 @@ class NetlinkSource(Source):
 
     def connections(self, kind: str) -> list[Connection]:
         with self.lock:
+            self._shedding()
             if self.other_namespaces:
                 self._discover()
             # Where the kernel's counters have not moved since the last dump, neither has any
@@ -1352,7 +1453,22 @@ class NetlinkSource(Source):
                 self.records = records
                 self.reported = {record.cookie for record in records.values()}
                 self.snapshot = [conn for conns in owned.values() for conn in conns]
+                self.cookie_pids = {cookie_bytes(conn.cookie): conn.pid for conn in self.snapshot
+                                    if conn.pid is not None and conn.cookie is not None}
+                self.listener_pids = {(conn.netns, conn.family, conn.laddr): conn.pid for conn in self.snapshot
+                                      if conn.status == LISTEN and conn.pid is not None}
+                self.served = {(r.netns, DIAG_PORTS.pack(r.laddr[1], 0)[:2]) for r in records.values()
+                               if r.status == LISTEN}
             return self.snapshot
+
+    def _shedding(self) -> None:
+        """Take the budget's level of shedding (see SHED_STEPS) for what follows."""
+        if self.budget is not None:
+            self.shed = self.budget.level()
+            if self.shed >= 2:
+                # The TIME_WAIT sockets that closes made while shedding are never dumped: their
+                # closes were counted, and a minute later (TCP's TIME_WAIT) they are gone.
+                self.timewait_hidden_until = self._clock() + TIME_WAIT_SECONDS
 
     def between_polls(self) -> tuple[list[tuple[Connection, float]], list[Closed]]:
         with self.lock:
@@ -1374,10 +1490,11 @@ class NetlinkSource(Source):
 
     def _look(self, heard: Iterable[int] | None) -> None:
         now = self._clock()
+        self._shedding()
         if self.read_events(heard):
             self.moved_at = now  # sockets are closing, or asking for names: more are likely to open soon
-        if self.reported is None:
-            return  # before the first poll everything would be new: the poll finds it
+        if self.reported is None or self.shed:
+            return  # before the first poll everything would be new; over the CPU budget, dumps go first
         self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_CPU_SHARE)
         self.allowed_at = now
         if self.allowance <= 0:
@@ -1424,13 +1541,14 @@ class NetlinkSource(Source):
 
     def wakers(self) -> list[int]:
         """The fds whose input ends the watcher's wait early: while quiet, the close events'
-        and the DNS questions'. Not the answers': a flood of them would wake it for each."""
-        return self.wakeful if self.quiet() else []
+        and the DNS questions'. Not the answers': a flood of them would wake it for each; nor
+        while shedding, when events are read in batches."""
+        return self.wakeful if self.quiet() and not self.shed else []
 
     def next_look(self, every: float) -> float:
         """Seconds until the watcher's next look: every, or longer after a spell with no socket
         opened, or while its share of CPU is spent (each wake-up costs CPU too)."""
-        if self.quiet():
+        if self.quiet() or self.shed:  # shedding: the events are read in batches, which cost less each
             return max(every, WATCH_QUIET)
         return max(every, -self.allowance / WATCH_CPU_SHARE)
 
@@ -1453,6 +1571,7 @@ class NetlinkSource(Source):
         self.fds.search({r.inode for r in new.values()}, {r.uid for r in new.values()}, most=WATCH_SEARCH_PIDS)
         found = {key: record for key, record in new.items() if record.inode in self.fds.owners}
         arrivals = [(conn, seen) for record in found.values() for conn in self._holders(record)]
+        self.cookie_pids.update((cookie_bytes(conn.cookie), conn.pid) for conn, _ in arrivals)
         self.read_ahead({conn.pid for conn, _ in arrivals})
         self.arrivals += arrivals
         self.watched.update(found)
@@ -1508,12 +1627,16 @@ class NetlinkSource(Source):
         if not chunks:
             return []
         self.closing.add(ns)
+        if self.shed >= 2:
+            self._tally(ns, chunks)
+            return []
         seen = self.now()
         closed = []
         for data, group in chunks:
             protocol = GROUP_SOCKETS[group][1]
             for kind, start, end in netlink_messages(data):
                 if kind == SOCK_DIAG_BY_FAMILY:
+                    self.events_read += 1
                     conn = decode_socket(data, start, protocol, ns.inode)
                     counts = tcp_info_bytes(data, start, end) if protocol == socket.IPPROTO_TCP else None
                     sent, received, beyond = counts or (None, None, None)
@@ -1522,9 +1645,46 @@ class NetlinkSource(Source):
                     closed.append(Closed(conn._replace(inode=None, uid=None, txbytes=sent), seen, received, beyond))
         return closed
 
+    def _tally(self, ns: Namespace, chunks: list[tuple[bytes, int]]) -> None:
+        """Count close events over the CPU budget without decoding them: by their addresses
+        and their owner where the socket was seen alive, what a summary needs."""
+        skipped, owners, served, inode = self.skipped, self.cookie_pids, self.served, ns.inode
+        for data, group in chunks:
+            # An event is one message in its own datagram: its place is known without a walk.
+            starts = [NLMSG_HEADER.size] if data[4:6] == DIAG_MESSAGE_TYPE and NLMSG_LENGTH.unpack_from(data)[0] == len(
+                data) else [start for kind, start, _ in netlink_messages(data) if kind == SOCK_DIAG_BY_FAMILY]
+            for start in starts:
+                # The port that names the service is kept: the local one where a listener
+                # has it (an incoming connection), else the remote one.
+                inbound = (inode, data[start + 4:start + 6]) in served
+                port = data[start + 4:start + 6] if inbound else data[start + 6:start + 8]
+                key = (inode, group, data[start + 8:start + 40], port, inbound, owners.get(data[start + 44:start + 52]))
+                entry = skipped.get(key)
+                if entry is None:
+                    skipped[key] = [1, data, start]
+                else:
+                    entry[0] += 1
+            self.events_read += len(starts)
+
+    def take_skipped(self) -> list[tuple[Connection, int, str | None, bool]]:
+        with self.lock:
+            skipped, self.skipped = self.skipped, {}
+            taken = []
+            for (netns, group, _, _, inbound, pid), (count, data, start) in skipped.items():
+                conn = decode_socket(data, start, GROUP_SOCKETS[group][1], netns)._replace(inode=None, uid=None)
+                how = "pid" if pid is not None else None
+                if pid is None and conn.laddr and conn.raddr:
+                    # Accepted from a listener that lognet knows: its process, as `ss -p` shows it.
+                    wildcard = ("0.0.0.0" if conn.family == socket.AF_INET else "::", conn.laddr[1])
+                    pid = self.listener_pids.get((netns, conn.family, conn.laddr)) or self.listener_pids.get(
+                        (netns, conn.family, wildcard))
+                    how = "listener" if pid is not None else None
+                taken.append((conn._replace(pid=pid), count, how, inbound))
+            return taken
+
     @property
     def lost_events(self) -> int:
-        return self.lost_before + sum(ns.events.lost for ns in self.namespaces.values() if ns.events is not None)
+        return self.lost_before + sum(ns.events_lost() for ns in self.namespaces.values())
 
     def _discover(self) -> None:
         """Watch every network namespace that has a process lognet may inspect, and let go
@@ -1582,7 +1742,7 @@ class NetlinkSource(Source):
                 self.joins = False
                 warn(f"other network namespaces are read from /proc/<pid>/net, about 10 ms each per poll, "
                      f"without close events or the watcher: joining them needs CAP_SYS_ADMIN ({exc.strerror})")
-        return Namespace(inode, self.pairs, pids, sockets)
+        return Namespace(inode, self.pairs, pids, sockets, self.program)
 
     def _dump(self, namespaces: list[Namespace], signatures: dict[int, tuple]) -> dict[tuple, Connection]:
         """Every socket of the kinds asked for, by key: those of these namespaces dumped
@@ -1590,13 +1750,17 @@ class NetlinkSource(Source):
         found them (none of a namespace let go of). The records of sockets met before are reused."""
         known, dumped = self.records, {ns.inode for ns in namespaces}
         records = {key: r for key, r in known.items() if r.netns in self.namespaces and r.netns not in dumped}
+        states = ALL_STATES
+        if self._clock() < self.timewait_hidden_until:  # see _shedding(): those known before stay
+            states &= ~TIME_WAIT_STATE
+            records.update((key, r) for key, r in known.items() if r.netns in dumped and r.status == TIME_WAIT)
         for ns in namespaces:
             if ns.diag is None:
                 records.update((key, known.get(key, record)) for key, record in ns.text_records(self.pairs).items())
                 continue
             held = KernelCounters.held(signatures[ns.inode])
             for family, protocol in (pair for pair in self.pairs if pair in held):
-                for key, place in dump_messages(ns.diag.dump(family, protocol)).items():
+                for key, place in dump_messages(ns.diag.dump(family, protocol, states)).items():
                     records[key] = known.get(key) or decode_socket(*place, protocol, ns.inode)
         return records
 
@@ -1623,7 +1787,8 @@ def logs_names(config: Config) -> bool:
 
 
 ENGINES: dict[str, Callable[[Config], Source]] = {
-    "netlink": lambda config: NetlinkSource(config.kind, namespaces=config.netns == "all", names=logs_names(config)),
+    "netlink": lambda config: NetlinkSource(config.kind, namespaces=config.netns == "all", names=logs_names(config),
+                                            program=close_filter(config)),
     "psutil": lambda config: PsutilSource(names=logs_names(config)),
 }
 
@@ -2202,6 +2367,7 @@ class W3CFormat:
             by_netns = stats.get("coverage_netns", {})
             text += "".join(f"; netns {netns}: {self._coverage(c)}" for netns, c in by_netns.items())
             text += f"; close events lost {stats['lost_events']}" if stats["lost_events"] else ""
+            text += f"; over the CPU budget {stats['shed_spells']} times" if stats.get("shed_spells") else ""
         else:
             ratio = "-" if coverage is None else f"{coverage:.3f}"
             opens = "-" if stats["tcp_opens"] is None else stats["tcp_opens"]
@@ -2212,7 +2378,16 @@ class W3CFormat:
     @staticmethod
     def _coverage(coverage: dict[str, dict]) -> str:
         return "; ".join(f"{protocol} {c['ratio']:.3f} (closed {c['closed']}, with process {c['with_process']}, "
-                         f"without {c['without']})" for protocol, c in coverage.items())
+                         f"without {c['without']}" + (f", skipped {c['skipped']})" if c["skipped"] else ")")
+                         for protocol, c in coverage.items())
+
+    def summary(self, summary: dict, epoch: float) -> str:
+        """A group of closes skipped for the CPU budget, as name-value pairs (see Poller.summaries())."""
+        values = {"count": summary["count"], "prot": summary["prot"], "direction": summary["direction"],
+                  "raddr": summary["raddr"], "rport": summary["rport"], "lport": summary["lport"],
+                  "netns": summary["netns"], "attrib": summary["attrib"]}
+        return self.remark(f"skipped {' '.join(f'{name} {format_field(value)}' for name, value in values.items())} "
+                           f"upid {format_upid(summary['process'])}", epoch)
 
 
 class JsonLinesFormat:
@@ -2262,6 +2437,12 @@ class JsonLinesFormat:
 
     def stats(self, stats: dict, epoch: float) -> str:
         return self._line({"ts": self.timestamp(epoch), "event": "stats", **stats})
+
+    def summary(self, summary: dict, epoch: float) -> str:
+        process = summary["process"]
+        return self._line({"ts": self.timestamp(epoch), "event": "summary",
+                           **{name: value for name, value in summary.items() if name != "process"},
+                           "upid": format_upid(process) if process else None})
 
     @staticmethod
     def _line(record: dict) -> str:
@@ -2835,6 +3016,7 @@ class Poller:
                  now: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.source = source
+        self.budget = source.budget
         self.outputs = outputs
         self.now = now
         self.clock = clock
@@ -2849,7 +3031,7 @@ class Poller:
         self.next_stats = clock() + (self.stats_every or 0)
         self.tcp_opens_at_start: int | None = None
         self.tcp_seen = 0  # TCP connections first seen after the first poll
-        # netns -> protocol -> the kernel's closes [with process, without]
+        # netns -> protocol -> the kernel's closes [logged with process, logged without, skipped for the budget]
         self.closes: dict[int | None, dict[str, list[int]]] = {}
         self.polls = 0
         self.lines = 0  # lines given to the logs, both streams
@@ -2861,6 +3043,8 @@ class Poller:
         if any(isinstance(sink, LogFile) and sink.reader_gone() for sink in self.outputs.all()):
             raise OutputClosed()  # noticed now, not at the next line, which may be long in coming
         started = self.clock()
+        if self.budget is not None:
+            self.budget.level()  # the psutil engine's polls shed too: they stretch
         if self.polls == 0 and self.stats_every and not self.source.has_close_events:
             self.tcp_opens_at_start = self.source.tcp_opens()
             if self.tcp_opens_at_start is None:
@@ -2871,7 +3055,10 @@ class Poller:
         self.tracker.owners_visible = self.source.owners_visible
         events, new_processes = self.logged_events(self.tracker.update(snapshot, now, arrivals, departures))
         self.write(events, new_processes, now)
+        self.write_summaries(self.source.take_skipped(), now)
         self.polls += 1
+        if self.polls == 1 and self.budget is not None:
+            self.budget.restart()  # the first poll reads everything there is: it is not a flood
         self.last_poll_seconds = self.clock() - started
         self.poll_seconds += self.last_poll_seconds
         if self.stats_every and self.clock() >= self.next_stats:
@@ -2916,11 +3103,52 @@ class Poller:
         counter), and the kernel's closes logged with and without their process."""
         for e in events:
             if e.kernel_close:
-                protocol, without = PROTOCOLS[e.conn.type].lower(), e.process is None or e.attrib == "unseen"
-                self.closes.setdefault(e.conn.netns, {}).setdefault(protocol, [0, 0])[without] += 1
+                without = e.process is None or e.attrib == "unseen"
+                self._close_counts(e.conn)[without] += 1
         if self.polls > 0:  # the first poll finds what was open before the kernel counters were read
             self.tcp_seen += sum(1 for e in events if e.event == "open" and e.conn.type == socket.SOCK_STREAM
                                  and e.conn.raddr)
+
+    def _close_counts(self, conn: Connection) -> list[int]:
+        return self.closes.setdefault(conn.netns, {}).setdefault(PROTOCOLS[conn.type].lower(), [0, 0, 0])
+
+    def summaries(self, skipped: list[tuple[Connection, int, str | None, bool]]) -> list[dict]:
+        """The closes skipped for the CPU budget that the filters keep, counted as skipped, and
+        grouped by process, protocol, direction and peer: the remote address, and the remote
+        port of an outgoing connection or the local port of an incoming one."""
+        groups: dict[tuple, int] = {}
+        for conn, count, how, served in skipped:
+            if not self.keep(conn):
+                continue
+            self._close_counts(conn)[2] += count
+            direction = "in" if served and conn.raddr else self.tracker.direction(conn)
+            inbound = served or not conn.raddr
+            key = (conn.netns, conn.pid, how, PROTOCOLS[conn.type], direction, conn.raddr[0] if conn.raddr else None,
+                   None if inbound else conn.raddr[1], conn.laddr[1] if inbound and conn.laddr else None)
+            groups[key] = groups.get(key, 0) + count
+        return [{"count": count, "netns": netns, "pid": pid, "attrib": how, "prot": prot, "direction": direction,
+                 "raddr": raddr, "rport": rport, "lport": lport}
+                for (netns, pid, how, prot, direction, raddr, rport, lport), count in sorted(
+                    groups.items(), key=lambda item: -item[1])]
+
+    def write_summaries(self, skipped: list[tuple[Connection, int, str | None, bool]], now: float) -> None:
+        """One line for each group of the closes skipped since the last poll (see summaries()),
+        after the processes they name: nothing happens that the log does not at least count."""
+        summaries = self.summaries(skipped)
+        if not summaries:
+            return
+        owners, new_processes = self.source.processes({s["pid"] for s in summaries if s["pid"] is not None})
+        connections, processes = self.outputs
+        timestamp = processes.format.timestamp(now)
+        process_lines = [processes.format.process(process, timestamp) for process in new_processes]
+        lines = [connections.format.summary({**s, "process": owners.get(s["pid"])}, now) for s in summaries]
+        processes.write(process_lines)
+        connections.write(lines)
+        self.lines += len(process_lines) + len(lines)
+
+    def stretch(self) -> int:
+        """How many intervals until the next poll: more than one at the last step of shedding."""
+        return POLL_STRETCH if self.budget is not None and self.budget.shed >= len(SHED_STEPS) - 1 else 1
 
     def write(self, events: list[ConnectionEvent], new_processes: list[ProcessInfo], now: float) -> None:
         """Format and write a poll's lines: processes.log first, so that a reader of a new
@@ -2941,8 +3169,9 @@ class Poller:
             total: dict[str, list[int]] = {}
             for closes in self.closes.values():
                 for protocol, counts in closes.items():
-                    total[protocol] = [a + b for a, b in zip(total.get(protocol, (0, 0)), counts)]
-            coverage = {"coverage": close_coverage(total), "lost_events": self.source.lost_events}
+                    total[protocol] = [a + b for a, b in zip(total.get(protocol, (0, 0, 0)), counts)]
+            coverage = {"coverage": close_coverage(total), "lost_events": self.source.lost_events,
+                        "close_events_read": self.source.events_read}
             if len(self.closes) > 1:  # containers too: each namespace's own
                 coverage["coverage_netns"] = {str(netns): close_coverage(closes)
                                               for netns, closes in sorted(self.closes.items())}
@@ -2951,6 +3180,9 @@ class Poller:
             kernel = None if opens is None or self.tcp_opens_at_start is None else opens - self.tcp_opens_at_start
             coverage = {"coverage": round(self.tcp_seen / kernel, 4) if kernel else None, "tcp_opens": kernel,
                         "tcp_seen": self.tcp_seen}
+        if self.budget is not None:
+            coverage.update(max_cpu=round(self.budget.share * 100, 3), shed_spells=self.budget.spells,
+                            shedding=SHED_STEPS[self.budget.shed] or None)
         late = sum(sink.total_late for sink in self.outputs.all())
         dropped = sum(sink.total_dropped + sink.dropped for sink in self.outputs.all())
         return {**coverage, "polls": self.polls, "avg_poll_ms": round(self.poll_seconds / max(1, self.polls) * 1e3, 3),
@@ -2992,10 +3224,56 @@ class Poller:
 
 
 def close_coverage(closes: dict[str, list[int]]) -> dict[str, dict]:
-    """Coverage per protocol from counts of the kernel's closes [logged with process, without]."""
-    return {protocol: {"ratio": round(with_process / (with_process + without), 4), "closed": with_process + without,
-                       "with_process": with_process, "without": without}
-            for protocol, (with_process, without) in sorted(closes.items())}
+    """Coverage per protocol from counts of the kernel's closes [logged with process, logged
+    without, skipped for the CPU budget]: of those closed, the share logged with their process."""
+    return {protocol: {"ratio": round(with_process / (with_process + without + skipped), 4),
+                       "closed": with_process + without + skipped, "with_process": with_process, "without": without,
+                       "skipped": skipped}
+            for protocol, (with_process, without, skipped) in sorted(closes.items())}
+
+
+class CpuBudget:
+    """lognet's own CPU time over the last CPU_WINDOW seconds, against --max-cpu. level()
+    says how much work to shed, an index of SHED_STEPS: one step more every SHED_STEP
+    seconds over the budget, one less every SHED_STEP seconds under SHED_RESUME of it (so
+    that what was shed, taken back, does not put it over at once). Both threads ask, and the
+    process's CPU time counts them both."""
+
+    def __init__(self, percent: float, cpu: Callable[[], float] = time.process_time,
+                 clock: Callable[[], float] = time.monotonic):
+        self.share = percent / 100
+        self.cpu, self.clock = cpu, clock
+        self.samples: deque[tuple[float, float]] = deque()  # (clock, cpu), the oldest just over a window ago
+        self.shed = 0
+        self.changed_at = clock()
+        self.spells = 0  # how many times lognet began to shed
+        self.lock = threading.Lock()
+
+    def restart(self) -> None:
+        """Forget the CPU used so far (the first poll's)."""
+        with self.lock:
+            self.samples.clear()
+
+    def used(self) -> float:
+        """The share of one core that lognet used over about the last CPU_WINDOW seconds."""
+        now, cpu = self.clock(), self.cpu()
+        samples = self.samples
+        samples.append((now, cpu))
+        while len(samples) > 2 and samples[1][0] <= now - CPU_WINDOW:
+            samples.popleft()
+        then, before = samples[0]
+        return (cpu - before) / max(now - then, CPU_WINDOW)
+
+    def level(self) -> int:
+        with self.lock:
+            used, now = self.used(), self.clock()
+            if now - self.changed_at >= SHED_STEP:
+                if used > self.share and self.shed < len(SHED_STEPS) - 1:
+                    self.spells += self.shed == 0
+                    self.shed, self.changed_at = self.shed + 1, now
+                elif used < self.share * SHED_RESUME and self.shed:
+                    self.shed, self.changed_at = self.shed - 1, now
+            return self.shed
 
 
 class Watcher:
@@ -3069,8 +3347,10 @@ class StatusLine:
         """The status, fitted to the width: the paths are shortened first, then left out, then the words."""
         polls, live, lines, ms = (poller.polls, len(poller.tracker.live), poller.lines,
                                   f"{poller.last_poll_seconds * 1e3:.0f}")
-        counts = f"lognet: {polls} polls, {live} live connections, {lines} lines written, last poll {ms} ms"
-        brief = f"lognet: {polls} polls, {live} live, {lines} lines, {ms} ms"
+        shed = poller.budget.shed if poller.budget is not None else 0
+        shedding = f", over {poller.config.max_cpu:g}% CPU: {SHED_STEPS[shed]}" if shed else ""
+        counts = f"lognet: {polls} polls, {live} live connections, {lines} lines written, last poll {ms} ms{shedding}"
+        brief = f"lognet: {polls} polls, {live} live, {lines} lines, {ms} ms" + (", shedding" if shed else "")
         for text in (f"{counts} -> {self.paths}", f"{counts} -> {self.short_paths}", counts, brief):
             if len(text) <= self.width:
                 return text
@@ -3136,7 +3416,7 @@ def run(config: Config, poller: Poller, *, signals: Signals | None = None, statu
             if clock() >= next_gc:
                 gc.collect()
                 next_gc = clock() + GC_SECONDS
-            deadline += config.interval
+            deadline += config.interval * poller.stretch()
             if clock() > deadline:
                 deadline = clock()  # a poll overran the interval: start the schedule afresh, skip no sleep debt
             while not signals.stop and (remaining := deadline - clock()) > 0:
@@ -3201,6 +3481,14 @@ def number_argument(convert: Callable[[str], float], least: float, above: bool) 
 positive_float = number_argument(float, 0, above=True)
 non_negative_float = number_argument(float, 0, above=False)
 positive_int = number_argument(int, 1, above=False)
+
+
+def cpu_percent(text: str) -> float:
+    """argparse type: a share of one core in percent, above 0 and at most 100."""
+    value = positive_float(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be 100 or less (percent of one core): {text!r}")
+    return value
 
 
 def syslog_address(text: str) -> tuple[str, str]:
@@ -3294,6 +3582,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--netns", choices=("all", "own"), default="all",
                         help="netlink engine: which network namespaces to watch: all that have a process "
                              "(containers too; default), or lognet's own only (as the psutil engine sees)")
+    parser.add_argument("--max-cpu", type=cpu_percent, default=DEFAULT_MAX_CPU, metavar="PERCENT",
+                        help=f"CPU budget, in percent of one core (default {DEFAULT_MAX_CPU:g}): over it, under a "
+                             "flood, lognet sheds work (the watcher's dumps, then decoding close events, which are "
+                             "counted and summarized, then stretching polls); 100: never")
     parser.add_argument("-n", "--count", type=positive_int, metavar="N",
                         help="stop after N polls and exit 0 (default: run until stopped)")
     parser.add_argument("--utc", action="store_true", help="timestamps in UTC instead of local time")
@@ -3341,6 +3633,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, tuple[bool, bool]
         syslog=args.syslog,
         syslog_facility=args.syslog_facility,
         quiet=args.quiet,
+        max_cpu=args.max_cpu,
     )
     return config, (args.connections_log is None, args.processes_log is None)
 
@@ -3357,6 +3650,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outputs = open_outputs(config, defaulted)
         source = open_source(config)
+        source.budget = CpuBudget(config.max_cpu) if config.max_cpu < 100 else None
         poller = Poller(config, source, outputs)
         watcher = Watcher(source, config.watch) if config.watch and isinstance(source, NetlinkSource) else None
         status = StatusLine(sys.stderr, outputs) if sys.stderr.isatty() and not config.quiet else None

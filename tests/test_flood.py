@@ -1,0 +1,231 @@
+"""Under a flood: the CPU budget (--max-cpu), what lognet sheds, the exact accounting of
+the kernel's closes, the summaries of what was skipped, and the close-event filters that
+the kernel runs (classic BPF on the netlink sockets).
+
+The floods run inside network namespaces the tests make (unshare -n, lo up), with lognet
+inside too (--netns own), so that every close the kernel reports there is the test's own.
+Traffic stays on each namespace's loopback, and on 192.0.2.1, put on that lo by the test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+from load import HERE, stop_process
+
+import lognet
+from conftest import FakeClock, require_root, require_tool, wait_for
+
+PRIVATE_NETNS = ("unshare", "-n", "sh", "-c", 'ip link set lo up && ip addr add 192.0.2.1/24 dev lo && exec "$@"',
+                 "sh")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime, stime in clock ticks (USER_HZ, 100 on Linux)
+
+
+def json_lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class Flood:
+    """tests/load.py flood in the network namespace of pid."""
+
+    def __init__(self, netns_pid: int, count: int, host: str = "127.0.0.1"):
+        self.proc = subprocess.Popen(["nsenter", f"--net=/proc/{netns_pid}/ns/net", sys.executable,
+                                      str(HERE / "load.py"), "flood", "--count", str(count), "--host", host,
+                                      "--seconds", "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        word, pid, port = self.proc.stdout.readline().split()
+        assert word == "ready"
+        self.pid, self.port = int(pid), port
+
+    def known_to(self, ln) -> None:
+        """Wait until lognet has logged the flood's listener, as it would have a server's."""
+        wait_for(lambda: any(r.get("status") == "LISTEN" and str(r["lport"]) == self.port for r in json_lines(ln.clog)),
+                 timeout=15)
+
+    def run(self) -> int:
+        """One flood; the number of connections it made."""
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        word, done = self.proc.stdout.readline().split()
+        assert word == "done"
+        return int(done)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def lognet_inside(background, *args):
+    """lognet in a network namespace of its own: the floods are started in it."""
+    require_root("unshare -n and nsenter")
+    require_tool("nsenter", "util-linux")
+    ln = background("--netns", "own", "--format", "jsonl", "-p", "tcp", "--stats-interval", "600", *args,
+                    prefix=PRIVATE_NETNS)
+    wait_for(lambda: ln.clog.exists())  # the first poll is done
+    return ln
+
+
+def final_stats(ln) -> dict:
+    return [r for r in json_lines(ln.clog) if r.get("event") == "stats"][-1]
+
+
+def test_a_flood_over_a_small_budget_is_shed_counted_exactly_and_summarized(background, holder):
+    ln = lognet_inside(background, "--max-cpu", "5")
+    flood = Flood(ln.proc.pid, 20_000)
+    try:
+        flood.known_to(ln)
+        before, started = cpu_seconds(ln.proc.pid), time.monotonic()
+        flood.proc.stdin.write("go\n")
+        flood.proc.stdin.flush()
+        # a long-lived connection of another process, made while the flood runs
+        time.sleep(0.5)
+        other = holder("--name", "lnfloodother", prefix=("nsenter", f"--net=/proc/{ln.proc.pid}/ns/net"))
+        word, done = flood.proc.stdout.readline().split()
+        assert (word, done) == ("done", "20000")
+        time.sleep(1.0)  # lognet reads the last closes
+        used, seconds = cpu_seconds(ln.proc.pid) - before, time.monotonic() - started
+        wait_for(lambda: any((r.get("upid") or "").split("|")[1:2] == [str(other.pid)] for r in json_lines(ln.clog)
+                             if r.get("status") == "ESTABLISHED"), timeout=15)
+        assert ln.stop() == 0
+    finally:
+        flood.stop()
+    assert ln.stderr == ""
+    records = json_lines(ln.clog)
+    stats = final_stats(ln)
+    tcp = stats["coverage"]["tcp"]
+    # lognet shed work, and stayed within twice its budget over the flood (a bound, not a timing)
+    assert stats["shed_spells"] >= 1 and tcp["skipped"] > 0
+    assert used < 2 * 0.05 * seconds, (used, seconds)
+    # every end of every connection is accounted for, exactly: none were open before or after
+    assert stats["lost_events"] == 0
+    assert tcp["closed"] == tcp["with_process"] + tcp["without"] + tcp["skipped"] == 40_000
+    closes = [r for r in records if r.get("event") == "close" and flood.port in (str(r["lport"]), str(r["rport"]))]
+    summaries = [r for r in records if r.get("event") == "summary"]
+    assert len(closes) == tcp["with_process"] + tcp["without"]
+    assert sum(s["count"] for s in summaries) == tcp["skipped"]
+    # each summary names the flood's process where it can be known: the incoming ends by the
+    # listener that accepted them; the client ends, never seen alive, with no process
+    incoming = [s for s in summaries if s["direction"] == "in"]
+    assert incoming and all(s["upid"].split("|")[1] == str(flood.pid) and s["attrib"] == "listener"
+                            and str(s["lport"]) == flood.port and s["rport"] is None for s in incoming)
+    outgoing = [s for s in summaries if s["direction"] != "in"]
+    assert all(str(s["rport"]) == flood.port and (s["upid"] is None or s["upid"].split("|")[1] == str(flood.pid))
+               for s in outgoing)
+    assert sum(s["count"] for s in incoming) + len([r for r in closes if str(r["lport"]) == flood.port]) == 20_000
+    # the other process's connection, made during the flood, is logged with its process
+    assert [r["status"] for r in records if (r.get("upid") or "").split("|")[1:2] == [str(other.pid)]
+            and str(r.get("rport")) == str(other.info["port"])] == ["ESTABLISHED"]
+
+
+def test_max_cpu_100_sheds_nothing(background):
+    ln = lognet_inside(background, "--max-cpu", "100")
+    flood = Flood(ln.proc.pid, 3_000)
+    try:
+        assert flood.run() == 3_000
+        time.sleep(1.0)
+        assert ln.stop() == 0
+    finally:
+        flood.stop()
+    stats = final_stats(ln)
+    assert "shed_spells" not in stats
+    tcp = stats["coverage"]["tcp"]
+    assert (tcp["closed"], tcp["skipped"], stats["lost_events"]) == (6_000, 0, 0)
+    assert not [r for r in json_lines(ln.clog) if r.get("event") == "summary"]
+
+
+def test_loopback_closes_never_reach_python_with_omit_loopback(background):
+    ln = lognet_inside(background, "--omit-loopback-conns")
+    loopback = Flood(ln.proc.pid, 2_000)
+    other = Flood(ln.proc.pid, 10, host="192.0.2.1")  # on the namespace's lo, but not a loopback address
+    try:
+        assert loopback.run() == 2_000
+        assert other.run() == 10
+        time.sleep(1.0)
+        assert ln.stop() == 0
+    finally:
+        loopback.stop()
+        other.stop()
+    stats = final_stats(ln)
+    # the kernel dropped the 4,000 loopback closes; the 20 others reached lognet and were logged
+    assert stats["close_events_read"] == 20
+    assert stats["coverage"]["tcp"]["closed"] == 20
+
+
+# ---------------------------------------------------------------- the filter, run by the kernel
+
+ADDRESSES = ["127.0.0.1", "127.255.0.9", "10.1.2.3", "172.16.0.1", "172.31.255.255", "172.32.0.1", "172.15.0.1",
+             "192.168.1.1", "192.169.0.1", "192.0.2.1", "0.0.0.0", "::1", "::2", "::", "::ffff:127.0.0.1",
+             "::ffff:10.0.0.1", "::ffff:172.20.0.1", "::ffff:192.0.2.1", "2001:db8::1", "fe80::1", "::127.0.0.1",
+             "0:0:1::1", "0:0:0:ffff::1"]
+
+
+def close_event(address: str, port: int) -> bytes:
+    """A netlink message as the kernel sends a close event: nlmsghdr, inet_diag_msg, tcp_info."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    dst = socket.inet_pton(family, address).ljust(16, b"\0")
+    body = struct.pack("=BBBB", family, 7, 0, 0) + struct.pack("!HH", 40000, port) + b"\0" * 16 + dst + bytes(32)
+    body += struct.pack("=HH", 4 + 232, lognet.INET_DIAG_INFO) + bytes(232)
+    return lognet.NLMSG_HEADER.pack(16 + len(body), lognet.SOCK_DIAG_BY_FAMILY, 0, 0, 0) + body
+
+
+@pytest.mark.parametrize("omit", list(itertools.product((False, True), repeat=3)))
+def test_the_close_filter_keeps_what_the_filters_keep(omit):
+    """The BPF program on real sockets (a datagram socket pair, whose receiving end the
+    kernel filters as it does a netlink socket) against build_filter() on the same events."""
+    config = lognet.Config(omit_self_conns=omit[0], omit_privnet_conns=omit[1], omit_loopback_conns=omit[2])
+    program, keep = lognet.close_filter(config), lognet.build_filter(config)
+    assert (program is None) == (not any(omit))
+    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with sender, receiver:
+        if program:
+            lognet.attach_filter(receiver, program)
+        receiver.setblocking(False)
+        for address, port in itertools.product(ADDRESSES, (0, 443)):
+            message = close_event(address, port)
+            sender.send(message)
+            try:
+                passed = receiver.recv(4096) == message
+            except BlockingIOError:
+                passed = False
+            conn = lognet.decode_socket(message, 16, socket.IPPROTO_TCP, None)
+            assert passed == keep(conn), (address, port, conn.raddr)
+        sender.send(b"\x10\0\0\0")  # too short to judge: kept, and left to Python
+        assert receiver.recv(4096) == b"\x10\0\0\0"
+
+
+# ---------------------------------------------------------------- the budget's steps, on fake clocks
+
+def test_the_budget_sheds_a_step_at_a_time_and_takes_them_back_below_half():
+    clock, cpu = FakeClock(), FakeClock()
+    cpu.now = 0.0
+    budget = lognet.CpuBudget(10, cpu=cpu, clock=clock)
+    levels = []
+    for share in [0.05] * 4 + [0.5] * 12 + [0.07] * 8 + [0.01] * 12:  # lognet's share of a core, each quarter second
+        clock.now += 0.25
+        cpu.now += share * 0.25
+        levels.append(budget.level())
+    # Under 10% over the last second: nothing shed. One quarter second at 50% takes the second
+    # to 16%: one step at once, then one a quarter second, up to the last. Back at 7%, under
+    # the budget but above half of it, it holds; below half (from the second quarter at 1%),
+    # one step back each quarter second.
+    assert levels == [0] * 4 + [1, 2] + [3] * 10 + [3] * 8 + [3, 2, 1] + [0] * 9
+    assert budget.spells == 1
+    assert lognet.CpuBudget(10, cpu=cpu, clock=clock).level() == 0
+
+
+def test_max_cpu_refuses_what_is_not_a_share_of_a_core():
+    for value in ("0", "-1", "x", "101", "nan"):
+        result = subprocess.run([sys.executable, str(HERE.parent / "lognet.py"), "--max-cpu", value, "-n", "1"],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2, value
+        assert result.stderr.startswith("lognet: error: argument --max-cpu: ") and result.stderr.count("\n") == 1
