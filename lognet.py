@@ -116,14 +116,17 @@ SNMP = "/proc/net/snmp"  # Linux counts every TCP open of the network namespace 
 # for its TTL and at least NAME_TTL_FLOOR seconds, NAMES_KEPT of them at the most.
 NAME_TTL_FLOOR = 600.0
 NAMES_KEPT = 16_384
-# The CPU budget (--max-cpu): lognet's own CPU time over the last CPU_WINDOW seconds, as a
-# share of one core. Over it, lognet sheds one more step of work every SHED_STEP seconds
-# (see SHED_STEPS), and takes one back every SHED_STEP seconds under SHED_RESUME of it.
+# The CPU budget (--max-cpu): lognet's own CPU time over the last CPU_WINDOW seconds (and
+# the last poll interval), as a share of one core. Over it, lognet sheds one more step of
+# work every SHED_STEP seconds (see SHED_STEPS and CpuBudget), and takes one back every
+# SHED_STEP seconds under SHED_RESUME of it.
 DEFAULT_MAX_CPU = 10.0
 CPU_WINDOW = 1.0
-SHED_STEP = 0.25
+SHED_STEP = 0.1
 SHED_RESUME = 0.5
-SHED_STEPS = ("", "watcher", "closes counted", "polls stretched")  # what each level of shedding adds
+LINE_COST = 50e-6  # CPU seconds a poll takes per line, until measured (here: 30-55 µs, W3C to JSON Lines)
+SHED_STEPS = ("", "watcher", "closes counted", "polls stretched", "close events paused")  # what each level adds
+SHED_WATCHER, SHED_CLOSES, SHED_POLLS, SHED_PAUSE = range(1, len(SHED_STEPS))
 POLL_STRETCH = 3  # at the last level, a full poll comes every POLL_STRETCH intervals
 
 
@@ -290,7 +293,13 @@ class Source:
 
     lost_events = 0  # close events the kernel dropped
     events_read = 0  # close events that reached lognet, decoded or counted
+    pauses = 0  # times the close events were paused for a CPU budget
     budget: CpuBudget | None = None  # lognet's CPU budget, where one is set: over it, work is shed
+
+    def take_unheard(self) -> dict[int, int]:
+        """TCP closes while the close events were paused for a CPU budget, since the last
+        call, by netns: counted by the kernel's counters (see Namespace.unheard())."""
+        return {}
 
     def take_skipped(self) -> list[tuple[Connection, int, str | None, bool]]:
         """The kernel's closes counted and not decoded since the last call, for a CPU budget:
@@ -458,7 +467,7 @@ NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_DUMP_REQUEST = 0x301  # NLM_F_REQUEST | NLM_F_DUMP
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NETLINK_DROP_MEMBERSHIP = 270, 1, 2
 SO_RCVBUFFORCE = 33
 INET_DIAG_INFO = 2  # attribute type of struct tcp_info
 NLMSG_HEADER = struct.Struct("=IHHII")  # struct nlmsghdr: length, type, flags, seq, pid
@@ -495,6 +504,11 @@ RECV_SIZE = 1 << 16  # one recv() takes a whole reply of the kernel's (a dump se
 # WATCH_BURST CPU seconds: a flood of opens slows them, and never the polls.
 WATCH_CPU_SHARE = 0.03
 WATCH_BURST = 0.1
+# While TCP's close events are paused (the last step of shedding), they resume once the TCP
+# opens (a close event each, later) would cost under SHED_RESUME of the budget to count, at
+# the cost measured per event, EVENT_COST until measured; the rate is read over PAUSE_WINDOW.
+EVENT_COST = 3e-6
+PAUSE_WINDOW = 1.0
 # After WATCH_QUIET_AFTER seconds with no socket opened or closed, the watcher looks every
 # WATCH_QUIET seconds, since each wake-up costs CPU; a close event wakes it at once, and
 # the first open or close seen brings back --watch.
@@ -602,9 +616,13 @@ class SockDiag:
                 break
             except OSError:
                 pass  # SO_RCVBUFFORCE needs CAP_NET_ADMIN; SO_RCVBUF is capped by net.core.rmem_max
-        for group in groups:
-            self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+        self.membership(groups, True)
         self.sock.setblocking(False)
+
+    def membership(self, groups: Iterable[int], join: bool) -> None:
+        """Join the groups, or leave them: the kernel sends nothing to a socket that no group has."""
+        for group in groups:
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP if join else NETLINK_DROP_MEMBERSHIP, group)
 
     def events(self) -> list[tuple[bytes, int]]:
         """What has arrived since the last call, without waiting: (data, group mask) pairs."""
@@ -870,6 +888,14 @@ class KernelCounters:
     def read(self) -> list[int]:
         """The counters of socket opens, for the kinds asked for."""
         return [parse(os.pread(self.fds[name], 8192, 0)) for name, parse in self.readers]
+
+    def tcp_counts(self) -> tuple[int, int]:
+        """TCP's opens (ActiveOpens + PassiveOpens) and its sockets in use (hashed: connected,
+        accepted, listening, closing; in sockstat and sockstat6): the opens less the change in
+        use are the TCP sockets closed in between, as the kernel's close events would say."""
+        counts = sockstat_counts(os.pread(self.fds[name], 8192, 0) for name in ("sockstat", "sockstat6"))
+        in_use = sum(int(counts.get(label, {}).get("inuse", 0)) for label in ("TCP", "TCP6"))
+        return self._tcp_opens(os.pread(self.fds["snmp"], 8192, 0)), in_use
 
     def in_use(self) -> list[int]:
         """The sockets in use of each kind asked for (sockstat, sockstat6): cheaper to read
@@ -1303,6 +1329,34 @@ class Namespace:
                 self.refusal = exc.strerror
 
     refusal: str | None = None  # why the close events could not be joined
+    paused: tuple[int, int] | None = None  # while TCP's close events are paused: its tcp_counts() since counted
+
+    def pause(self) -> None:
+        """Leave TCP's close events, counting its closes by its counters meanwhile (see unheard())."""
+        groups = [DESTROY_GROUPS[pair] for pair in self.counters.pairs if pair[1] == socket.IPPROTO_TCP]
+        if self.events is not None and self.paused is None and groups:
+            self.paused = self.counters.tcp_counts()
+            self.events.membership(groups, False)
+
+    def resume(self) -> int:
+        """Join TCP's close events again; return the closes since last counted (see unheard())."""
+        if self.paused is None:
+            return 0
+        self.events.membership((DESTROY_GROUPS[pair] for pair in self.counters.pairs
+                                if pair[1] == socket.IPPROTO_TCP), True)
+        unheard = self.unheard()
+        self.paused = None
+        return unheard
+
+    def unheard(self) -> int:
+        """The TCP sockets closed while its close events are paused, since last counted: the
+        opens less the change in use. The kernel's counters, not its events: a socket closed
+        without ever connecting or listening is not in them."""
+        if self.paused is None:
+            return 0
+        (opened, used), (opens, in_use) = self.paused, self.counters.tcp_counts()
+        self.paused = (opens, in_use)
+        return max(0, (opens - opened) - (in_use - used))
 
     def text_records(self, pairs: list[tuple[int, int]]) -> dict[tuple, Connection]:
         """Its sockets, read from the text tables of one of its processes, by key."""
@@ -1408,6 +1462,10 @@ class NetlinkSource(Source):
         self.cookie_pids: dict[bytes, int] = {}  # cookie (cookie_bytes()) -> pid, of the sockets reported with an owner
         self.listener_pids: dict[tuple, int] = {}  # (netns, family, laddr) -> pid, of the listeners
         self.served: set[tuple[int, bytes]] = set()  # (netns, port as the kernel writes it) of the listeners
+        self.event_cost = EVENT_COST  # CPU seconds to count one close event, as last measured
+        self.pauses = 0  # how many times TCP's close events were paused
+        self.opens_seen: deque[tuple[float, int]] = deque()  # while paused: (clock, TCP opens in all namespaces)
+        self.unheard_closes: dict[int, int] = {}  # netns -> TCP closes counted while paused, not yet taken
 
     @property
     def owners_visible(self) -> bool:
@@ -1462,13 +1520,47 @@ class NetlinkSource(Source):
             return self.snapshot
 
     def _shedding(self) -> None:
-        """Take the budget's level of shedding (see SHED_STEPS) for what follows."""
-        if self.budget is not None:
-            self.shed = self.budget.level()
-            if self.shed >= 2:
-                # The TIME_WAIT sockets that closes made while shedding are never dumped: their
-                # closes were counted, and a minute later (TCP's TIME_WAIT) they are gone.
-                self.timewait_hidden_until = self._clock() + TIME_WAIT_SECONDS
+        """Take the budget's level of shedding (see SHED_STEPS) for what follows; at the last,
+        pause TCP's close events, until their rate would cost little to count."""
+        if self.budget is None:
+            return
+        # What the watcher found and decoded is CPU spent already: the poll writes a line of each.
+        self.shed, now = self.budget.level(len(self.departures) + len(self.arrivals)), self._clock()
+        paused = self.opens_seen
+        if self.shed == SHED_PAUSE and not paused:
+            self.pauses += 1
+            for ns in self.namespaces.values():
+                ns.pause()
+            paused.append((now, self._tcp_opens()))
+        elif paused:
+            paused.append((now, self._tcp_opens()))
+            while len(paused) > 2 and paused[1][0] <= now - PAUSE_WINDOW:
+                paused.popleft()
+            (then, before), (_, opens) = paused[0], paused[-1]
+            if now - then >= PAUSE_WINDOW and (opens - before) / (now - then) * self.event_cost < (
+                    self.budget.share * SHED_RESUME):
+                for ns in self.namespaces.values():
+                    self._count_unheard(ns, ns.resume())
+                paused.clear()
+                self.shed = self.budget.hold(SHED_POLLS)  # counted, not decoded, at first
+        if self.shed >= SHED_CLOSES or paused:
+            # The TIME_WAIT sockets that closes made while shedding are never dumped: their
+            # closes were counted, and a minute later (TCP's TIME_WAIT) they are gone.
+            self.timewait_hidden_until = now + TIME_WAIT_SECONDS
+
+    def _tcp_opens(self) -> int:
+        return sum(ns.counters.tcp_counts()[0] for ns in self.namespaces.values() if ns.paused is not None)
+
+    def _count_unheard(self, ns: Namespace, closes: int) -> None:
+        if closes:
+            self.unheard_closes[ns.inode] = self.unheard_closes.get(ns.inode, 0) + closes
+
+    def take_unheard(self) -> dict[int, int]:
+        with self.lock:
+            for ns in self.namespaces.values():
+                self._count_unheard(ns, ns.unheard())
+            unheard, self.unheard_closes = self.unheard_closes, {}
+            return unheard
 
     def between_polls(self) -> tuple[list[tuple[Connection, float]], list[Closed]]:
         with self.lock:
@@ -1623,12 +1715,15 @@ class NetlinkSource(Source):
 
     def _closes(self, ns: Namespace) -> list[Closed]:
         """The close events that have arrived from one namespace."""
+        started, counted = time.thread_time(), self.events_read
         chunks = ns.events.events()
         if not chunks:
             return []
         self.closing.add(ns)
-        if self.shed >= 2:
+        if self.shed >= SHED_CLOSES:
             self._tally(ns, chunks)
+            if self.events_read - counted >= 100:  # enough to measure the cost of one
+                self.event_cost = (time.thread_time() - started) / (self.events_read - counted)
             return []
         seen = self.now()
         closed = []
@@ -1698,6 +1793,7 @@ class NetlinkSource(Source):
             ns = self.namespaces.pop(inode)
             if ns.events is not None:
                 self.departures += self._closes(ns)  # its last closes, before its socket goes
+            self._count_unheard(ns, ns.unheard())
             ns.close()
             self.lost_before += ns.lost
         for inode, pids in members.items():
@@ -2378,7 +2474,8 @@ class W3CFormat:
     @staticmethod
     def _coverage(coverage: dict[str, dict]) -> str:
         return "; ".join(f"{protocol} {c['ratio']:.3f} (closed {c['closed']}, with process {c['with_process']}, "
-                         f"without {c['without']}" + (f", skipped {c['skipped']})" if c["skipped"] else ")")
+                         f"without {c['without']}" + "".join(f", {name} {c[name]}" for name in ("skipped", "unheard")
+                                                             if c[name]) + ")"
                          for protocol, c in coverage.items())
 
     def summary(self, summary: dict, epoch: float) -> str:
@@ -3053,9 +3150,12 @@ class Poller:
         snapshot = self.source.connections(self.config.kind)
         arrivals, departures = self.source.between_polls()  # after the dump: a close it missed is here
         self.tracker.owners_visible = self.source.owners_visible
+        started_cpu = time.thread_time()
         events, new_processes = self.logged_events(self.tracker.update(snapshot, now, arrivals, departures))
         self.write(events, new_processes, now)
-        self.write_summaries(self.source.take_skipped(), now)
+        if self.budget is not None and len(events) >= 100:  # enough lines to measure the cost of one
+            self.budget.line_cost = (time.thread_time() - started_cpu) / len(events)
+        self.write_summaries(self.source.take_skipped(), self.source.take_unheard(), now)
         self.polls += 1
         if self.polls == 1 and self.budget is not None:
             self.budget.restart()  # the first poll reads everything there is: it is not a flood
@@ -3110,7 +3210,7 @@ class Poller:
                                  and e.conn.raddr)
 
     def _close_counts(self, conn: Connection) -> list[int]:
-        return self.closes.setdefault(conn.netns, {}).setdefault(PROTOCOLS[conn.type].lower(), [0, 0, 0])
+        return self.closes.setdefault(conn.netns, {}).setdefault(PROTOCOLS[conn.type].lower(), [0, 0, 0, 0])
 
     def summaries(self, skipped: list[tuple[Connection, int, str | None, bool]]) -> list[dict]:
         """The closes skipped for the CPU budget that the filters keep, counted as skipped, and
@@ -3131,10 +3231,16 @@ class Poller:
                 for (netns, pid, how, prot, direction, raddr, rport, lport), count in sorted(
                     groups.items(), key=lambda item: -item[1])]
 
-    def write_summaries(self, skipped: list[tuple[Connection, int, str | None, bool]], now: float) -> None:
+    def write_summaries(self, skipped: list[tuple[Connection, int, str | None, bool]], unheard: dict[int, int],
+                        now: float) -> None:
         """One line for each group of the closes skipped since the last poll (see summaries()),
-        after the processes they name: nothing happens that the log does not at least count."""
+        after the processes they name, and one for each namespace's closes while its close
+        events were paused: nothing happens that the log does not at least count."""
         summaries = self.summaries(skipped)
+        for netns, count in unheard.items():
+            self.closes.setdefault(netns, {}).setdefault("tcp", [0, 0, 0, 0])[3] += count
+            summaries.append({"count": count, "netns": netns, "pid": None, "attrib": "unheard", "prot": "TCP",
+                              "direction": None, "raddr": None, "rport": None, "lport": None})
         if not summaries:
             return
         owners, new_processes = self.source.processes({s["pid"] for s in summaries if s["pid"] is not None})
@@ -3148,7 +3254,7 @@ class Poller:
 
     def stretch(self) -> int:
         """How many intervals until the next poll: more than one at the last step of shedding."""
-        return POLL_STRETCH if self.budget is not None and self.budget.shed >= len(SHED_STEPS) - 1 else 1
+        return POLL_STRETCH if self.budget is not None and self.budget.shed >= SHED_POLLS else 1
 
     def write(self, events: list[ConnectionEvent], new_processes: list[ProcessInfo], now: float) -> None:
         """Format and write a poll's lines: processes.log first, so that a reader of a new
@@ -3169,9 +3275,9 @@ class Poller:
             total: dict[str, list[int]] = {}
             for closes in self.closes.values():
                 for protocol, counts in closes.items():
-                    total[protocol] = [a + b for a, b in zip(total.get(protocol, (0, 0, 0)), counts)]
+                    total[protocol] = [a + b for a, b in zip(total.get(protocol, (0, 0, 0, 0)), counts)]
             coverage = {"coverage": close_coverage(total), "lost_events": self.source.lost_events,
-                        "close_events_read": self.source.events_read}
+                        "close_events_read": self.source.events_read, "pauses": self.source.pauses}
             if len(self.closes) > 1:  # containers too: each namespace's own
                 coverage["coverage_netns"] = {str(netns): close_coverage(closes)
                                               for netns, closes in sorted(self.closes.items())}
@@ -3203,6 +3309,7 @@ class Poller:
         still = self.tracker.live.union(conn for conn, _ in arrivals)
         events = self.tracker.update(still, now, arrivals, departures) + self.tracker.release()
         self.write(*self.logged_events(events), now)
+        self.write_summaries(self.source.take_skipped(), self.source.take_unheard(), now)
         if self.stats_every and self.polls:
             self.write_stats()
 
@@ -3225,53 +3332,72 @@ class Poller:
 
 def close_coverage(closes: dict[str, list[int]]) -> dict[str, dict]:
     """Coverage per protocol from counts of the kernel's closes [logged with process, logged
-    without, skipped for the CPU budget]: of those closed, the share logged with their process."""
-    return {protocol: {"ratio": round(with_process / (with_process + without + skipped), 4),
-                       "closed": with_process + without + skipped, "with_process": with_process, "without": without,
-                       "skipped": skipped}
-            for protocol, (with_process, without, skipped) in sorted(closes.items())}
+    without, skipped for the CPU budget, unheard (counted by the kernel's counters while the
+    close events were paused)]: of those closed, the share logged with their process."""
+    return {protocol: {"ratio": round(with_process / max(1, sum(counts)), 4), "closed": sum(counts),
+                       "with_process": with_process, "without": without, "skipped": skipped, "unheard": unheard}
+            for protocol, counts in sorted(closes.items())
+            for with_process, without, skipped, unheard in [counts]}
 
 
 class CpuBudget:
-    """lognet's own CPU time over the last CPU_WINDOW seconds, against --max-cpu. level()
-    says how much work to shed, an index of SHED_STEPS: one step more every SHED_STEP
-    seconds over the budget, one less every SHED_STEP seconds under SHED_RESUME of it (so
-    that what was shed, taken back, does not put it over at once). Both threads ask, and the
-    process's CPU time counts them both."""
+    """lognet's own CPU time, as a share of one core, against --max-cpu. level() says how
+    much work to shed, an index of SHED_STEPS: one step more every SHED_STEP seconds over
+    the budget, one less every SHED_STEP seconds under SHED_RESUME of it (so that what was
+    shed, taken back, does not put it over at once).
 
-    def __init__(self, percent: float, cpu: Callable[[], float] = time.process_time,
+    Over the budget means over it in the last CPU_WINDOW seconds, and in the last `window`
+    (a poll interval) too unless twice over: a full poll's burst, spread over its interval,
+    is not a flood. Both threads ask, and the process's CPU time counts them both."""
+
+    def __init__(self, percent: float, window: float = CPU_WINDOW, cpu: Callable[[], float] = time.process_time,
                  clock: Callable[[], float] = time.monotonic):
         self.share = percent / 100
         self.cpu, self.clock = cpu, clock
-        self.samples: deque[tuple[float, float]] = deque()  # (clock, cpu), the oldest just over a window ago
+        # (clock, cpu) samples, the oldest of each just over its window ago
+        self.windows = [(CPU_WINDOW, deque()), (max(CPU_WINDOW, window), deque())]
         self.shed = 0
         self.changed_at = clock()
         self.spells = 0  # how many times lognet began to shed
+        self.line_cost = LINE_COST  # CPU seconds a poll takes for each line, as last measured
         self.lock = threading.Lock()
 
     def restart(self) -> None:
         """Forget the CPU used so far (the first poll's)."""
         with self.lock:
-            self.samples.clear()
+            for _, samples in self.windows:
+                samples.clear()
 
-    def used(self) -> float:
-        """The share of one core that lognet used over about the last CPU_WINDOW seconds."""
+    def used(self, pending: float = 0.0) -> list[float]:
+        """The share of one core that lognet used over about the last second, and the last
+        window; pending: CPU seconds it is bound to spend, counted as spent."""
         now, cpu = self.clock(), self.cpu()
-        samples = self.samples
-        samples.append((now, cpu))
-        while len(samples) > 2 and samples[1][0] <= now - CPU_WINDOW:
-            samples.popleft()
-        then, before = samples[0]
-        return (cpu - before) / max(now - then, CPU_WINDOW)
+        shares = []
+        for window, samples in self.windows:
+            samples.append((now, cpu))
+            while len(samples) > 2 and samples[1][0] <= now - window:
+                samples.popleft()
+            then, before = samples[0]
+            shares.append((cpu + pending - before) / max(now - then, window))
+        return shares
 
-    def level(self) -> int:
+    def hold(self, level: int) -> int:
+        """Shed this much from now, whatever the CPU used: taking work back starts from here."""
         with self.lock:
-            used, now = self.used(), self.clock()
+            self.shed, self.changed_at = level, self.clock()
+            return level
+
+    def level(self, pending: int = 0) -> int:
+        """The level of shedding now; pending: the lines that the next poll will write, whose
+        CPU (line_cost each, as the last polls measured) counts as spent already."""
+        with self.lock:
+            (second, window), now = self.used(pending * self.line_cost), self.clock()
             if now - self.changed_at >= SHED_STEP:
-                if used > self.share and self.shed < len(SHED_STEPS) - 1:
+                over = second > self.share and (window > self.share or second > 2 * self.share)
+                if over and self.shed < SHED_PAUSE:
                     self.spells += self.shed == 0
                     self.shed, self.changed_at = self.shed + 1, now
-                elif used < self.share * SHED_RESUME and self.shed:
+                elif second < self.share * SHED_RESUME and self.shed:
                     self.shed, self.changed_at = self.shed - 1, now
             return self.shed
 
@@ -3650,7 +3776,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outputs = open_outputs(config, defaulted)
         source = open_source(config)
-        source.budget = CpuBudget(config.max_cpu) if config.max_cpu < 100 else None
+        source.budget = CpuBudget(config.max_cpu, config.interval) if config.max_cpu < 100 else None
         poller = Poller(config, source, outputs)
         watcher = Watcher(source, config.watch) if config.watch and isinstance(source, NetlinkSource) else None
         status = StatusLine(sys.stderr, outputs) if sys.stderr.isatty() and not config.quiet else None

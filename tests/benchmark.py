@@ -16,7 +16,10 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -368,12 +371,114 @@ def churn_cpu(tmp: Path, rate: float, seconds: float) -> dict:
     """CPU share of the netlink engine at its defaults while a churner opens `rate` connections a second."""
     load = Load()
     startup, _ = run_cpu(lognet_argv(tmp, "-n", "1", engine="netlink"))
+    (tmp / "c.log").unlink(missing_ok=True)
     try:
-        cpu, _ = running_cpu(lognet_argv(tmp, engine="netlink"), seconds, during=lambda proc: (
-            time.sleep(1), load.start("churn", "--rate", rate, "--lifetimes", "0.05", "--seconds", seconds)))
+        cpu, _ = running_cpu(lognet_argv(tmp, "--stats-interval", "3600", engine="netlink"), seconds,
+                             during=lambda proc: (time.sleep(1), load.start("churn", "--rate", rate, "--lifetimes",
+                                                                            "0.05", "--seconds", seconds)))
     finally:
         load.stop()
-    return {"rate": rate, "seconds": seconds, "cpu_share": max(0.0, cpu - startup) / seconds}
+    remark = [line for line in (tmp / "c.log").read_text().splitlines() if line.startswith("#Remark: coverage")][-1]
+    return {"rate": rate, "seconds": seconds, "cpu_share": max(0.0, cpu - startup) / seconds,
+            "skipped": sum(int(n) for n in re.findall(r"skipped (\d+)", remark)), "shed": "over the CPU" in remark}
+
+
+NGINX_CONF = """daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
+    uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+    server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
+}}
+"""
+
+
+def tcp_opens() -> int:
+    """The kernel's TCP opens in lognet's namespace (ActiveOpens + PassiveOpens): a TCP socket
+    connected or accepted; every one of them is closed, and reported closed, once."""
+    with open("/proc/net/snmp") as f:
+        return lognet.KernelCounters._tcp_opens(f.read().encode())
+
+
+def ab(port: int, requests: int) -> dict:
+    """ApacheBench against nginx on 127.0.0.1: `requests` requests, 4 at a time, each its own connection."""
+    result = subprocess.run(["ab", "-q", "-n", str(requests), "-c", "4", f"http://127.0.0.1:{port}/"],
+                            capture_output=True, text=True, timeout=600)
+    figures = dict(line.split(":", 1) for line in result.stdout.splitlines() if ":" in line)
+    if result.returncode != 0 or int(figures["Failed requests"]) != 0:
+        raise RuntimeError(f"ab failed: {result.stdout[-400:]} {result.stderr[-400:]}")
+    return {"rps": float(figures["Requests per second"].split()[0]), "seconds": float(figures["Time taken for tests"]
+                                                                                      .split()[0])}
+
+
+def drain_time_wait(limit: float = 90.0) -> None:
+    """Wait until the TIME_WAIT sockets of the last run are gone (60 s on Linux), so that
+    every run starts as the first did."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with open("/proc/net/sockstat") as f:
+            if int(f.read().split(" tw ", 1)[1].split()[0]) < 100:
+                return
+        time.sleep(2)
+
+
+def flood_cost(tmp: Path, requests: int, rounds: int) -> dict:
+    """nginx (Debian's nginx-light) serving `return 200`, and ab making `requests` requests 4
+    at a time, about 20,000 new connections a second on this machine: ab's rate without
+    lognet and with lognet at its defaults, interleaved; lognet's CPU while ab runs; and
+    its accounting of the kernel's closes against the kernel's TCP opens."""
+    for tool, package in (("nginx", "nginx-light"), ("ab", "apache2-utils")):
+        if not shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin"):
+            raise RuntimeError(f"{tool} is missing: install {package} (sh tests/install-deps.sh does)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=port))
+    nginx = subprocess.Popen([shutil.which("nginx", path="/usr/sbin:/usr/bin"), "-c", str(tmp / "nginx.conf"),
+                              "-p", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = []
+    try:
+        time.sleep(1)
+        ab(port, 1000)  # nginx is up and warm
+        for _ in range(rounds):
+            drain_time_wait()
+            runs.append({"lognet": False, **ab(port, requests)})
+            drain_time_wait()
+            (tmp / "c.log").unlink(missing_ok=True)
+            proc = subprocess.Popen(lognet_argv(tmp, "--stats-interval", "3600", engine="netlink"),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(3)  # its first poll is done
+            opens = tcp_opens()
+            before = psutil.Process(proc.pid).cpu_times()
+            run = ab(port, requests)
+            after = psutil.Process(proc.pid).cpu_times()
+            time.sleep(4)  # the last closes are read
+            proc.send_signal(signal.SIGTERM)
+            if proc.wait(timeout=60) != 0:
+                raise RuntimeError(f"lognet exited {proc.returncode}")
+            kernel = tcp_opens() - opens
+            remark = [line for line in (tmp / "c.log").read_text().splitlines()
+                      if line.startswith("#Remark: coverage")][-1]
+            counts = dict(re.findall(r"(closed|with process|without|skipped) (\d+)", remark.split(";")[0]))
+            lost = re.search(r"close events lost (\d+)", remark)
+            accounted = int(counts.get("closed", 0)) + (int(lost.group(1)) if lost else 0)
+            cpu = (after.user + after.system - before.user - before.system) / run["seconds"]
+            runs.append({"lognet": True, **run, "cpu_share": cpu, "kernel_tcp_opens": kernel,
+                         "closed": int(counts.get("closed", 0)), "with_process": int(counts.get("with process", 0)),
+                         "without": int(counts.get("without", 0)), "skipped": int(counts.get("skipped", 0)),
+                         "lost": int(lost.group(1)) if lost else 0, "accounted": accounted, "remark": remark})
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=30)
+    without = statistics.median(r["rps"] for r in runs if not r["lognet"])
+    with_lognet = statistics.median(r["rps"] for r in runs if r["lognet"])
+    return {"requests": requests, "runs": runs, "rps_without": without, "rps_with": with_lognet,
+            "ratio": with_lognet / without, "cpu_share": statistics.median(r["cpu_share"] for r in runs if r["lognet"]),
+            "max_cpu": lognet.DEFAULT_MAX_CPU}
 
 
 def netlink_rss(tmp: Path, checkpoints: list[int], rate: float) -> list[dict]:
@@ -451,7 +556,7 @@ def capture_at_defaults(tmp: Path, lifetimes: list[float], per_lifetime: int, wa
 
 def netlink_part(report: dict, tmp: Path, args) -> None:
     only = set(args.only.split(",")) if args.only else {"idle", "polls", "churn", "capture", "rss", "namespaces",
-                                                        "names"}
+                                                        "names", "flood"}
     report["watch"] = float(WATCH[1]) if WATCH else lognet.DEFAULT_WATCH
     if "idle" in only:
         print("the Linux engine: idle CPU ...", flush=True)
@@ -475,6 +580,9 @@ def netlink_part(report: dict, tmp: Path, args) -> None:
     if "names" in only:
         print("names: DNS taps under other traffic and under answers ...", flush=True)
         report["names"] = names_cost(tmp, args.idle_seconds, args.idle_rounds)
+    if "flood" in only:
+        print("a flood: nginx and ab, without lognet and with it ...", flush=True)
+        report["flood"] = flood_cost(tmp, args.flood_requests, args.flood_rounds)
     if "rss" in only:
         print("RSS while connections churn ...", flush=True)
         report["netlink_rss"] = netlink_rss(tmp, [int(x) for x in args.churn.split(",")], 1500)
@@ -506,6 +614,8 @@ def print_netlink_report(r: dict) -> None:
     if c:
         print(f"| CPU under {c['rate']:.0f} new connections a second ({c['seconds']:.0f} s) | {c['cpu_share']:.2%} "
               "| | |")
+        print(f"| closes skipped for the CPU budget there | {c['skipped']} ({'shed' if c['shed'] else 'never shed'}) "
+              "| | |")
     rss = r.get("netlink_rss", [])
     for f in rss:
         print(f"| RSS after {f['churned']:,} connections came and went | {f['rss_mb']:.1f} MB | | |")
@@ -530,6 +640,22 @@ def print_netlink_report(r: dict) -> None:
         print("|---|---:|---:|---:|")
         for run in names["runs"]:
             print(f"| {run['load']} | {run['without']:.3%} | {run['with']:.3%} | {run['beyond']:+.3%} |")
+    f = r.get("flood")
+    if f:
+        print()
+        print(f"| nginx + ab, {f['requests']:,} requests 4 at a time | ab requests/s | lognet CPU | kernel TCP opens "
+              "| lognet: closed (with process, without, skipped) + lost |")
+        print("|---|---:|---:|---:|---|")
+        for run in f["runs"]:
+            if not run["lognet"]:
+                print(f"| without lognet | {run['rps']:,.0f} | | | |")
+            else:
+                print(f"| lognet at its defaults (--max-cpu {f['max_cpu']:g}) | {run['rps']:,.0f} | "
+                      f"{run['cpu_share']:.1%} | {run['kernel_tcp_opens']:,} | {run['closed']:,} "
+                      f"({run['with_process']:,}, {run['without']:,}, {run['skipped']:,}) + {run['lost']:,} "
+                      f"= {run['accounted']:,} |")
+        print(f"medians: {f['rps_without']:,.0f} requests/s without, {f['rps_with']:,.0f} with "
+              f"({f['ratio']:.1%}); lognet's CPU {f['cpu_share']:.1%} of one core")
     print()
     print("| who connects | lifetime | connections | logged with their process | logged at all |")
     print("|---|---:|---:|---:|---:|")
@@ -555,8 +681,10 @@ def main() -> int:
     parser.add_argument("--per-lifetime", type=int, default=50, help="connections per lifetime (default 50)")
     parser.add_argument("--big-pairs", type=int, default=10000, help="pairs for the large poll (default 10000)")
     parser.add_argument("--watch", type=float, help="the netlink engine's --watch (default: lognet's default)")
+    parser.add_argument("--flood-requests", type=int, default=150_000, help="ab's requests in each flood run")
+    parser.add_argument("--flood-rounds", type=int, default=3, help="interleaved flood runs (default 3)")
     parser.add_argument("--only", help="netlink part: only these measures, comma-separated "
-                                       "(idle, polls, churn, capture, rss, namespaces, names)")
+                                       "(idle, polls, churn, capture, rss, namespaces, names, flood)")
     args = parser.parse_args()
     if args.watch is not None:
         WATCH[:] = ["--watch", str(args.watch)]

@@ -23,6 +23,7 @@ from load import HERE, stop_process
 import lognet
 from conftest import FakeClock, require_root, require_tool, wait_for
 
+FLOOD = 40_000  # connections in the flood, both of whose ends the kernel reports closed
 PRIVATE_NETNS = ("unshare", "-n", "sh", "-c", 'ip link set lo up && ip addr add 192.0.2.1/24 dev lo && exec "$@"',
                  "sh")
 
@@ -81,7 +82,7 @@ def final_stats(ln) -> dict:
 
 def test_a_flood_over_a_small_budget_is_shed_counted_exactly_and_summarized(background, holder):
     ln = lognet_inside(background, "--max-cpu", "5")
-    flood = Flood(ln.proc.pid, 20_000)
+    flood = Flood(ln.proc.pid, FLOOD)
     try:
         flood.known_to(ln)
         before, started = cpu_seconds(ln.proc.pid), time.monotonic()
@@ -91,7 +92,7 @@ def test_a_flood_over_a_small_budget_is_shed_counted_exactly_and_summarized(back
         time.sleep(0.5)
         other = holder("--name", "lnfloodother", prefix=("nsenter", f"--net=/proc/{ln.proc.pid}/ns/net"))
         word, done = flood.proc.stdout.readline().split()
-        assert (word, done) == ("done", "20000")
+        assert (word, done) == ("done", str(FLOOD))
         time.sleep(1.0)  # lognet reads the last closes
         used, seconds = cpu_seconds(ln.proc.pid) - before, time.monotonic() - started
         wait_for(lambda: any((r.get("upid") or "").split("|")[1:2] == [str(other.pid)] for r in json_lines(ln.clog)
@@ -106,26 +107,35 @@ def test_a_flood_over_a_small_budget_is_shed_counted_exactly_and_summarized(back
     # lognet shed work, and stayed within twice its budget over the flood (a bound, not a timing)
     assert stats["shed_spells"] >= 1 and tcp["skipped"] > 0
     assert used < 2 * 0.05 * seconds, (used, seconds)
-    # every end of every connection is accounted for, exactly: none were open before or after
+    # Every end of every connection is accounted for: none were open before or after. What
+    # reached lognet exactly: each close logged, or counted in a summary.
     assert stats["lost_events"] == 0
-    assert tcp["closed"] == tcp["with_process"] + tcp["without"] + tcp["skipped"] == 40_000
     closes = [r for r in records if r.get("event") == "close" and flood.port in (str(r["lport"]), str(r["rport"]))]
     summaries = [r for r in records if r.get("event") == "summary"]
+    heard = [s for s in summaries if s["attrib"] != "unheard"]
     assert len(closes) == tcp["with_process"] + tcp["without"]
-    assert sum(s["count"] for s in summaries) == tcp["skipped"]
+    assert sum(s["count"] for s in heard) == tcp["skipped"]
+    assert sum(s["count"] for s in summaries) - sum(s["count"] for s in heard) == tcp["unheard"]
+    assert tcp["closed"] == tcp["with_process"] + tcp["without"] + tcp["skipped"] + tcp["unheard"]
+    # While the close events were paused, the kernel's counters count them: exactly, but for
+    # sockets closing at the moment of a pause or a resume, and the listener that the other
+    # process opened meanwhile (an open of the counters, never connected)
+    if stats["pauses"]:
+        assert abs(tcp["closed"] - 2 * FLOOD) <= 2 * stats["pauses"] + 1, (tcp, stats["pauses"])
+    else:
+        assert tcp["closed"] == 2 * FLOOD
+        incoming_closes = [r for r in closes if str(r["lport"]) == flood.port]
+        assert sum(s["count"] for s in heard if s["direction"] == "in") + len(incoming_closes) == FLOOD
     # each summary names the flood's process where it can be known: the incoming ends by the
     # listener that accepted them; the client ends, never seen alive, with no process
-    incoming = [s for s in summaries if s["direction"] == "in"]
+    incoming = [s for s in heard if s["direction"] == "in"]
     assert incoming and all(s["upid"].split("|")[1] == str(flood.pid) and s["attrib"] == "listener"
                             and str(s["lport"]) == flood.port and s["rport"] is None for s in incoming)
-    outgoing = [s for s in summaries if s["direction"] != "in"]
     assert all(str(s["rport"]) == flood.port and (s["upid"] is None or s["upid"].split("|")[1] == str(flood.pid))
-               for s in outgoing)
-    assert sum(s["count"] for s in incoming) + len([r for r in closes if str(r["lport"]) == flood.port]) == 20_000
+               for s in heard if s["direction"] != "in")
     # the other process's connection, made during the flood, is logged with its process
     assert [r["status"] for r in records if (r.get("upid") or "").split("|")[1:2] == [str(other.pid)]
             and str(r.get("rport")) == str(other.info["port"])] == ["ESTABLISHED"]
-
 
 def test_max_cpu_100_sheds_nothing(background):
     ln = lognet_inside(background, "--max-cpu", "100")
@@ -208,19 +218,40 @@ def test_the_close_filter_keeps_what_the_filters_keep(omit):
 def test_the_budget_sheds_a_step_at_a_time_and_takes_them_back_below_half():
     clock, cpu = FakeClock(), FakeClock()
     cpu.now = 0.0
-    budget = lognet.CpuBudget(10, cpu=cpu, clock=clock)
+    budget = lognet.CpuBudget(10, 1.0, cpu=cpu, clock=clock)
     levels = []
     for share in [0.05] * 4 + [0.5] * 12 + [0.07] * 8 + [0.01] * 12:  # lognet's share of a core, each quarter second
         clock.now += 0.25
         cpu.now += share * 0.25
         levels.append(budget.level())
     # Under 10% over the last second: nothing shed. One quarter second at 50% takes the second
-    # to 16%: one step at once, then one a quarter second, up to the last. Back at 7%, under
+    # to 16%: one step at once, then one a quarter second up to the last. Back at 7%, under
     # the budget but above half of it, it holds; below half (from the second quarter at 1%),
     # one step back each quarter second.
-    assert levels == [0] * 4 + [1, 2] + [3] * 10 + [3] * 8 + [3, 2, 1] + [0] * 9
+    assert levels == [0] * 4 + [1, 2, 3] + [4] * 9 + [4] * 8 + [4, 3, 2, 1, 0] + [0] * 7
     assert budget.spells == 1
     assert lognet.CpuBudget(10, cpu=cpu, clock=clock).level() == 0
+
+
+def test_a_full_polls_burst_is_not_a_flood():
+    clock, cpu = FakeClock(), FakeClock()
+    cpu.now = 0.0
+    budget = lognet.CpuBudget(10, 3.0, cpu=cpu, clock=clock)  # polls every 3 s
+    levels = []
+    for quarter in range(48):  # 12 s: each poll takes 150 ms of CPU, and the rest of the time 4%
+        clock.now += 0.25
+        cpu.now += 0.01 + (0.15 if quarter % 12 == 0 else 0)
+        levels.append(budget.level())
+    # each second with a poll is at 19%, but each 3 s at 8%: nothing is shed
+    assert levels == [0] * 48
+    for _ in range(12):  # then a flood: 30% in every second
+        clock.now += 0.25
+        cpu.now += 0.075
+        levels.append(budget.level())
+    flood = levels[48:]
+    # shedding begins within a second, one step a quarter second, up to the last
+    assert 1 in flood[:4] and flood == sorted(flood) and flood[-1] == lognet.SHED_PAUSE
+    assert all(b - a <= 1 for a, b in zip(flood, flood[1:]))
 
 
 def test_max_cpu_refuses_what_is_not_a_share_of_a_core():
