@@ -1333,20 +1333,21 @@ class Namespace:
 
     def pause(self) -> None:
         """Leave TCP's close events, counting its closes by its counters meanwhile (see unheard())."""
-        groups = [DESTROY_GROUPS[pair] for pair in self.counters.pairs if pair[1] == socket.IPPROTO_TCP]
-        if self.events is not None and self.paused is None and groups:
+        if self.events is not None and self.paused is None and self.tcp_groups():
             self.paused = self.counters.tcp_counts()
-            self.events.membership(groups, False)
+            self.events.membership(self.tcp_groups(), False)
 
     def resume(self) -> int:
         """Join TCP's close events again; return the closes since last counted (see unheard())."""
         if self.paused is None:
             return 0
-        self.events.membership((DESTROY_GROUPS[pair] for pair in self.counters.pairs
-                                if pair[1] == socket.IPPROTO_TCP), True)
+        self.events.membership(self.tcp_groups(), True)
         unheard = self.unheard()
         self.paused = None
         return unheard
+
+    def tcp_groups(self) -> list[int]:
+        return [DESTROY_GROUPS[pair] for pair in self.counters.pairs if pair[1] == socket.IPPROTO_TCP]
 
     def unheard(self) -> int:
         """The TCP sockets closed while its close events are paused, since last counted: the
@@ -2464,6 +2465,7 @@ class W3CFormat:
             text += "".join(f"; netns {netns}: {self._coverage(c)}" for netns, c in by_netns.items())
             text += f"; close events lost {stats['lost_events']}" if stats["lost_events"] else ""
             text += f"; over the CPU budget {stats['shed_spells']} times" if stats.get("shed_spells") else ""
+            text += f"; close events paused {stats['pauses']} times" if stats["pauses"] else ""
         else:
             ratio = "-" if coverage is None else f"{coverage:.3f}"
             opens = "-" if stats["tcp_opens"] is None else stats["tcp_opens"]

@@ -463,13 +463,14 @@ def flood_cost(tmp: Path, requests: int, rounds: int) -> dict:
             kernel = tcp_opens() - opens
             remark = [line for line in (tmp / "c.log").read_text().splitlines()
                       if line.startswith("#Remark: coverage")][-1]
-            counts = dict(re.findall(r"(closed|with process|without|skipped) (\d+)", remark.split(";")[0]))
+            counts = dict(re.findall(r"(closed|with process|without|skipped|unheard) (\d+)", remark.split(";")[0]))
             lost = re.search(r"close events lost (\d+)", remark)
             accounted = int(counts.get("closed", 0)) + (int(lost.group(1)) if lost else 0)
             cpu = (after.user + after.system - before.user - before.system) / run["seconds"]
             runs.append({"lognet": True, **run, "cpu_share": cpu, "kernel_tcp_opens": kernel,
                          "closed": int(counts.get("closed", 0)), "with_process": int(counts.get("with process", 0)),
                          "without": int(counts.get("without", 0)), "skipped": int(counts.get("skipped", 0)),
+                         "unheard": int(counts.get("unheard", 0)),
                          "lost": int(lost.group(1)) if lost else 0, "accounted": accounted, "remark": remark})
     finally:
         nginx.terminate()
@@ -644,7 +645,7 @@ def print_netlink_report(r: dict) -> None:
     if f:
         print()
         print(f"| nginx + ab, {f['requests']:,} requests 4 at a time | ab requests/s | lognet CPU | kernel TCP opens "
-              "| lognet: closed (with process, without, skipped) + lost |")
+              "| lognet: closed (with process, without, skipped, unheard) + lost |")
         print("|---|---:|---:|---:|---|")
         for run in f["runs"]:
             if not run["lognet"]:
@@ -652,7 +653,8 @@ def print_netlink_report(r: dict) -> None:
             else:
                 print(f"| lognet at its defaults (--max-cpu {f['max_cpu']:g}) | {run['rps']:,.0f} | "
                       f"{run['cpu_share']:.1%} | {run['kernel_tcp_opens']:,} | {run['closed']:,} "
-                      f"({run['with_process']:,}, {run['without']:,}, {run['skipped']:,}) + {run['lost']:,} "
+                      f"({run['with_process']:,}, {run['without']:,}, {run['skipped']:,}, {run['unheard']:,}) "
+                      f"+ {run['lost']:,} "
                       f"= {run['accounted']:,} |")
         print(f"medians: {f['rps_without']:,.0f} requests/s without, {f['rps_with']:,.0f} with "
               f"({f['ratio']:.1%}); lognet's CPU {f['cpu_share']:.1%} of one core")

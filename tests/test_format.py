@@ -1,5 +1,6 @@
 """Golden lines for the formatters and the escape rule."""
 
+import json
 import socket
 
 import pytest
@@ -106,3 +107,16 @@ def test_format_header_names_the_fields():
 
 def test_format_timestamp_utc():
     assert lognet.format_timestamp(1795763232.9, utc=True) == "2026-11-27|07:07:12"
+
+
+def test_a_summary_is_a_remark_of_names_and_values_escaped_like_fields():
+    fmt = lognet.W3CFormat()
+    process = lognet.ProcessInfo(4242, "ngi nx\n", 1795763232.73, ("nginx",))
+    summary = {"count": 9812, "netns": 4026531840, "pid": 4242, "attrib": "listener", "prot": "TCP",
+               "direction": "in", "raddr": "127.0.0.1", "rport": None, "lport": 8080, "process": process}
+    assert fmt.summary(summary, 0.0) == (
+        "#Remark: skipped count 9812 prot TCP direction in raddr 127.0.0.1 rport - lport 8080 netns 4026531840 "
+        "attrib listener upid ngi\\x20nx\\x0a|4242|1795763232.73")
+    line = json.loads(lognet.JsonLinesFormat().summary(summary, 0.0))
+    assert (line["event"], line["count"], line["upid"], line["rport"], line["lport"]) == (
+        "summary", 9812, "ngi\\x20nx\\x0a|4242|1795763232.73", None, 8080)

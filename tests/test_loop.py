@@ -135,3 +135,15 @@ def test_lifecycle_lines_and_the_statistics_remark(tmp_path):
     ]
     assert [line for line in read_lines(tmp_path / "c.log") if line.startswith("#Remark")] == [
         remark.format(3), remark.format(4)]
+
+
+def test_polls_stretch_while_the_budget_sheds_them(tmp_path):
+    clock = FakeClock()
+    source = ScriptedSource([[LISTEN]] * 4, {10: PROC})
+    source.budget = lognet.CpuBudget(10, cpu=lambda: 0.0, clock=clock)
+    config, poller = make_poller(tmp_path, source, count=4, interval=2.0)
+    source.budget.hold(lognet.SHED_POLLS)
+    lognet.run(config, poller, clock=clock, sleep=clock.sleep)
+    poller.close()
+    # held at the step that stretches polls, then taken back a step a time: no CPU is used
+    assert clock.sleeps[0] == 2.0 * lognet.POLL_STRETCH and clock.sleeps[1:] == [2.0, 2.0]
