@@ -147,3 +147,22 @@ def test_polls_stretch_while_the_budget_sheds_them(tmp_path):
     poller.close()
     # held at the step that stretches polls, then taken back a step a time: no CPU is used
     assert clock.sleeps[0] == 2.0 * lognet.POLL_STRETCH and clock.sleeps[1:] == [2.0, 2.0]
+
+
+def test_closes_skipped_since_the_last_poll_are_summarized_at_exit(tmp_path):
+    class Skipping(ScriptedSource):
+        skipped = [(ESTAB._replace(status="CLOSE"), 3, "pid", True)]
+
+        def take_skipped(self):
+            taken, self.skipped = self.skipped, []
+            return taken
+
+    source = Skipping([[LISTEN]], {10: PROC})
+    config, poller = make_poller(tmp_path, source, count=1, interval=1.0, utc=True)
+    lognet.run(config, poller, clock=FakeClock(), sleep=FakeClock().sleep)  # its poll takes the one group
+    source.skipped = [(ESTAB._replace(status="CLOSE"), 2, "pid", True)]  # counted after the last poll
+    poller.finish()
+    poller.close()
+    assert [line for line in read_lines(tmp_path / "c.log") if line.startswith("#Remark: skipped")] == [
+        f"#Remark: skipped count {n} prot TCP direction in raddr 127.0.0.1 rport - lport 80 netns - attrib pid "
+        "upid srv|10|1000.00" for n in (3, 2)]
