@@ -118,10 +118,11 @@ def test_a_flood_over_a_small_budget_is_shed_counted_exactly_and_summarized(back
     assert sum(s["count"] for s in summaries) - sum(s["count"] for s in heard) == tcp["unheard"]
     assert tcp["closed"] == tcp["with_process"] + tcp["without"] + tcp["skipped"] + tcp["unheard"]
     # While the close events were paused, the kernel's counters count them: exactly, but for
-    # sockets closing at the moment of a pause or a resume, and the listener that the other
-    # process opened meanwhile (an open of the counters, never connected)
+    # the listener that the other process opened meanwhile (in use, never connected), and the
+    # sockets whose close events were still in the kernel's work queue at a pause or a resume
+    # (missed, or counted twice): a few milliseconds of the flood at the most
     if stats["pauses"]:
-        assert abs(tcp["closed"] - 2 * FLOOD) <= 2 * stats["pauses"] + 1, (tcp, stats["pauses"])
+        assert abs(tcp["closed"] - 2 * FLOOD) <= 2 * FLOOD // 200 * stats["pauses"], (tcp, stats["pauses"])
     else:
         assert tcp["closed"] == 2 * FLOOD
         incoming_closes = [r for r in closes if str(r["lport"]) == flood.port]
