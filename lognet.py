@@ -20,7 +20,7 @@ are in the W3C extended log style:
     2026-11-27|07:30:00 python3|4242|1795763232.73 ['python3', '-m', 'http.server', '8080']
 
 Usage: lognet.py [-i SECONDS] [-p {tcp,udp}] [-ipv {4,6}] [-clog FILE] [-plog FILE]
-                 [--engine {auto,netlink,psutil}] [--watch SECONDS]
+                 [--engine {auto,netlink,psutil}] [--watch SECONDS] [--max-cpu PERCENT]
                  [--fields +event,duration,direction,attrib,rhost] [--format jsonl] [--syslog [ADDRESS]]
 See lognet.py --help, and README.md for the log format and the escape rule.
 """
@@ -3130,7 +3130,8 @@ class Poller:
         self.next_stats = clock() + (self.stats_every or 0)
         self.tcp_opens_at_start: int | None = None
         self.tcp_seen = 0  # TCP connections first seen after the first poll
-        # netns -> protocol -> the kernel's closes [logged with process, logged without, skipped for the budget]
+        # netns -> protocol -> the kernel's closes: [logged with process, logged without, skipped for the
+        # budget, unheard (counted by the kernel's counters while close events were paused)]
         self.closes: dict[int | None, dict[str, list[int]]] = {}
         self.polls = 0
         self.lines = 0  # lines given to the logs, both streams
@@ -3246,13 +3247,8 @@ class Poller:
         if not summaries:
             return
         owners, new_processes = self.source.processes({s["pid"] for s in summaries if s["pid"] is not None})
-        connections, processes = self.outputs
-        timestamp = processes.format.timestamp(now)
-        process_lines = [processes.format.process(process, timestamp) for process in new_processes]
-        lines = [connections.format.summary({**s, "process": owners.get(s["pid"])}, now) for s in summaries]
-        processes.write(process_lines)
-        connections.write(lines)
-        self.lines += len(process_lines) + len(lines)
+        summary = self.outputs.connections.format.summary
+        self.write_lines([summary({**s, "process": owners.get(s["pid"])}, now) for s in summaries], new_processes, now)
 
     def stretch(self) -> int:
         """How many intervals until the next poll: more than one at the last step of shedding."""
@@ -3261,10 +3257,13 @@ class Poller:
     def write(self, events: list[ConnectionEvent], new_processes: list[ProcessInfo], now: float) -> None:
         """Format and write a poll's lines: processes.log first, so that a reader of a new
         connection line finds its command line."""
+        self.write_lines([self.outputs.connections.format.connection(event) for event in events], new_processes, now)
+
+    def write_lines(self, connection_lines: list[str], new_processes: list[ProcessInfo], now: float) -> None:
+        """Write formatted connection lines after the command lines of the processes they name."""
         connections, processes = self.outputs
         timestamp = processes.format.timestamp(now)
         process_lines = [processes.format.process(process, timestamp) for process in new_processes]
-        connection_lines = [connections.format.connection(event) for event in events]
         processes.write(process_lines)
         connections.write(connection_lines)
         self.lines += len(process_lines) + len(connection_lines)
@@ -3583,6 +3582,7 @@ examples:
   lognet --fields +event,txbytes,rxbytes --omit-loopback-conns   # bytes of each connection off this host
   lognet --fields +rhost,netns,container # the name each remote address was resolved from; containers
   lognet --engine psutil -i 1        # poll psutil.net_connections() only, as on macOS and the BSDs
+  lognet --max-cpu 5                 # a busy server: over 5% of a core, shed work and count what was skipped
   tail -f /var/log/netlog/connections.log   # watch it live
   # crontab -e (as root): the folder is made first, since lognet is not yet there to make it
   @reboot mkdir -p -m 0750 /var/log/netlog && /usr/local/bin/lognet -i 1 -q >>/var/log/netlog/lognet.err 2>&1
@@ -3713,7 +3713,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-cpu", type=cpu_percent, default=DEFAULT_MAX_CPU, metavar="PERCENT",
                         help=f"CPU budget, in percent of one core (default {DEFAULT_MAX_CPU:g}): over it, under a "
                              "flood, lognet sheds work (the watcher's dumps, then decoding close events, which are "
-                             "counted and summarized, then stretching polls); 100: never")
+                             "counted and summarized, then full polls, then TCP's close events, whose closes the "
+                             "kernel's counters count); 100: never")
     parser.add_argument("-n", "--count", type=positive_int, metavar="N",
                         help="stop after N polls and exit 0 (default: run until stopped)")
     parser.add_argument("--utc", action="store_true", help="timestamps in UTC instead of local time")
