@@ -440,7 +440,7 @@ def flood_cost(tmp: Path, requests: int, rounds: int) -> dict:
     (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=port))
     nginx = subprocess.Popen([shutil.which("nginx", path="/usr/sbin:/usr/bin"), "-c", str(tmp / "nginx.conf"),
                               "-p", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    runs = []
+    runs, filters = [], []
     try:
         time.sleep(1)
         ab(port, 1000)  # nginx is up and warm
@@ -448,30 +448,17 @@ def flood_cost(tmp: Path, requests: int, rounds: int) -> dict:
             drain_time_wait()
             runs.append({"lognet": False, **ab(port, requests)})
             drain_time_wait()
-            (tmp / "c.log").unlink(missing_ok=True)
-            proc = subprocess.Popen(lognet_argv(tmp, "--stats-interval", "3600", engine="netlink"),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(3)  # its first poll is done
-            opens = tcp_opens()
-            before = psutil.Process(proc.pid).cpu_times()
-            run = ab(port, requests)
-            after = psutil.Process(proc.pid).cpu_times()
-            time.sleep(4)  # the last closes are read
-            proc.send_signal(signal.SIGTERM)
-            if proc.wait(timeout=60) != 0:
-                raise RuntimeError(f"lognet exited {proc.returncode}")
-            kernel = tcp_opens() - opens
-            remark = [line for line in (tmp / "c.log").read_text().splitlines()
-                      if line.startswith("#Remark: coverage")][-1]
-            counts = dict(re.findall(r"(closed|with process|without|skipped|unheard) (\d+)", remark.split(";")[0]))
-            lost = re.search(r"close events lost (\d+)", remark)
-            accounted = int(counts.get("closed", 0)) + (int(lost.group(1)) if lost else 0)
-            cpu = (after.user + after.system - before.user - before.system) / run["seconds"]
-            runs.append({"lognet": True, **run, "cpu_share": cpu, "kernel_tcp_opens": kernel,
-                         "closed": int(counts.get("closed", 0)), "with_process": int(counts.get("with process", 0)),
-                         "without": int(counts.get("without", 0)), "skipped": int(counts.get("skipped", 0)),
-                         "unheard": int(counts.get("unheard", 0)),
-                         "lost": int(lost.group(1)) if lost else 0, "accounted": accounted, "remark": remark})
+            runs.append(lognet_under_ab(tmp, port, requests, lognet_argv(tmp, "--stats-interval", "3600",
+                                                                         engine="netlink")))
+        # The close events' filter in the kernel against the same filter in Python only, both
+        # leaving out loopback: how many events reach Python, and what they cost.
+        unfiltered = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import lognet; "
+                      "lognet.close_filter = lambda config: None; sys.exit(lognet.main(sys.argv[1:]))")
+        for label, argv in (("kernel", lognet_argv(tmp)), ("python", [sys.executable, "-c", unfiltered,
+                                                                      str(LOGNET.parent), *lognet_argv(tmp)[2:]])):
+            drain_time_wait()
+            filters.append({"filter": label, **lognet_under_ab(tmp, port, requests, argv + [
+                "--engine", "netlink", "--omit-loopback-conns", "--format", "jsonl", "--stats-interval", "3600"])})
     finally:
         nginx.terminate()
         nginx.wait(timeout=30)
@@ -479,7 +466,40 @@ def flood_cost(tmp: Path, requests: int, rounds: int) -> dict:
     with_lognet = statistics.median(r["rps"] for r in runs if r["lognet"])
     return {"requests": requests, "runs": runs, "rps_without": without, "rps_with": with_lognet,
             "ratio": with_lognet / without, "cpu_share": statistics.median(r["cpu_share"] for r in runs if r["lognet"]),
-            "max_cpu": lognet.DEFAULT_MAX_CPU}
+            "max_cpu": lognet.DEFAULT_MAX_CPU, "filters": filters}
+
+
+def lognet_under_ab(tmp: Path, port: int, requests: int, argv: list[str]) -> dict:
+    """ab's run with lognet (argv) running: ab's figures, lognet's CPU while ab ran, and its
+    accounting of the kernel's closes (its last statistics) against the kernel's TCP opens."""
+    log = tmp / "c.log"
+    log.unlink(missing_ok=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(3)  # its first poll is done
+    opens = tcp_opens()
+    before = psutil.Process(proc.pid).cpu_times()
+    run = ab(port, requests)
+    after = psutil.Process(proc.pid).cpu_times()
+    time.sleep(4)  # the last closes are read
+    proc.send_signal(signal.SIGTERM)
+    if proc.wait(timeout=60) != 0:
+        raise RuntimeError(f"lognet exited {proc.returncode}")
+    run.update(lognet=True, kernel_tcp_opens=tcp_opens() - opens,
+               cpu_share=(after.user + after.system - before.user - before.system) / run["seconds"])
+    lines = log.read_text().splitlines()
+    if lines[0].startswith("{"):  # JSON Lines: the stats object
+        stats = [json.loads(line) for line in lines if '"event":"stats"' in line][-1]
+        tcp = stats["coverage"].get("tcp", {})
+        return {**run, "close_events_read": stats["close_events_read"], "closed": tcp.get("closed", 0)}
+    remark = [line for line in lines if line.startswith("#Remark: coverage")][-1]
+    counts = {name: int(n) for name, n in re.findall(r"(closed|with process|without|skipped|unheard) (\d+)",
+                                                      remark.split(";")[0])}
+    lost = re.search(r"close events lost (\d+)", remark)
+    run.update({name.replace(" ", "_"): counts.get(name, 0) for name in
+                ("closed", "with process", "without", "skipped", "unheard")},
+               lost=int(lost.group(1)) if lost else 0, remark=remark)
+    run["accounted"] = run["closed"] + run["lost"]
+    return run
 
 
 def netlink_rss(tmp: Path, checkpoints: list[int], rate: float) -> list[dict]:
@@ -658,6 +678,12 @@ def print_netlink_report(r: dict) -> None:
                       f"= {run['accounted']:,} |")
         print(f"medians: {f['rps_without']:,.0f} requests/s without, {f['rps_with']:,.0f} with "
               f"({f['ratio']:.1%}); lognet's CPU {f['cpu_share']:.1%} of one core")
+        print()
+        print("| `--omit-loopback-conns`, the same flood | ab requests/s | lognet CPU | close events read by lognet |")
+        print("|---|---:|---:|---:|")
+        for run in f.get("filters", []):
+            where = "in the kernel (BPF on the netlink socket)" if run["filter"] == "kernel" else "in Python only"
+            print(f"| filter {where} | {run['rps']:,.0f} | {run['cpu_share']:.1%} | {run['close_events_read']:,} |")
     print()
     print("| who connects | lifetime | connections | logged with their process | logged at all |")
     print("|---|---:|---:|---:|---:|")
