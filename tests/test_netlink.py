@@ -278,9 +278,13 @@ def test_a_socket_handed_to_another_process_is_logged_with_its_new_owner(tmp_pat
 def test_a_scan_sees_a_socket_passed_to_a_process_it_has_read_before():
     here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver = subprocess.Popen([sys.executable, "-c", "import socket, sys, time; there = socket.socket(fileno=int("
-                                 "sys.argv[1])); print(socket.recv_fds(there, 1, 1)[1][0], flush=True); time.sleep(20)",
+                                 "sys.argv[1])); print('ready', flush=True); "
+                                 "print(socket.recv_fds(there, 1, 1)[1][0], flush=True); time.sleep(20)",
                                  str(there.fileno())], pass_fds=[there.fileno()], stdout=subprocess.PIPE, text=True)
     try:
+        # Read once it has started: a process still starting up opens and closes files, and
+        # its number of fds, which tells a scan to read it again, may come back to the same.
+        assert receiver.stdout.readline().strip() == "ready"
         table = lognet.FdTable()
         table.scan()
         assert receiver.pid in table.links  # read once, before the socket reaches it
