@@ -1460,9 +1460,7 @@ class NetlinkSource(Source):
         self.shed = 0
         self.timewait_hidden_until = 0.0  # new TIME_WAIT sockets are left out of dumps until then
         self.skipped: dict[tuple, list] = {}  # (netns, group, addresses, pid) -> [count, data, offset]
-        self.cookie_pids: dict[bytes, int] = {}  # cookie (cookie_bytes()) -> pid, of the sockets reported with an owner
-        self.listener_pids: dict[tuple, int] = {}  # (netns, family, laddr) -> pid, of the listeners
-        self.served: set[tuple[int, bytes]] = set()  # (netns, port as the kernel writes it) of the listeners
+        self.known_owners: tuple | None = None  # see _owners(); None when the sockets reported have changed
         self.event_cost = EVENT_COST  # CPU seconds to count one close event, as last measured
         self.pauses = 0  # how many times TCP's close events were paused
         self.opens_seen: deque[tuple[float, int]] = deque()  # while paused: (clock, TCP opens in all namespaces)
@@ -1512,13 +1510,24 @@ class NetlinkSource(Source):
                 self.records = records
                 self.reported = {record.cookie for record in records.values()}
                 self.snapshot = [conn for conns in owned.values() for conn in conns]
-                self.cookie_pids = {cookie_bytes(conn.cookie): conn.pid for conn in self.snapshot
-                                    if conn.pid is not None and conn.cookie is not None}
-                self.listener_pids = {(conn.netns, conn.family, conn.laddr): conn.pid for conn in self.snapshot
-                                      if conn.status == LISTEN and conn.pid is not None}
-                self.served = {(r.netns, DIAG_PORTS.pack(r.laddr[1], 0)[:2]) for r in records.values()
-                               if r.status == LISTEN}
+                self.known_owners = None
             return self.snapshot
+
+    def _owners(self) -> tuple[dict[bytes, int], dict[tuple, int], set[tuple[int, bytes]]]:
+        """What counting closes needs to know of the sockets reported, made when it is first
+        needed after they changed, never at a poll that counts nothing: their owners by
+        cookie (as a message holds it, cookie_bytes()), the listeners' owners by (netns,
+        family, laddr), and the (netns, port) the listeners serve, the port as a message
+        holds it."""
+        if self.known_owners is None:
+            conns = self.snapshot + [conn for conn, _ in self.arrivals]
+            self.known_owners = (
+                {cookie_bytes(conn.cookie): conn.pid for conn in conns
+                 if conn.pid is not None and conn.cookie is not None},
+                {(conn.netns, conn.family, conn.laddr): conn.pid for conn in conns
+                 if conn.status == LISTEN and conn.pid is not None},
+                {(r.netns, DIAG_PORTS.pack(r.laddr[1], 0)[:2]) for r in self.records.values() if r.status == LISTEN})
+        return self.known_owners
 
     def _shedding(self) -> None:
         """Take the budget's level of shedding (see SHED_STEPS) for what follows; at the last,
@@ -1664,7 +1673,7 @@ class NetlinkSource(Source):
         self.fds.search({r.inode for r in new.values()}, {r.uid for r in new.values()}, most=WATCH_SEARCH_PIDS)
         found = {key: record for key, record in new.items() if record.inode in self.fds.owners}
         arrivals = [(conn, seen) for record in found.values() for conn in self._holders(record)]
-        self.cookie_pids.update((cookie_bytes(conn.cookie), conn.pid) for conn, _ in arrivals)
+        self.known_owners = None
         self.read_ahead({conn.pid for conn, _ in arrivals})
         self.arrivals += arrivals
         self.watched.update(found)
@@ -1744,7 +1753,7 @@ class NetlinkSource(Source):
     def _tally(self, ns: Namespace, chunks: list[tuple[bytes, int]]) -> None:
         """Count close events over the CPU budget without decoding them: by their addresses
         and their owner where the socket was seen alive, what a summary needs."""
-        skipped, owners, served, inode = self.skipped, self.cookie_pids, self.served, ns.inode
+        (owners, _, served), skipped, inode = self._owners(), self.skipped, ns.inode
         for data, group in chunks:
             # An event is one message in its own datagram: its place is known without a walk.
             starts = [NLMSG_HEADER.size] if data[4:6] == DIAG_MESSAGE_TYPE and NLMSG_LENGTH.unpack_from(data)[0] == len(
@@ -1772,7 +1781,8 @@ class NetlinkSource(Source):
                 if pid is None and conn.laddr and conn.raddr:
                     # Accepted from a listener that lognet knows: its process, as `ss -p` shows it.
                     wildcard = ("0.0.0.0" if conn.family == socket.AF_INET else "::", conn.laddr[1])
-                    pid = self.listener_pids.get((netns, conn.family, conn.laddr)) or self.listener_pids.get(
+                    listeners = self._owners()[1]
+                    pid = listeners.get((netns, conn.family, conn.laddr)) or listeners.get(
                         (netns, conn.family, wildcard))
                     how = "listener" if pid is not None else None
                 taken.append((conn._replace(pid=pid), count, how, inbound))
