@@ -36,6 +36,7 @@ import ipaddress
 import itertools
 import json
 import math
+import mmap
 import os
 import re
 import select
@@ -1028,13 +1029,22 @@ def parse_proc_net(text: str, family: int, protocol: int, netns: int | None) -> 
 DNS_PORT = 53
 DNS_HEADER = struct.Struct("!HHHHHH")  # id, flags, questions, answers, authority, additional
 DNS_RECORD = struct.Struct("!HHIH")  # type, class, ttl, rdata length
+UDP_HEADER = struct.Struct("!HHH")  # source port, destination port, length
 DNS_ADDRESS_TYPES = {1: (socket.AF_INET, 4), 28: (socket.AF_INET6, 16)}  # A, AAAA: family, rdata length
 DNS_CNAME = 5
 DNS_NAME_MAX = 255  # bytes, as the wire writes a name (RFC 1035 3.1)
 ETH_P_ALL, ETH_P_IP, ETH_P_IPV6 = 0x0003, 0x0800, 0x86DD
 PACKET_OUTGOING = 4  # a packet this host sends: on lo each answer is also seen coming in
 SO_ATTACH_FILTER = 26
-TAP_BUFFER = 4 << 20  # bytes the kernel may queue for lognet of DNS answers (root may raise the limit)
+# A tap's packets come through a ring shared with the kernel (PACKET_RX_RING, TPACKET_V2):
+# reading one costs no system call. Frames of 2048 bytes hold an answer of up to 1,984 bytes
+# (resolvers now send EDNS answers of 1,232 at the most). Answers are read at each poll, and
+# at the watcher's looks (ten a second at least) once the ring is half full: 512 frames, 1 MiB,
+# take 2,500 answers a second. A question's frame holds its headers.
+SOL_PACKET, PACKET_RX_RING, PACKET_VERSION, TPACKET_V2 = 263, 5, 10, 1
+TP_STATUS_USER = 1
+TPACKET2_HEADER = struct.Struct("=IIIHH")  # tp_status, tp_len, tp_snaplen, tp_mac, tp_net
+ANSWER_FRAMES, QUESTION_FRAMES = (2048, 512), (256, 256)  # (bytes each, how many)
 SKF_AD_PROTOCOL, SKF_AD_PKTTYPE = 0xFFFFF000, 0xFFFFF004  # classic BPF's loads of skb->protocol, pkt_type
 
 # Classic BPF (linux/filter.h), the opcodes used here.
@@ -1205,6 +1215,8 @@ def decode_dns_answer(message: bytes) -> tuple[str, list[tuple[str, int]]] | Non
                                   min(ttl, 0x7FFFFFFF)))
     except (struct.error, IndexError, ValueError):
         return None  # it came from the network: whatever is malformed is skipped
+    if not aliases:
+        return asked, [(address, ttl) for owner, address, ttl in addresses if owner == asked]
     chain, name = {asked}, asked
     for _ in range(len(aliases)):  # a CNAME loop ends when the aliases are spent
         name = aliases.get(name)
@@ -1234,7 +1246,7 @@ def decode_dns_packet(packet: bytes, netns: int | None) -> Answer | None:
             start, next_header = 40, packet[6]
         else:
             return None
-        sport, dport, length = struct.unpack_from("!HHH", packet, start)
+        sport, dport, length = UDP_HEADER.unpack_from(packet, start)
     except (IndexError, struct.error):
         return None
     if next_header != socket.IPPROTO_UDP or sport != DNS_PORT:
@@ -1245,6 +1257,40 @@ def decode_dns_packet(packet: bytes, netns: int | None) -> Answer | None:
     return Answer(netns, dport, *decoded)
 
 
+class PacketRing:
+    """The frames that the kernel fills with a packet socket's packets (PACKET_RX_RING):
+    each is read in place and handed back, in order."""
+
+    def __init__(self, sock: socket.socket, frame_size: int, frames: int):
+        sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        block = max(frame_size, mmap.PAGESIZE)
+        sock.setsockopt(SOL_PACKET, PACKET_RX_RING,  # struct tpacket_req: one block of frames, or a frame a block
+                        struct.pack("=IIII", block, frame_size * frames // block, frame_size, frames))
+        self.frames = mmap.mmap(sock.fileno(), frame_size * frames)
+        self.frame_size, self.count, self.next = frame_size, frames, 0
+
+    def half_full(self) -> bool:
+        """Whether the frames the kernel filled reach half way round the ring from the next to read."""
+        at = (self.next + self.count // 2) % self.count * self.frame_size
+        return bool(TPACKET2_HEADER.unpack_from(self.frames, at)[0] & TP_STATUS_USER)
+
+    def packets(self, most: int) -> Iterator[bytes]:
+        """The packets that have come, from the network header on, at most `most`."""
+        frames, size = self.frames, self.frame_size
+        for _ in range(most):
+            at = self.next * size
+            status, _, length, _, start = TPACKET2_HEADER.unpack_from(frames, at)
+            if not status & TP_STATUS_USER:
+                return
+            packet = frames[at + start:at + start + length]
+            frames[at:at + 4] = b"\0\0\0\0"  # TP_STATUS_KERNEL: the kernel's to fill again
+            self.next = (self.next + 1) % self.count
+            yield packet
+
+    def close(self) -> None:
+        self.frames.close()
+
+
 class DnsTap:
     """Two packet sockets that read the DNS traffic of their network namespace: the answers
     it receives, and the questions it sends (which wake the watcher, to find the socket that
@@ -1252,45 +1298,39 @@ class DnsTap:
     the host sends. Needs CAP_NET_RAW (PermissionError without)."""
 
     def __init__(self):
-        self.answers, self.questions = self._open(dns_filter(questions=False)), None
+        self.answers = self.questions = None
+        self.rings: list[PacketRing] = []
         try:
-            self.questions = self._open(dns_filter(questions=True))
+            self.answers = self._open(dns_filter(questions=False), *ANSWER_FRAMES)
+            self.questions = self._open(dns_filter(questions=True), *QUESTION_FRAMES)
         except OSError:
             self.close()
             raise
+        self.answer_ring, self.question_ring = self.rings
 
-    @staticmethod
-    def _open(program: bytes) -> socket.socket:
+    def _open(self, program: bytes, frame_size: int, frames: int) -> socket.socket:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
         try:
             attach_filter(sock, program)
-            sock.setblocking(False)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, 33, TAP_BUFFER)  # SO_RCVBUFFORCE: with CAP_NET_ADMIN
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TAP_BUFFER)  # up to net.core.rmem_max
+            self.rings.append(PacketRing(sock, frame_size, frames))
         except OSError:
             sock.close()
             raise
         return sock
 
-    def read(self, netns: int | None, most: int = 10_000) -> tuple[int, list[Answer]]:
-        """How many questions were sent, and the answers that arrived (a packet that came
-        before the filters were attached and is no answer is skipped; counted as a question,
-        it costs one dump)."""
-        asked = sum(1 for _ in self._packets(self.questions, most))
-        answers = (decode_dns_packet(packet, netns) for packet in self._packets(self.answers, most))
-        return asked, [answer for answer in answers if answer is not None]
+    def questions_sent(self) -> int:
+        """How many questions were sent since last asked (a packet that came before the filter
+        was attached is counted too: it costs one dump)."""
+        return sum(1 for _ in self.question_ring.packets(self.question_ring.count))
 
-    @staticmethod
-    def _packets(sock: socket.socket, most: int) -> Iterator[bytes]:
-        for _ in range(most):
-            try:
-                yield sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
+    def answers_received(self, netns: int | None) -> list[Answer]:
+        """The answers that arrived since last asked (what is no answer is skipped)."""
+        answers = (decode_dns_packet(packet, netns) for packet in self.answer_ring.packets(self.answer_ring.count))
+        return [answer for answer in answers if answer is not None]
 
     def close(self) -> None:
+        for ring in self.rings:
+            ring.close()
         for sock in (self.answers, self.questions):
             if sock is not None:
                 sock.close()
@@ -1430,13 +1470,11 @@ class NetlinkSource(Source):
             warn(f"close events are not available ({own.refusal}); closes are seen by polling only")
             self.has_close_events = False
         self.namespaces: dict[int, Namespace] = {self.netns: own}
-        # What the watcher waits on and reads, by fd: each namespace's close events and DNS taps.
-        self.listening: dict[int, tuple[Namespace, str]] = {}  # fd -> (namespace, "events", "answers" or "questions")
-        self.answer_fds: list[int] = []
+        # What the watcher waits on and reads, by fd: each namespace's close events and DNS questions.
+        self.listening: dict[int, tuple[Namespace, str]] = {}  # fd -> (namespace, "events" or "questions")
         self.wakeful: list[int] = []
         self.closing: set[Namespace] = set()  # those that sent close events since the watcher last read their counters
         self.asking: set[Namespace] = set()  # those that sent DNS questions since: a socket there waits for an answer
-        self.answers: list[Answer] = []  # DNS answers read and not yet learnt
         self.released: list[tuple] = []  # askers' keys whose UDP sockets closed since: their ports may go to another
         self._listen()
         self.joins = True  # whether lognet may join other namespaces (setns); False after the first refusal
@@ -1575,7 +1613,7 @@ class NetlinkSource(Source):
     def between_polls(self) -> tuple[list[tuple[Connection, float]], list[Closed]]:
         with self.lock:
             self.read_events()  # the watcher's too, now: the poll's dump must not outrun them
-            self._learn()
+            self._learn(drain=True)  # the poll's lines need every name that has come
             arrivals, self.arrivals = self.arrivals, []
             departures, self.departures = self.departures, []
         return arrivals, departures
@@ -1588,7 +1626,7 @@ class NetlinkSource(Source):
             try:
                 self._look(heard)
             finally:
-                self._learn()  # after the look's dump, which may have found the sockets that asked
+                self._learn(drain=False)  # after the look's dump, which may have found the sockets that asked
 
     def _look(self, heard: Iterable[int] | None) -> None:
         now = self._clock()
@@ -1680,42 +1718,47 @@ class NetlinkSource(Source):
         self.reported.update(record.cookie for record in found.values())
 
     def read_events(self, heard: Iterable[int] | None = None) -> int:
-        """Decode the close events that have arrived, in every namespace, and take the DNS
-        answers and questions; return how many closes and questions (what predicts more
-        sockets). heard: the fds a wait on wakers() just found readable, when it waited on them all."""
+        """Decode the close events that have arrived, in every namespace, and count the DNS
+        questions sent; return how many closes and questions (what predicts more sockets).
+        heard: the fds a wait on wakers() just found readable, when it waited on them all."""
         with self.lock:
             listening = self.listening
             # With many namespaces, one select() finds those with events, rather than a
             # recv() that finds nothing in each, at every look.
             if heard is not None:
-                answers = self.answer_fds
-                ready = [fd for fd in heard if fd in listening] + (select.select(answers, [], [], 0)[0] if answers
-                                                                   else [])
+                ready = [fd for fd in heard if fd in listening]
             else:
                 ready = listening.keys() if len(listening) < 2 else select.select(list(listening), [], [], 0)[0]
-            hearing = {listening[fd][0] for fd in ready if listening[fd][1] != "events"}
-            asked = sum(self._hear(ns) for ns in hearing)
+            asked = sum(self._asked(listening[fd][0]) for fd in ready if listening[fd][1] == "questions")
             closed = [c for fd in ready if listening[fd][1] == "events" for c in self._closes(listening[fd][0])]
             self.departures += closed
             return len(closed) + asked
 
-    def _hear(self, ns: Namespace) -> int:
-        """Take the DNS answers and questions that have arrived in one namespace; return how
-        many questions: a connection is likely to follow each."""
-        asked, answers = ns.tap.read(ns.inode)
+    def _asked(self, ns: Namespace) -> int:
+        """How many DNS questions one namespace sent: a connection is likely to follow each."""
+        asked = ns.tap.questions_sent()
         if asked:
-            self.asking.add(ns)  # it sent a question: the asking socket lives until its answer comes
-        self.answers += answers
+            self.asking.add(ns)  # the asking socket lives until its answer comes
         return asked
 
-    def _learn(self) -> None:
-        """Learn the names the answers read gave, each for the process that asked, where known."""
+    def _learn(self, drain: bool) -> None:
+        """Learn the names that DNS answers gave, each for the process that asked, where known:
+        every answer that has come when drain, else those of taps half full. Only the poll's
+        lines need them, and in bulk each costs less to read."""
+        if self.names is None:
+            return
+        for ns in self.namespaces.values():
+            if ns.tap is not None and (drain or ns.tap.answer_ring.half_full()):
+                self._learn_answers(ns)
+        if drain:  # after every answer that came: a socket closes once its answer has come
+            for key in self.released:
+                self.askers.pop(key, None)
+            self.released = []
+
+    def _learn_answers(self, ns: Namespace) -> None:
         now = self.now()
-        for answer in self.answers:
+        for answer in ns.tap.answers_received(ns.inode):
             self.names.add(answer, self.askers.get((answer.netns, answer.port)), now)
-        for key in self.released:  # after the answers: a socket closes once its answer has come
-            self.askers.pop(key, None)
-        self.answers, self.released = [], []
 
     def rhost(self, conn: Connection, pid: int | None) -> str | None:
         if self.names is None or not conn.raddr:
@@ -1805,6 +1848,8 @@ class NetlinkSource(Source):
             if ns.events is not None:
                 self.departures += self._closes(ns)  # its last closes, before its socket goes
             self._count_unheard(ns, ns.unheard())
+            if ns.tap is not None:
+                self._learn_answers(ns)  # the names its last connections' lines may need
             ns.close()
             self.lost_before += ns.lost
         for inode, pids in members.items():
@@ -1818,13 +1863,13 @@ class NetlinkSource(Source):
         self._listen()
 
     def _listen(self) -> None:
-        """Index the close-event sockets and the DNS taps by fd, once a poll rather than at every look."""
+        """Index the close-event sockets and the DNS questions' taps by fd, once a poll rather
+        than at every look."""
         self.listening = {
             sock.fileno(): (ns, role) for ns in self.namespaces.values()
-            for role, sock in (("events", ns.events and ns.events.sock), ("answers", ns.tap and ns.tap.answers),
-                               ("questions", ns.tap and ns.tap.questions)) if sock is not None}
-        self.answer_fds = [fd for fd, (_, role) in self.listening.items() if role == "answers"]
-        self.wakeful = [fd for fd, (_, role) in self.listening.items() if role != "answers"]  # see wakers()
+            for role, sock in (("events", ns.events and ns.events.sock), ("questions", ns.tap and ns.tap.questions))
+            if sock is not None}
+        self.wakeful = list(self.listening)  # see wakers()
 
     def _tap(self) -> DnsTap | None:
         """A tap for the DNS traffic of the calling thread's namespace, while names are logged."""
