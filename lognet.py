@@ -1274,10 +1274,10 @@ class PacketRing:
         at = (self.next + self.count // 2) % self.count * self.frame_size
         return bool(TPACKET2_HEADER.unpack_from(self.frames, at)[0] & TP_STATUS_USER)
 
-    def packets(self, most: int) -> Iterator[bytes]:
-        """The packets that have come, from the network header on, at most `most`."""
+    def packets(self) -> Iterator[bytes]:
+        """The packets that have come, from the network header on: at most a ring's worth."""
         frames, size = self.frames, self.frame_size
-        for _ in range(most):
+        for _ in range(self.count):
             at = self.next * size
             status, _, length, _, start = TPACKET2_HEADER.unpack_from(frames, at)
             if not status & TP_STATUS_USER:
@@ -1298,39 +1298,38 @@ class DnsTap:
     the host sends. Needs CAP_NET_RAW (PermissionError without)."""
 
     def __init__(self):
-        self.answers = self.questions = None
-        self.rings: list[PacketRing] = []
+        self.answers = self.questions = self.answer_ring = self.question_ring = None
         try:
-            self.answers = self._open(dns_filter(questions=False), *ANSWER_FRAMES)
-            self.questions = self._open(dns_filter(questions=True), *QUESTION_FRAMES)
+            self.answers, self.answer_ring = self._open(dns_filter(questions=False), *ANSWER_FRAMES)
+            self.questions, self.question_ring = self._open(dns_filter(questions=True), *QUESTION_FRAMES)
         except OSError:
             self.close()
             raise
-        self.answer_ring, self.question_ring = self.rings
 
-    def _open(self, program: bytes, frame_size: int, frames: int) -> socket.socket:
+    @staticmethod
+    def _open(program: bytes, frame_size: int, frames: int) -> tuple[socket.socket, PacketRing]:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
         try:
             attach_filter(sock, program)
-            self.rings.append(PacketRing(sock, frame_size, frames))
+            return sock, PacketRing(sock, frame_size, frames)
         except OSError:
             sock.close()
             raise
-        return sock
 
     def questions_sent(self) -> int:
         """How many questions were sent since last asked (a packet that came before the filter
         was attached is counted too: it costs one dump)."""
-        return sum(1 for _ in self.question_ring.packets(self.question_ring.count))
+        return sum(1 for _ in self.question_ring.packets())
 
     def answers_received(self, netns: int | None) -> list[Answer]:
         """The answers that arrived since last asked (what is no answer is skipped)."""
-        answers = (decode_dns_packet(packet, netns) for packet in self.answer_ring.packets(self.answer_ring.count))
+        answers = (decode_dns_packet(packet, netns) for packet in self.answer_ring.packets())
         return [answer for answer in answers if answer is not None]
 
     def close(self) -> None:
-        for ring in self.rings:
-            ring.close()
+        for ring in (self.answer_ring, self.question_ring):
+            if ring is not None:
+                ring.close()
         for sock in (self.answers, self.questions):
             if sock is not None:
                 sock.close()
