@@ -114,7 +114,7 @@ def test_default_fields_keep_the_original_lines(tmp_path, holder, background, en
     try:
         ln.wait_for_line(f" {h.info['port']} - - LISTEN ")
         client = h.send("open")
-        ln.wait_for_line(f" {client} 127.0.0.1 ")
+        ln.wait_for_line(f" {client} 127.0.0.1 {h.info['port']} ")  # not another socket's port, reused
         h.send("drop")
         ln.wait_for_line(f" {client} 127.0.0.1 {h.info['port']} TIME_WAIT -")
     finally:
@@ -130,7 +130,7 @@ def test_direction_of_both_ends_of_a_loopback_pair(tmp_path, holder, background,
     try:
         ln.wait_for_line(f" {h.info['port']} - - LISTEN ")
         client = h.send("open")
-        ln.wait_for_line(f" {client} 127.0.0.1 ")
+        ln.wait_for_line(f" {client} 127.0.0.1 {h.info['port']} ")  # not another socket's port, reused
     finally:
         assert ln.stop() == 0
     port, before = str(h.info["port"]), str(h.info["client_port"])
