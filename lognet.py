@@ -1496,7 +1496,7 @@ class NetlinkSource(Source):
         # Shedding (see CpuBudget): the level in force, and the close events counted, not decoded.
         self.shed = 0
         self.timewait_hidden_until = 0.0  # new TIME_WAIT sockets are left out of dumps until then
-        self.skipped: dict[tuple, list] = {}  # (netns, group, addresses, pid) -> [count, data, offset]
+        self.skipped: dict[tuple, list] = {}  # (netns, group, addresses, port, inbound) -> [count, data, offset]
         self.known_owners: tuple | None = None  # see _owners(); None when the sockets reported have changed
         self.event_cost = EVENT_COST  # CPU seconds to count one close event, as last measured
         self.pauses = 0  # how many times TCP's close events were paused
@@ -1550,17 +1550,15 @@ class NetlinkSource(Source):
                 self.known_owners = None
             return self.snapshot
 
-    def _owners(self) -> tuple[dict[bytes, int], dict[tuple, int], set[tuple[int, bytes]]]:
+    def _owners(self) -> tuple[set[bytes], dict[tuple, int], set[tuple[int, bytes]]]:
         """What counting closes needs to know of the sockets reported, made when it is first
-        needed after they changed, never at a poll that counts nothing: their owners by
-        cookie (as a message holds it, cookie_bytes()), the listeners' owners by (netns,
-        family, laddr), and the (netns, port) the listeners serve, the port as a message
-        holds it."""
+        needed after they changed, never at a poll that counts nothing: their cookies (as a
+        message holds them, cookie_bytes()), the listeners' owners by (netns, family, laddr),
+        and the (netns, port) the listeners serve, the port as a message holds it."""
         if self.known_owners is None:
             conns = self.snapshot + [conn for conn, _ in self.arrivals]
             self.known_owners = (
-                {cookie_bytes(conn.cookie): conn.pid for conn in conns
-                 if conn.pid is not None and conn.cookie is not None},
+                {cookie_bytes(conn.cookie) for conn in conns if conn.cookie is not None},
                 {(conn.netns, conn.family, conn.laddr): conn.pid for conn in conns
                  if conn.status == LISTEN and conn.pid is not None},
                 {(r.netns, DIAG_PORTS.pack(r.laddr[1], 0)[:2]) for r in self.records.values() if r.status == LISTEN})
@@ -1773,10 +1771,9 @@ class NetlinkSource(Source):
             return []
         self.closing.add(ns)
         if self.shed >= SHED_CLOSES:
-            self._tally(ns, chunks)
+            chunks = self._tally(ns, chunks)
             if self.events_read - counted >= 100:  # enough to measure the cost of one
                 self.event_cost = (time.thread_time() - started) / (self.events_read - counted)
-            return []
         seen = self.now()
         closed = []
         for data, group in chunks:
@@ -1792,42 +1789,48 @@ class NetlinkSource(Source):
                     closed.append(Closed(conn._replace(inode=None, uid=None, txbytes=sent), seen, received, beyond))
         return closed
 
-    def _tally(self, ns: Namespace, chunks: list[tuple[bytes, int]]) -> None:
-        """Count close events over the CPU budget without decoding them: by their addresses
-        and their owner where the socket was seen alive, what a summary needs."""
-        (owners, _, served), skipped, inode = self._owners(), self.skipped, ns.inode
+    def _tally(self, ns: Namespace, chunks: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+        """Count close events over the CPU budget without decoding them, by their addresses,
+        what a summary needs; return those of sockets seen alive, to be decoded: a connection
+        whose open was logged has its close line too."""
+        (seen, _, served), skipped, inode = self._owners(), self.skipped, ns.inode
+        known = []
         for data, group in chunks:
             # An event is one message in its own datagram: its place is known without a walk.
-            starts = [NLMSG_HEADER.size] if data[4:6] == DIAG_MESSAGE_TYPE and NLMSG_LENGTH.unpack_from(data)[0] == len(
-                data) else [start for kind, start, _ in netlink_messages(data) if kind == SOCK_DIAG_BY_FAMILY]
-            for start in starts:
+            places = [(NLMSG_HEADER.size, len(data))] if data[4:6] == DIAG_MESSAGE_TYPE and NLMSG_LENGTH.unpack_from(
+                data)[0] == len(data) else [(start, end) for kind, start, end in netlink_messages(data)
+                                            if kind == SOCK_DIAG_BY_FAMILY]
+            for start, end in places:
+                if data[start + 44:start + 52] in seen:
+                    known.append((data[start - NLMSG_HEADER.size:end], group))
+                    continue
                 # The port that names the service is kept: the local one where a listener
                 # has it (an incoming connection), else the remote one.
                 inbound = (inode, data[start + 4:start + 6]) in served
                 port = data[start + 4:start + 6] if inbound else data[start + 6:start + 8]
-                key = (inode, group, data[start + 8:start + 40], port, inbound, owners.get(data[start + 44:start + 52]))
+                key = (inode, group, data[start + 8:start + 40], port, inbound)
                 entry = skipped.get(key)
                 if entry is None:
                     skipped[key] = [1, data, start]
                 else:
                     entry[0] += 1
-            self.events_read += len(starts)
+                self.events_read += 1
+        return known
 
     def take_skipped(self) -> list[tuple[Connection, int, str | None, bool]]:
         with self.lock:
             skipped, self.skipped = self.skipped, {}
             taken = []
-            for (netns, group, _, _, inbound, pid), (count, data, start) in skipped.items():
+            for (netns, group, _, _, inbound), (count, data, start) in skipped.items():
                 conn = decode_socket(data, start, GROUP_SOCKETS[group][1], netns)._replace(inode=None, uid=None)
-                how = "pid" if pid is not None else None
-                if pid is None and conn.laddr and conn.raddr:
+                pid = None
+                if conn.laddr and conn.raddr:
                     # Accepted from a listener that lognet knows: its process, as `ss -p` shows it.
                     wildcard = ("0.0.0.0" if conn.family == socket.AF_INET else "::", conn.laddr[1])
                     listeners = self._owners()[1]
                     pid = listeners.get((netns, conn.family, conn.laddr)) or listeners.get(
                         (netns, conn.family, wildcard))
-                    how = "listener" if pid is not None else None
-                taken.append((conn._replace(pid=pid), count, how, inbound))
+                taken.append((conn._replace(pid=pid), count, "listener" if pid is not None else None, inbound))
             return taken
 
     @property
@@ -2147,9 +2150,11 @@ class Tracker:
         waited, self.waiting = self.waiting, []
         if differ:
             gone = {connection_id(conn): conn for conn in differ if conn not in current}
-            by_address = {connection_address(conn): conn for conn in gone.values() if conn.raddr}
+            # What a record may continue, by the socket's cookie and by its TCP addresses.
+            by_socket = {key: conn for conn in gone.values() for key in (
+                [conn.cookie] if conn.cookie is not None else []) + ([connection_address(conn)] if conn.raddr else [])}
             self._count_listeners(added, +1)  # before directions: a listener seen in this poll counts
-            events += [self._arrive(conn, gone, by_address, now) for conn in added]
+            events += [self._arrive(conn, gone, by_socket, now) for conn in added]
             self._count_listeners(gone.values(), -1)
             for key in gone:
                 sighting = self.sightings.pop(key)
@@ -2217,14 +2222,14 @@ class Tracker:
         self._count_listeners([sighting.record], -1)
         return True
 
-    def _arrive(self, conn: Connection, gone: dict[tuple, Connection], by_address: dict[tuple, Connection],
-                now: float) -> ConnectionEvent:
+    def _arrive(self, conn: Connection, gone: dict[tuple, Connection], by_socket: dict, now: float) -> ConnectionEvent:
         """An open; or a state change when conn continues a record gone from the snapshot: the
-        same id in another status, or the same TCP addresses with an owner that the kernel let
-        go of (TIME_WAIT) or that was found a poll late."""
+        same id in another status, or the same socket (by its cookie, a listener's too) or the
+        same TCP addresses, with an owner that the kernel let go of (TIME_WAIT) or that was
+        found a poll late."""
         old = gone.pop(connection_id(conn), None)
-        if old is None and conn.raddr:
-            old = by_address.get(connection_address(conn))
+        if old is None:
+            old = by_socket.get(conn.cookie) or by_socket.get(connection_address(conn))
             if old is None or (old.pid is None) == (conn.pid is None) or gone.pop(connection_id(old), None) is None:
                 old = None
             else:

@@ -337,3 +337,28 @@ def test_while_paused_closes_are_counted_by_the_kernels_counters():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(lognet.SHED_POLLS), "200", "100", "1"]
+
+
+def test_over_the_budget_the_close_of_a_socket_seen_alive_is_decoded_not_counted():
+    # Close events made from real sockets (a dump's messages have the same layout): those of
+    # sockets that the last poll reported go on to be decoded, a close line each; the others are counted.
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.create_connection(listener.getsockname()) as seen:
+        source = lognet.NetlinkSource("tcp", namespaces=False)
+        try:
+            source.connections("tcp")
+            with socket.create_connection(listener.getsockname()) as late, listener.accept()[0]:
+                ns = source.namespaces[source.netns]
+                group = lognet.DESTROY_GROUPS[socket.AF_INET, socket.IPPROTO_TCP]
+                known = source._tally(ns, [(chunk, group) for chunk in ns.diag.dump(socket.AF_INET,
+                                                                                    socket.IPPROTO_TCP)])
+                decoded = [lognet.decode_socket(data, lognet.NLMSG_HEADER.size, socket.IPPROTO_TCP, ns.inode)
+                           for data, _ in known]
+                counted = source.take_skipped()
+                ports = (seen.getsockname()[1], listener.getsockname()[1], late.getsockname()[1])
+        finally:
+            source.close()
+    seen_port, listener_port, late_port = ports
+    known_ports = {conn.laddr[1] for conn in decoded}
+    assert {seen_port, listener_port} <= known_ports and late_port not in known_ports
+    late_ends = [count for conn, count, _, _ in counted if late_port in (conn.laddr[1], conn.raddr[1])]
+    assert sum(late_ends) == 2  # the late client's end, and the end the listener accepted

@@ -74,6 +74,22 @@ def test_owner_seen_a_poll_late_is_the_same_connection():
     assert changes[0].attrib == "pid" and changes[0].first_seen == 1.0
 
 
+def test_a_listener_whose_owner_is_found_a_poll_late_is_the_same_socket():
+    # By its cookie: a listener has no remote address to know it by, and while the kernel's
+    # close is awaited, a record gone from the list would close a poll later.
+    tracker = lognet.Tracker(awaits_kernel_closes=True)
+    listener = LISTEN._replace(cookie=77)
+    tracker.update([listener._replace(pid=None, fd=-1)], now=1.0)
+    changes = tracker.update([listener], now=2.0)
+    assert events(changes) == [("state", listener)]
+    assert changes[0].attrib == "pid" and changes[0].first_seen == 1.0
+    assert tracker.update([listener], now=3.0) == []  # and no close of it follows
+    other = LISTEN._replace(laddr=("127.0.0.1", 81), cookie=78)
+    tracker.update([listener, other._replace(pid=None, fd=-1)], now=4.0)
+    assert events(tracker.update([listener, other._replace(cookie=79)], now=5.0)) == [
+        ("open", other._replace(cookie=79))]  # another socket: an open, and the first closes with the kernel
+
+
 def test_direction():
     tracker = lognet.Tracker()
     udp = make_conn(("0.0.0.0", 53), status="NONE", type=socket.SOCK_DGRAM, fd=6)
