@@ -1215,8 +1215,6 @@ def decode_dns_answer(message: bytes) -> tuple[str, list[tuple[str, int]]] | Non
                                   min(ttl, 0x7FFFFFFF)))
     except (struct.error, IndexError, ValueError):
         return None  # it came from the network: whatever is malformed is skipped
-    if not aliases:
-        return asked, [(address, ttl) for owner, address, ttl in addresses if owner == asked]
     chain, name = {asked}, asked
     for _ in range(len(aliases)):  # a CNAME loop ends when the aliases are spent
         name = aliases.get(name)
