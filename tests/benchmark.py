@@ -230,31 +230,46 @@ s.close()
 """
 
 
-def running_cpu(argv: list[str], seconds: float, during=None) -> tuple[float, int]:
-    """CPU seconds of argv over `seconds` of running (it is stopped with SIGTERM), and its
-    peak RSS in KB; `during(proc)` runs meanwhile, if given."""
+def task_cpu_ns(pid: int) -> dict[str, int]:
+    """CPU nanoseconds each thread of pid has run (the first field of its schedstat)."""
+    times = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+            times[task] = int(f.read().split()[0])
+    return times
+
+
+def steady_cpu(argv: list[str], seconds: float, settle: float = 4.0, during=None) -> float:
+    """CPU share of one core that argv takes over `seconds` once it has run for `settle`
+    seconds: start-up left out by measuring after it, summed over its threads, in ns.
+    `during(proc)` runs once the start-up is over, before the window opens, if given.
+    The process is stopped with SIGTERM and must exit 0."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.monotonic() + seconds
-    if during:
-        during(proc)
-    time.sleep(max(0.0, end - time.monotonic()))
-    proc.send_signal(signal.SIGTERM)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{argv} exited {os.waitstatus_to_exitcode(status)}")
-    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+    try:
+        time.sleep(settle)
+        if during:
+            during(proc)
+        before, start = task_cpu_ns(proc.pid), time.monotonic()
+        time.sleep(seconds)
+        after, wall = task_cpu_ns(proc.pid), time.monotonic() - start
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=30)
+    if status != 0:
+        raise RuntimeError(f"{argv} exited {status}")
+    if before.keys() - after.keys():
+        raise RuntimeError(f"{argv}: a thread ended in the window, its CPU would be missed")
+    return sum(after[task] - before.get(task, 0) for task in after) / 1e9 / wall
 
 
 def idle_cpu(tmp: Path, seconds: float, rounds: int) -> dict:
     """CPU share of one core with nothing changing: the netlink engine at its defaults
-    against the psutil engine at -i 1, interleaved; start-up (a run of -n 1) left out."""
+    against the psutil engine at -i 1, interleaved; start-up left out."""
     shares = {"netlink": [], "psutil -i 1": []}
     for _ in range(rounds):
         for label, argv in (("netlink", lognet_argv(tmp, engine="netlink")),
                             ("psutil -i 1", lognet_argv(tmp, "-i", 1))):
-            startup, _ = run_cpu(argv + ["-n", "1"])
-            cpu, _ = running_cpu(argv, seconds)
-            shares[label].append(max(0.0, cpu - startup) / seconds)
+            shares[label].append(steady_cpu(argv, seconds))
     return {label: statistics.median(values) for label, values in shares.items()}
 
 
@@ -321,9 +336,7 @@ def namespaces_cost(tmp: Path, count: int, pairs: int, rounds: int, idle_seconds
                 source.close()
         idle = []
         for _ in range(3):
-            startup, _ = run_cpu(lognet_argv(tmp, "-n", "1", engine="netlink"))
-            cpu, _ = running_cpu(lognet_argv(tmp, engine="netlink"), idle_seconds)
-            idle.append(max(0.0, cpu - startup) / idle_seconds)
+            idle.append(steady_cpu(lognet_argv(tmp, engine="netlink"), idle_seconds))
     finally:
         load.stop()
     all_ms, own_ms = (statistics.median(times[which]) * 1e3 for which in ("all", "own"))
@@ -354,9 +367,7 @@ def names_cost(tmp: Path, seconds: float, rounds: int) -> dict:
                 for _ in range(rounds):
                     for names, extra in (("without", []), ("with", ["--fields", "+rhost"])):
                         argv = inside + lognet_argv(tmp, "--netns", "own", *extra, engine="netlink")
-                        startup, _ = run_cpu(argv + ["-n", "1"])
-                        cpu, _ = running_cpu(argv, seconds)
-                        shares[names].append(max(0.0, cpu - startup) / seconds)
+                        shares[names].append(steady_cpu(argv, seconds))
             finally:
                 load.stop()
             without, with_names = (statistics.median(shares[names]) for names in ("without", "with"))
@@ -370,16 +381,15 @@ def names_cost(tmp: Path, seconds: float, rounds: int) -> dict:
 def churn_cpu(tmp: Path, rate: float, seconds: float) -> dict:
     """CPU share of the netlink engine at its defaults while a churner opens `rate` connections a second."""
     load = Load()
-    startup, _ = run_cpu(lognet_argv(tmp, "-n", "1", engine="netlink"))
     (tmp / "c.log").unlink(missing_ok=True)
     try:
-        cpu, _ = running_cpu(lognet_argv(tmp, "--stats-interval", "3600", engine="netlink"), seconds,
-                             during=lambda proc: (time.sleep(1), load.start("churn", "--rate", rate, "--lifetimes",
-                                                                            "0.05", "--seconds", seconds)))
+        cpu_share = steady_cpu(lognet_argv(tmp, "--stats-interval", "3600", engine="netlink"), seconds,
+                               during=lambda proc: (load.start("churn", "--rate", rate, "--lifetimes", "0.05",
+                                                               "--seconds", seconds + 5), time.sleep(1)))
     finally:
         load.stop()
     remark = [line for line in (tmp / "c.log").read_text().splitlines() if line.startswith("#Remark: coverage")][-1]
-    return {"rate": rate, "seconds": seconds, "cpu_share": max(0.0, cpu - startup) / seconds,
+    return {"rate": rate, "seconds": seconds, "cpu_share": cpu_share,
             "skipped": sum(int(n) for n in re.findall(r"skipped (\d+)", remark)), "shed": "over the CPU" in remark}
 
 
