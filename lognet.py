@@ -47,7 +47,7 @@ import struct
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from typing import Callable, NamedTuple, Union
 
@@ -112,6 +112,7 @@ PROCESS_PRUNE_SECONDS = 60.0  # how often cached processes that have exited are 
 STATUS_SECONDS = 1.0  # the status line is redrawn at most this often
 GC_SECONDS = 60.0  # how often lognet runs Python's cycle collector itself (see run())
 DEFAULT_STATS_INTERVAL = 300.0
+CLOSES_UNLOGGED = ("skipped", "unheard", "lost")  # the kernel's closes without a line, named when there are any
 SNMP = "/proc/net/snmp"  # Linux counts every TCP open of the network namespace here
 # Names for remote addresses (rhost), from the DNS answers the host receives: each is kept
 # for its TTL and at least NAME_TTL_FLOOR seconds, NAMES_KEPT of them at the most.
@@ -292,7 +293,10 @@ class Source:
         alive (with the epoch time they were seen), and sockets the kernel closed."""
         return [], []
 
-    lost_events = 0  # close events the kernel dropped
+    def lost_closes(self) -> dict[int | None, dict[str, int]]:
+        """The close events the kernel dropped (ENOBUFS) since the start, by netns and protocol."""
+        return {}
+
     events_read = 0  # close events that reached lognet, decoded or counted
     pauses = 0  # times the close events were paused for a CPU budget
     budget: CpuBudget | None = None  # lognet's CPU budget, where one is set: over it, work is shed
@@ -1151,8 +1155,6 @@ def dns_label(label: bytes) -> str:
     r"""A label in DNS presentation form (RFC 1035 5.1): '.' and '\' escaped, bytes outside
     printable ASCII as \DDD; so that a name that holds a dot, a space or a newline in a
     label cannot pass for another: b'a.b' -> 'a\.b', b'x\n' -> 'x\010'."""
-    if label.replace(b"-", b"").replace(b"_", b"").isalnum():  # the usual label: nothing to escape
-        return label.decode("ascii").lower()
     return "".join(f"\\{chr(byte)}" if byte in b".\\" else chr(byte) if 0x21 <= byte <= 0x7E else f"\\{byte:03d}"
                    for byte in label.lower())
 
@@ -1175,13 +1177,73 @@ def read_dns_name(data: bytes, offset: int) -> tuple[str, int]:
         if length > 63:
             raise ValueError("a label type that is not a length")
         if length == 0:
-            return ".".join(labels), offset + 1 if end is None else end
+            break
         size += length + 1
         label = data[offset + 1:offset + 1 + length]
         if size > DNS_NAME_MAX or len(label) != length:
             raise ValueError("a name too long or cut short")
-        labels.append(dns_label(label))
+        labels.append(label)
         offset += 1 + length
+    if b"".join(labels).replace(b"-", b"").replace(b"_", b"").isalnum():  # the usual name: nothing to escape
+        name = b".".join(labels).decode("ascii").lower()
+    else:
+        name = ".".join(map(dns_label, labels))
+    return name, offset + 1 if end is None else end
+
+
+def skip_dns_name(data: bytes, offset: int) -> int:
+    """The offset after the name at offset, a compression pointer not followed: where the
+    next field is, without reading the name. IndexError when cut short."""
+    while True:
+        length = data[offset]
+        if length >= 0xC0:
+            return offset + 2
+        if length > 63:
+            raise ValueError("a label type that is not a length")
+        if length == 0:
+            return offset + 1
+        offset += 1 + length
+
+
+def dns_answer_records(message: bytes) -> tuple[list[tuple[int, int, int, int, int]], int]:
+    """The records of a DNS answer's answer section, of class IN: (where the owner's name
+    is, type, TTL, where the data starts, ends); and where the section ends. ValueError
+    when the message is not an answer to a stub's question; IndexError or struct.error
+    when it is cut short."""
+    _, flags, questions, answers, _, _ = DNS_HEADER.unpack_from(message)
+    if not flags & 0x8000 or flags & 0x000F or questions != 1:
+        raise ValueError("a question, an error (NXDOMAIN ...), or not what a stub asks")
+    offset = skip_dns_name(message, DNS_HEADER.size) + 4  # the question's type and class
+    records = []
+    for _ in range(answers):
+        owner, offset = offset, skip_dns_name(message, offset)
+        rtype, rclass, ttl, length = DNS_RECORD.unpack_from(message, offset)
+        offset += DNS_RECORD.size + length
+        if offset > len(message):
+            raise IndexError("a record cut short")
+        if rclass == 1:
+            records.append((owner, rtype, min(ttl, 0x7FFFFFFF), offset - length, offset))
+    return records, offset
+
+
+def dns_address(message: bytes, rtype: int, start: int, end: int) -> str | None:
+    """The address an A or AAAA record's data holds; None for any other record."""
+    family, size = DNS_ADDRESS_TYPES.get(rtype, (0, -1))
+    return socket.inet_ntop(family, message[start:end]) if end - start == size else None
+
+
+def dns_answer_addresses(message: bytes) -> tuple[bytes, list[tuple[str, int]]] | None:
+    """The addresses (with their TTLs) that a DNS answer's A and AAAA records give, and the
+    answer cut after its answer section; None when the message is not a usable answer.
+    No name is read: which name an address has (decode_dns_answer) is worked out only
+    when a line needs it, and most answers are never asked for."""
+    try:
+        records, end = dns_answer_records(message)
+        addresses = [(address, ttl) for _, rtype, ttl, start, stop in records
+                     if (address := dns_address(message, rtype, start, stop)) is not None]
+    except (struct.error, IndexError, ValueError):
+        return None  # it came from the network: whatever is malformed is skipped
+    return message[:end], addresses
 
 
 def decode_dns_answer(message: bytes) -> tuple[str, list[tuple[str, int]]] | None:
@@ -1191,28 +1253,14 @@ def decode_dns_answer(message: bytes) -> tuple[str, list[tuple[str, int]]] | Non
     A question for site.test answered 'site.test CNAME edge.cdn.test', 'edge.cdn.test A
     192.0.2.10' -> ('site.test', [('192.0.2.10', ttl)])."""
     try:
-        _, flags, questions, answers, _, _ = DNS_HEADER.unpack_from(message)
-        if not flags & 0x8000 or flags & 0x000F or questions != 1:
-            return None  # a question, an error (NXDOMAIN ...), or not what a stub asks
-        asked, offset = read_dns_name(message, DNS_HEADER.size)
-        offset += 4  # the question's type and class
+        records, _ = dns_answer_records(message)
+        asked = read_dns_name(message, DNS_HEADER.size)[0]
         aliases, addresses = {}, []
-        for _ in range(answers):
-            if message[offset:offset + 2] == b"\xc0\x0c":  # the usual owner: a pointer to the question's name
-                owner, offset = asked, offset + 2
-            else:
-                owner, offset = read_dns_name(message, offset)
-            rtype, rclass, ttl, length = DNS_RECORD.unpack_from(message, offset)
-            offset += DNS_RECORD.size + length
-            if offset > len(message):
-                return None
-            if rclass != 1:
-                continue
+        for owner, rtype, ttl, start, end in records:
             if rtype == DNS_CNAME:
-                aliases[owner] = read_dns_name(message, offset - length)[0]
-            elif DNS_ADDRESS_TYPES.get(rtype, (0, -1))[1] == length:
-                addresses.append((owner, socket.inet_ntop(DNS_ADDRESS_TYPES[rtype][0], message[offset - length:offset]),
-                                  min(ttl, 0x7FFFFFFF)))
+                aliases[read_dns_name(message, owner)[0]] = read_dns_name(message, start)[0]
+            elif (address := dns_address(message, rtype, start, end)) is not None:
+                addresses.append((read_dns_name(message, owner)[0], address, ttl))
     except (struct.error, IndexError, ValueError):
         return None  # it came from the network: whatever is malformed is skipped
     chain, name = {asked}, asked
@@ -1225,11 +1273,12 @@ def decode_dns_answer(message: bytes) -> tuple[str, list[tuple[str, int]]] | Non
 
 
 class Answer(NamedTuple):
-    """A DNS answer a namespace received: where it went (the asking socket's port) and what it said."""
+    """A DNS answer a namespace received: where it went (the asking socket's port), the
+    addresses its records give, and the answer itself, for decode_dns_answer() to name them."""
 
     netns: int | None
     port: int  # of the socket that asked
-    name: str
+    message: bytes
     addresses: list[tuple[str, int]]  # (ip, ttl)
 
 
@@ -1249,10 +1298,10 @@ def decode_dns_packet(packet: bytes, netns: int | None) -> Answer | None:
         return None
     if next_header != socket.IPPROTO_UDP or sport != DNS_PORT:
         return None
-    decoded = decode_dns_answer(packet[start + 8:start + max(8, length)])
-    if decoded is None or not decoded[1]:
+    found = dns_answer_addresses(packet[start + 8:start + max(8, length)])
+    if found is None or not found[1]:
         return None
-    return Answer(netns, dport, *decoded)
+    return Answer(netns, dport, *found)
 
 
 class PacketRing:
@@ -1335,50 +1384,53 @@ class DnsTap:
 
 class Namespace:
     """A network namespace the Linux engine watches: a sock_diag socket for its dumps, one
-    that hears its closes, a tap for its DNS answers and questions (where names are
-    logged), and its kernel counters, all made for it. Each keeps the namespace alive, so
+    for each protocol that hears its closes (so that the kernel's drops are counted per
+    protocol, and a flood of one never drops the other's), a tap for its DNS answers and
+    questions (where names are logged), and its kernel counters, all made for it. Each keeps the namespace alive, so
     they are closed (close()) once its last process is gone.
 
     Without the privilege to join it (setns), diag is None: its tables are read as text
     from /proc/<pid>/net at each poll, with no close events and no watcher."""
 
     def __init__(self, inode: int, pairs: list[tuple[int, int]], pids: list[int] | None = None,
-                 sockets: tuple[SockDiag, SockDiag, DnsTap | None] | None = None, program: bytes | None = None):
+                 sockets: tuple[SockDiag, dict[int, SockDiag], DnsTap | None] | None = None,
+                 program: bytes | None = None):
         self.inode = inode
         self.pids = pids or []  # processes in it; none for lognet's own
         self.counted: list[int] = []  # its counters when the watcher last dumped it
-        self.lost = 0  # its lost close events, kept when its socket is closed
-        self.diag, self.events, self.tap = sockets or (None, None, None)
+        self.lost: dict[int, int] = {}  # protocol -> its lost close events, kept when its sockets are closed
+        self.diag, self.events, self.tap = sockets or (None, {}, None)  # events: protocol -> its close events
         self.counters: KernelCounters | None = None
         try:
             self.counters = KernelCounters(pairs, f"/proc/{self.pids[0]}/net" if self.pids else "/proc/self/net")
         except OSError:
             self.close()
             raise
-        if self.events is not None:
-            try:
+        try:
+            for protocol, events in self.events.items():
                 if program:  # before the events come: none is let through unfiltered
-                    attach_filter(self.events.sock, program)
-                self.events.subscribe(DESTROY_GROUPS[pair] for pair in pairs)
-            except OSError as exc:
-                self.events.close()
-                self.events = None
-                self.refusal = exc.strerror
+                    attach_filter(events.sock, program)
+                events.subscribe(DESTROY_GROUPS[pair] for pair in pairs if pair[1] == protocol)
+        except OSError as exc:
+            for events in self.events.values():
+                events.close()
+            self.events = {}
+            self.refusal = exc.strerror
 
     refusal: str | None = None  # why the close events could not be joined
     paused: tuple[int, int] | None = None  # while TCP's close events are paused: its tcp_counts() since counted
 
     def pause(self) -> None:
         """Leave TCP's close events, counting its closes by its counters meanwhile (see unheard())."""
-        if self.events is not None and self.paused is None and self.tcp_groups():
+        if socket.IPPROTO_TCP in self.events and self.paused is None:
             self.paused = self.counters.tcp_counts()
-            self.events.membership(self.tcp_groups(), False)
+            self.events[socket.IPPROTO_TCP].membership(self.tcp_groups(), False)
 
     def resume(self) -> int:
         """Join TCP's close events again; return the closes since last counted (see unheard())."""
         if self.paused is None:
             return 0
-        self.events.membership(self.tcp_groups(), True)
+        self.events[socket.IPPROTO_TCP].membership(self.tcp_groups(), True)
         unheard = self.unheard()
         self.paused = None
         return unheard
@@ -1411,22 +1463,28 @@ class Namespace:
                 pass  # that process exited: the next one is read
         return {}
 
-    def events_lost(self) -> int:
-        """Its close events that the kernel dropped: its exact count, once any was (ENOBUFS)."""
-        if self.events is None or not self.events.lost:
-            return 0
+    def events_lost(self) -> dict[int, int]:
+        """Its close events that the kernel dropped, by protocol, since it was watched: the
+        kernel's exact count, once any was (ENOBUFS)."""
+        lost = dict(self.lost)
+        for protocol, events in self.events.items():
+            if events.lost:
+                lost[protocol] = lost.get(protocol, 0) + self._drops(events)
+        return lost
+
+    def _drops(self, events: SockDiag) -> int:
         for proc_net in [f"/proc/{pid}/net" for pid in self.pids] or ["/proc/self/net"]:
-            drops = self.events.drops(proc_net)
+            drops = events.drops(proc_net)
             if drops is not None:
-                return max(drops, self.events.lost)
-        return self.events.lost
+                return max(drops, events.lost)
+        return events.lost
 
     def close(self) -> None:
-        self.lost += self.events_lost()
-        for diag in (self.diag, self.events):
+        self.lost = self.events_lost()
+        for diag in (self.diag, *self.events.values()):
             if diag is not None:
                 diag.close()
-        self.diag = self.events = None
+        self.diag, self.events = None, {}
         if self.tap is not None:
             self.tap.close()
             self.tap = None
@@ -1459,11 +1517,12 @@ class NetlinkSource(Source):
         diag = SockDiag()
         try:
             diag.dump(*self.pairs[0], states=1 << 10)  # refused here rather than at the first poll
-            own = Namespace(self.netns, self.pairs, sockets=(diag, SockDiag(), self._tap()), program=program)
+            own = Namespace(self.netns, self.pairs, sockets=(diag, self._event_sockets(), self._tap()),
+                            program=program)
         except OSError:
             diag.close()
             raise
-        if own.events is None:
+        if not own.events:
             warn(f"close events are not available ({own.refusal}); closes are seen by polling only")
             self.has_close_events = False
         self.namespaces: dict[int, Namespace] = {self.netns: own}
@@ -1475,7 +1534,7 @@ class NetlinkSource(Source):
         self.released: list[tuple] = []  # askers' keys whose UDP sockets closed since: their ports may go to another
         self._listen()
         self.joins = True  # whether lognet may join other namespaces (setns); False after the first refusal
-        self.lost_before = 0  # close events lost in namespaces since let go of
+        self.lost_before: dict[int, Counter] = {}  # netns -> protocol -> close events lost, once let go of
         self.allocated = 0  # the kernel's count of TCP sockets allocated, in all namespaces, at the last look
         self.activity: tuple[bytes, ...] = ()  # lognet's namespace's KernelCounters.activity() at the last look
         self.fds = FdTable()
@@ -1764,7 +1823,7 @@ class NetlinkSource(Source):
     def _closes(self, ns: Namespace) -> list[Closed]:
         """The close events that have arrived from one namespace."""
         started, counted = time.thread_time(), self.events_read
-        chunks = ns.events.events()
+        chunks = [chunk for events in ns.events.values() for chunk in events.events()]
         if not chunks:
             return []
         self.closing.add(ns)
@@ -1831,9 +1890,12 @@ class NetlinkSource(Source):
                 taken.append((conn._replace(pid=pid), count, "listener" if pid is not None else None, inbound))
             return taken
 
-    @property
-    def lost_events(self) -> int:
-        return self.lost_before + sum(ns.events_lost() for ns in self.namespaces.values())
+    def lost_closes(self) -> dict[int, dict[str, int]]:
+        lost = {inode: Counter(counts) for inode, counts in self.lost_before.items()}
+        for inode, ns in self.namespaces.items():
+            lost.setdefault(inode, Counter()).update(ns.events_lost())
+        return {inode: {PROTOCOLS[SOCKET_TYPES[protocol]].lower(): count for protocol, count in counts.items()}
+                for inode, counts in lost.items() if counts}
 
     def _discover(self) -> None:
         """Watch every network namespace that has a process lognet may inspect, and let go
@@ -1845,13 +1907,13 @@ class NetlinkSource(Source):
                 members.setdefault(inode, []).append(pid)
         for inode in self.namespaces.keys() - members.keys() - {self.netns}:
             ns = self.namespaces.pop(inode)
-            if ns.events is not None:
+            if ns.events:
                 self.departures += self._closes(ns)  # its last closes, before its socket goes
             self._count_unheard(ns, ns.unheard())
             if ns.tap is not None:
                 self._learn_answers(ns)  # the names its last connections' lines may need
             ns.close()
-            self.lost_before += ns.lost
+            self.lost_before.setdefault(inode, Counter()).update(ns.lost)
         for inode, pids in members.items():
             if inode in self.namespaces:
                 self.namespaces[inode].pids = pids
@@ -1867,9 +1929,22 @@ class NetlinkSource(Source):
         than at every look."""
         self.listening = {
             sock.fileno(): (ns, role) for ns in self.namespaces.values()
-            for role, sock in (("events", ns.events and ns.events.sock), ("questions", ns.tap and ns.tap.questions))
+            for role, sock in [*(("events", events.sock) for events in ns.events.values()),
+                               ("questions", ns.tap and ns.tap.questions)]
             if sock is not None}
         self.wakeful = list(self.listening)  # see wakers()
+
+    def _event_sockets(self) -> dict[int, SockDiag]:
+        """A socket for each protocol's close events, made in the calling thread's namespace."""
+        events: dict[int, SockDiag] = {}
+        try:
+            for protocol in sorted({protocol for _, protocol in self.pairs}):
+                events[protocol] = SockDiag()
+        except OSError:
+            for diag in events.values():
+                diag.close()
+            raise
+        return events
 
     def _tap(self) -> DnsTap | None:
         """A tap for the DNS traffic of the calling thread's namespace, while names are logged."""
@@ -1889,7 +1964,7 @@ class NetlinkSource(Source):
         sockets = None
         if self.joins:
             try:
-                sockets = made_inside(pids[0], inode, lambda: (SockDiag(), SockDiag(), self._tap()))
+                sockets = made_inside(pids[0], inode, lambda: (SockDiag(), self._event_sockets(), self._tap()))
             except PermissionError as exc:
                 self.joins = False
                 warn(f"other network namespaces are read from /proc/<pid>/net, about 10 ms each per poll, "
@@ -2026,21 +2101,25 @@ class NameCache:
     one each process asked for, where the asking socket's owner was known, and the most
     recent for each address. A name lives for its answer's TTL, and at least
     NAME_TTL_FLOOR: clients keep answers longer than that (and a connection made just
-    after expiry still finds its name). The NAMES_KEPT latest of each stay: memory stays flat."""
+    after expiry still finds its name). The NAMES_KEPT latest of each stay: memory stays flat.
+
+    An address is kept with its answer, undecoded: the name is read from it the first time
+    a line asks for it (decode_dns_answer), and kept in its place."""
 
     def __init__(self, kept: int = NAMES_KEPT, floor: float = NAME_TTL_FLOOR):
         self.kept = kept
         self.floor = floor
-        self.asked: OrderedDict[tuple, tuple[str, float]] = OrderedDict()  # (netns, pid, address) -> (name, until)
-        self.recent: OrderedDict[tuple, tuple[str, float]] = OrderedDict()  # (netns, address) -> (name, until)
+        # (netns, pid, address) -> (name, or the answer that gives it; until)
+        self.asked: OrderedDict[tuple, tuple[str | bytes, float]] = OrderedDict()
+        self.recent: OrderedDict[tuple, tuple[str | bytes, float]] = OrderedDict()  # (netns, address) -> the same
 
     def add(self, answer: Answer, pid: int | None, now: float) -> None:
         """What an answer said; pid is the asking socket's owner, when known."""
         for address, ttl in answer.addresses:
             until = now + max(ttl, self.floor)
-            self._put(self.recent, (answer.netns, address), (answer.name, until))
+            self._put(self.recent, (answer.netns, address), (answer.message, until))
             if pid is not None:
-                self._put(self.asked, (answer.netns, pid, address), (answer.name, until))
+                self._put(self.asked, (answer.netns, pid, address), (answer.message, until))
 
     def name(self, netns: int | None, pid: int | None, address: str, now: float) -> str | None:
         """The name for a connection of pid to address: the one pid asked for, else the latest."""
@@ -2048,11 +2127,20 @@ class NameCache:
             address = address[7:]
         for table, key in ((self.asked, (netns, pid, address)), (self.recent, (netns, address))):
             found = table.get(key)
-            if found is not None and found[1] >= now:
-                return found[0]
+            if found is None or found[1] < now:
+                continue
+            name, until = found
+            if isinstance(name, bytes):  # not read yet: the answer's name for this address, if any
+                decoded = decode_dns_answer(name)
+                name = decoded[0] if decoded and any(ip == address for ip, _ in decoded[1]) else None
+                if name is None:  # a record off the question's chain names nothing
+                    del table[key]
+                    continue
+                table[key] = (name, until)
+            return name
         return None
 
-    def _put(self, table: OrderedDict, key: tuple, value: tuple[str, float]) -> None:
+    def _put(self, table: OrderedDict, key: tuple, value: tuple[str | bytes, float]) -> None:
         table[key] = value
         table.move_to_end(key)
         if len(table) > self.kept:
@@ -2520,7 +2608,6 @@ class W3CFormat:
             text = self._coverage(coverage) or "- (closed 0)"
             by_netns = stats.get("coverage_netns", {})
             text += "".join(f"; netns {netns}: {self._coverage(c)}" for netns, c in by_netns.items())
-            text += f"; close events lost {stats['lost_events']}" if stats["lost_events"] else ""
             text += f"; over the CPU budget {stats['shed_spells']} times" if stats.get("shed_spells") else ""
             text += f"; close events paused {stats['pauses']} times" if stats["pauses"] else ""
         else:
@@ -2533,7 +2620,7 @@ class W3CFormat:
     @staticmethod
     def _coverage(coverage: dict[str, dict]) -> str:
         return "; ".join(f"{protocol} {c['ratio']:.3f} (closed {c['closed']}, with process {c['with_process']}, "
-                         f"without {c['without']}" + "".join(f", {name} {c[name]}" for name in ("skipped", "unheard")
+                         f"without {c['without']}" + "".join(f", {name} {c[name]}" for name in CLOSES_UNLOGGED
                                                              if c[name]) + ")"
                          for protocol, c in coverage.items())
 
@@ -3330,15 +3417,21 @@ class Poller:
         closes: of the sockets it closed, those logged with their process. Elsewhere it is
         the kernel's TCP open counter against the connections seen opening."""
         if self.source.has_close_events:
+            # what the kernel dropped, beside what reached lognet: [..., lost]
+            by_netns = {netns: {protocol: [*counts, 0] for protocol, counts in closes.items()}
+                        for netns, closes in self.closes.items()}
+            for netns, lost in self.source.lost_closes().items():
+                for protocol, count in lost.items():
+                    by_netns.setdefault(netns, {}).setdefault(protocol, [0] * 5)[4] += count
             total: dict[str, list[int]] = {}
-            for closes in self.closes.values():
+            for closes in by_netns.values():
                 for protocol, counts in closes.items():
-                    total[protocol] = [a + b for a, b in zip(total.get(protocol, (0, 0, 0, 0)), counts)]
-            coverage = {"coverage": close_coverage(total), "lost_events": self.source.lost_events,
+                    total[protocol] = [a + b for a, b in zip(total.get(protocol, [0] * 5), counts)]
+            coverage = {"coverage": close_coverage(total), "lost_events": sum(c[4] for c in total.values()),
                         "close_events_read": self.source.events_read, "pauses": self.source.pauses}
-            if len(self.closes) > 1:  # containers too: each namespace's own
+            if len(by_netns) > 1:  # containers too: each namespace's own
                 coverage["coverage_netns"] = {str(netns): close_coverage(closes)
-                                              for netns, closes in sorted(self.closes.items())}
+                                              for netns, closes in sorted(by_netns.items())}
         else:
             opens = self.source.tcp_opens()
             kernel = None if opens is None or self.tcp_opens_at_start is None else opens - self.tcp_opens_at_start
@@ -3391,11 +3484,13 @@ class Poller:
 def close_coverage(closes: dict[str, list[int]]) -> dict[str, dict]:
     """Coverage per protocol from counts of the kernel's closes [logged with process, logged
     without, skipped for the CPU budget, unheard (counted by the kernel's counters while the
-    close events were paused)]: of those closed, the share logged with their process."""
+    close events were paused), lost (events the kernel dropped)]: of those closed, the
+    share logged with their process."""
     return {protocol: {"ratio": round(with_process / max(1, sum(counts)), 4), "closed": sum(counts),
-                       "with_process": with_process, "without": without, "skipped": skipped, "unheard": unheard}
+                       "with_process": with_process, "without": without, "skipped": skipped, "unheard": unheard,
+                       "lost": lost}
             for protocol, counts in sorted(closes.items())
-            for with_process, without, skipped, unheard in [counts]}
+            for with_process, without, skipped, unheard, lost in [counts]}
 
 
 class CpuBudget:

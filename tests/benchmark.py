@@ -503,13 +503,10 @@ def lognet_under_ab(tmp: Path, port: int, requests: int, argv: list[str]) -> dic
         tcp = stats["coverage"].get("tcp", {})
         return {**run, "close_events_read": stats["close_events_read"], "closed": tcp.get("closed", 0)}
     remark = [line for line in lines if line.startswith("#Remark: coverage")][-1]
-    counts = {name: int(n) for name, n in re.findall(r"(closed|with process|without|skipped|unheard) (\d+)",
+    counts = {name: int(n) for name, n in re.findall(r"(closed|with process|without|skipped|unheard|lost) (\d+)",
                                                       remark.split(";")[0])}
-    lost = re.search(r"close events lost (\d+)", remark)
     run.update({name.replace(" ", "_"): counts.get(name, 0) for name in
-                ("closed", "with process", "without", "skipped", "unheard")},
-               lost=int(lost.group(1)) if lost else 0, remark=remark)
-    run["accounted"] = run["closed"] + run["lost"]
+                ("closed", "with process", "without", "skipped", "unheard", "lost")}, remark=remark)
     return run
 
 
@@ -676,7 +673,7 @@ def print_netlink_report(r: dict) -> None:
     if f:
         print()
         print(f"| nginx + ab, {f['requests']:,} requests 4 at a time | ab requests/s | lognet CPU | kernel TCP opens "
-              "| lognet: closed (with process, without, skipped, unheard) + lost |")
+              "| lognet: closed (with process, without, skipped, unheard, lost) |")
         print("|---|---:|---:|---:|---|")
         for run in f["runs"]:
             if not run["lognet"]:
@@ -684,9 +681,8 @@ def print_netlink_report(r: dict) -> None:
             else:
                 print(f"| lognet at its defaults (--max-cpu {f['max_cpu']:g}) | {run['rps']:,.0f} | "
                       f"{run['cpu_share']:.1%} | {run['kernel_tcp_opens']:,} | {run['closed']:,} "
-                      f"({run['with_process']:,}, {run['without']:,}, {run['skipped']:,}, {run['unheard']:,}) "
-                      f"+ {run['lost']:,} "
-                      f"= {run['accounted']:,} |")
+                      f"({run['with_process']:,}, {run['without']:,}, {run['skipped']:,}, {run['unheard']:,}, "
+                      f"{run['lost']:,}) |")
         print(f"medians: {f['rps_without']:,.0f} requests/s without, {f['rps_with']:,.0f} with "
               f"({f['ratio']:.1%}); lognet's CPU {f['cpu_share']:.1%} of one core")
         print()

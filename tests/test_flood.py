@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import socket
 import struct
 import subprocess
@@ -66,11 +68,12 @@ class Flood:
         stop_process(self.proc)
 
 
-def lognet_inside(background, *args):
-    """lognet in a network namespace of its own: the floods are started in it."""
+def lognet_inside(background, *args, protocol: tuple = ("-p", "tcp")):
+    """lognet in a network namespace of its own: the floods are started in it. TCP only,
+    unless protocol is () for both."""
     require_root("unshare -n and nsenter")
     require_tool("nsenter", "util-linux")
-    ln = background("--netns", "own", "--format", "jsonl", "-p", "tcp", "--stats-interval", "600", *args,
+    ln = background("--netns", "own", "--format", "jsonl", *protocol, "--stats-interval", "600", *args,
                     prefix=PRIVATE_NETNS)
     wait_for(lambda: ln.clog.exists())  # the first poll is done
     return ln
@@ -152,6 +155,40 @@ def test_max_cpu_100_sheds_nothing(background):
     tcp = stats["coverage"]["tcp"]
     assert (tcp["closed"], tcp["skipped"], stats["lost_events"]) == (6_000, 0, 0)
     assert not [r for r in json_lines(ln.clog) if r.get("event") == "summary"]
+
+
+UDP_CLOSES = """
+import socket
+for _ in range(int(__import__("sys").argv[1])):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+"""
+
+
+def test_close_events_the_kernel_drops_are_counted_exactly_and_only_for_their_protocol(background):
+    """While lognet cannot read (stopped), a TCP flood fills the buffer of TCP's close events
+    and the kernel drops the rest: each is counted as lost, exactly, and only for TCP. The
+    UDP sockets closed meanwhile have a buffer of their own: none of theirs is lost."""
+    ln = lognet_inside(background, "--max-cpu", "100", protocol=())
+    flood = Flood(ln.proc.pid, FLOOD)
+    try:
+        flood.known_to(ln)
+        os.kill(ln.proc.pid, signal.SIGSTOP)
+        try:
+            assert flood.run() == FLOOD
+            subprocess.run(["nsenter", f"--net=/proc/{ln.proc.pid}/ns/net", sys.executable, "-c", UDP_CLOSES, "50"],
+                           check=True, timeout=30)
+        finally:
+            os.kill(ln.proc.pid, signal.SIGCONT)
+        time.sleep(2.0)  # lognet reads what the kernel kept
+        assert ln.stop() == 0
+    finally:
+        flood.stop()
+    stats = final_stats(ln)
+    tcp, udp = stats["coverage"]["tcp"], stats["coverage"]["udp"]
+    assert tcp["lost"] > 0 and stats["lost_events"] == tcp["lost"]
+    assert tcp["closed"] == tcp["with_process"] + tcp["without"] + tcp["lost"] == 2 * FLOOD, tcp
+    assert (udp["closed"], udp["lost"]) == (50, 0), udp
 
 
 def test_loopback_closes_never_reach_python_with_omit_loopback(background):

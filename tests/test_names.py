@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import struct
 import subprocess
 import sys
@@ -70,11 +71,27 @@ def test_a_cname_chain_names_the_address_by_the_name_asked():
     assert lognet.decode_dns_answer(message) == ("v6.test", [("2001:db8::10", 60)])
 
 
+OFF_THE_CHAIN = [record(encode_name("unrelated.test"), 1, bytes([192, 0, 2, 99])),  # not the name asked
+                 record(b"\xc0\x0c", 16, b"\x03txt"),  # TXT
+                 record(b"\xc0\x0c", 1, bytes([192, 0, 2, 10]), ttl=5)]
+
+
 def test_records_off_the_chain_and_other_types_name_nothing():
-    records = [record(encode_name("unrelated.test"), 1, bytes([192, 0, 2, 99])),  # not the name asked
-               record(b"\xc0\x0c", 16, b"\x03txt"),  # TXT
-               record(b"\xc0\x0c", 1, bytes([192, 0, 2, 10]), ttl=5)]
-    assert lognet.decode_dns_answer(answer(1, question("site.test"), records)) == ("site.test", [("192.0.2.10", 5)])
+    message = answer(1, question("site.test"), OFF_THE_CHAIN)
+    assert lognet.decode_dns_answer(message) == ("site.test", [("192.0.2.10", 5)])
+    # as an answer arrives, its addresses are read, not its names: the name is judged when asked for
+    assert lognet.dns_answer_addresses(message) == (message, [("192.0.2.99", 60), ("192.0.2.10", 5)])
+    names = lognet.NameCache()
+    names.add(lognet.Answer(1, 40000, *lognet.dns_answer_addresses(message)), None, now=0)
+    assert names.name(1, None, "192.0.2.99", now=1) is None
+    assert names.name(1, None, "192.0.2.10", now=1) == "site.test"
+    assert names.name(1, None, "192.0.2.10", now=2) == "site.test"  # read once, kept in its place
+
+
+def test_an_answer_is_kept_without_what_follows_its_answer_section():
+    message = answer(1, question("site.test"), resolve(ZONE, "site.test", 1))
+    kept, addresses = lognet.dns_answer_addresses(message + b"\x00" * 300)  # (as if) other sections
+    assert kept == message and addresses == [("192.0.2.10", 60)]
 
 
 @pytest.mark.parametrize("message", [
@@ -117,19 +134,27 @@ def test_the_decoder_survives_random_and_mutated_messages():
                 at = rng.randrange(len(message))
                 message[at] = rng.getrandbits(8) if rng.random() < 0.8 else 0xC0
             message = bytes(message[:rng.randrange(len(message) + 1)] if rng.random() < 0.3 else message)
-        result = lognet.decode_dns_answer(message)
+        result, found = lognet.decode_dns_answer(message), lognet.dns_answer_addresses(message)
+        if found is not None:
+            assert all(isinstance(ip, str) and 0 <= ttl <= 0x7FFFFFFF for ip, ttl in found[1])
         if result is not None:
             decoded += 1
             name, addresses = result
             assert name.isascii() and name.isprintable() and " " not in name
             assert all(isinstance(ip, str) and 0 <= ttl <= 0x7FFFFFFF for ip, ttl in addresses)
+            # what the name is read from holds every address it names: none is lost as it arrives
+            assert found is not None and set(addresses) <= set(found[1])
+            assert lognet.decode_dns_answer(found[0]) == result
     assert decoded > 100  # the mutations left some answers whole: the decoder was not just refusing
 
 
 # ---------------------------------------------------------------- the name cache: pure
 
 def an_answer(name, *addresses, netns=1, ttl=60):
-    return lognet.Answer(netns, 40000, name, [(a, ttl) for a in addresses])
+    """An Answer as the tap makes one, from an answer to `name` with an A or AAAA record for each address."""
+    records = [record(b"\xc0\x0c", 28, socket.inet_pton(socket.AF_INET6, a), ttl) if ":" in a
+               else record(b"\xc0\x0c", 1, socket.inet_aton(a), ttl) for a in addresses]
+    return lognet.Answer(netns, 40000, *lognet.dns_answer_addresses(answer(1, question(name), records)))
 
 
 def test_a_process_gets_the_name_it_asked_for_and_others_the_latest():
