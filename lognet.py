@@ -1502,10 +1502,14 @@ class NetlinkSource(Source):
 
     def __init__(self, kind: str = "inet", clock: Callable[[], float] = time.monotonic,
                  now: Callable[[], float] = time.time, namespaces: bool = True, names: bool = False,
-                 program: bytes | None = None):
+                 program: bytes | None = None, keeps: Callable[[Connection], bool] | None = None):
         super().__init__(clock)
         self.pairs = kind_sockets(kind)
         self.program = program  # the close events' filter (close_filter()), if any
+        # What the filters keep (build_filter()): the watcher looks for no owner of a socket
+        # whose line they would drop (under a flood they filter out, most of its work), but
+        # for one that asks DNS questions, whose owner names the answers.
+        self.keeps = keeps or (lambda conn: True)
         self.now = now
         self.netns = netns_inode()
         self.other_namespaces = namespaces  # False: lognet's own namespace only
@@ -1753,7 +1757,8 @@ class NetlinkSource(Source):
                 messages = dump_messages(ns.diag.dump(family, protocol, OWNED_STATES))
                 for key in messages.keys() - self.records.keys() - self.watched:
                     record = decode_socket(*messages[key], protocol, ns.inode)
-                    if record.inode and record.cookie not in self.reported:
+                    if record.inode and record.cookie not in self.reported and (
+                            self.keeps(record) or self.names is not None and record.raddr[1:] == (DNS_PORT,)):
                         new[key] = record
                     else:
                         self.watched.add(key)
@@ -2015,7 +2020,7 @@ def logs_names(config: Config) -> bool:
 
 ENGINES: dict[str, Callable[[Config], Source]] = {
     "netlink": lambda config: NetlinkSource(config.kind, namespaces=config.netns == "all", names=logs_names(config),
-                                            program=close_filter(config)),
+                                            program=close_filter(config), keeps=build_filter(config)),
     "psutil": lambda config: PsutilSource(names=logs_names(config)),
 }
 

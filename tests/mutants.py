@@ -411,6 +411,14 @@ FAULTS = [
           "    return message[:end], addresses",
           "    return message, addresses",
           ("tests/test_names.py::test_an_answer_is_kept_without_what_follows_its_answer_section",)),
+    Fault("the watcher looks for the owners of sockets whose lines the filters drop",
+          "self.keeps(record) or self.names is not None and record.raddr[1:] == (DNS_PORT,)",
+          "True",
+          ("tests/test_netlink.py -k filters_drop",)),
+    Fault("the filters keep the watcher from the sockets that ask DNS questions",
+          "self.keeps(record) or self.names is not None and record.raddr[1:] == (DNS_PORT,)",
+          "self.keeps(record)",
+          ("tests/test_netlink.py -k filters_drop",)),
 ]
 
 

@@ -352,6 +352,38 @@ def test_the_watcher_finds_a_socket_made_before_one_look_and_connected_after_it(
         source.close()
 
 
+def test_the_watcher_looks_for_no_owner_of_a_socket_whose_line_the_filters_drop():
+    """With --omit-loopback-conns the watcher leaves a loopback connection alone (the poll
+    drops its line) rather than search the processes for its owner, but for a socket that
+    asks DNS questions, whose owner names the answers. Without the filter it finds them all."""
+    config, _ = lognet.parse_args(["--omit-loopback-conns"])
+    sources = {"filtered": lognet.NetlinkSource("inet", names=True, keeps=lognet.build_filter(config)),
+               "all": lognet.NetlinkSource("inet")}
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = [listener]
+    try:
+        for source in sources.values():
+            source.connections("inet")
+            source.watch()
+        held.append(socket.create_connection(listener.getsockname()))
+        held.append(listener.accept()[0])
+        asker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        held.append(asker)
+        asker.connect(("127.0.0.1", 53))  # a UDP connect sends nothing
+        found = {}
+        for name, source in sources.items():
+            source.watch()
+            found[name] = {conn.laddr for conn, _ in source.between_polls()[0] if conn.pid == os.getpid()}
+        pair = {held[1].getsockname(), held[2].getsockname()}
+        assert found["all"] >= pair | {asker.getsockname()}
+        assert found["filtered"] & pair == set() and asker.getsockname() in found["filtered"]
+    finally:
+        for sock in held:
+            sock.close()
+        for source in sources.values():
+            source.close()
+
+
 def test_the_watcher_waits_for_its_share_of_cpu_before_it_wakes_again():
     source = lognet.NetlinkSource("tcp")
     try:
