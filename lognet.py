@@ -1386,8 +1386,8 @@ class Namespace:
     """A network namespace the Linux engine watches: a sock_diag socket for its dumps, one
     for each protocol that hears its closes (so that the kernel's drops are counted per
     protocol, and a flood of one never drops the other's), a tap for its DNS answers and
-    questions (where names are logged), and its kernel counters, all made for it. Each keeps the namespace alive, so
-    they are closed (close()) once its last process is gone.
+    questions (where names are logged), and its kernel counters, all made for it. Each
+    keeps the namespace alive, so they are closed (close()) once its last process is gone.
 
     Without the privilege to join it (setns), diag is None: its tables are read as text
     from /proc/<pid>/net at each poll, with no close events and no watcher."""
