@@ -1789,7 +1789,9 @@ class NetlinkSource(Source):
             else:
                 ready = listening.keys() if len(listening) < 2 else select.select(list(listening), [], [], 0)[0]
             asked = sum(self._asked(listening[fd][0]) for fd in ready if listening[fd][1] == "questions")
-            closed = [c for fd in ready if listening[fd][1] == "events" for c in self._closes(listening[fd][0])]
+            # a namespace's close events, of each protocol, are read once whichever of its sockets woke
+            closing = dict.fromkeys(listening[fd][0] for fd in ready if listening[fd][1] == "events")
+            closed = [c for ns in closing for c in self._closes(ns)]
             self.departures += closed
             return len(closed) + asked
 
