@@ -1631,8 +1631,10 @@ class NetlinkSource(Source):
         if self.budget is None:
             return
         # What the watcher found and decoded is CPU spent already: the poll writes a line of each.
-        self.shed, now = self.budget.level(len(self.departures) + len(self.arrivals)), self._clock()
+        # While TCP's close events are paused the flood goes on, and so does every step before it.
         paused = self.opens_seen
+        self.shed = self.budget.level(len(self.departures) + len(self.arrivals), SHED_PAUSE if paused else 0)
+        now = self._clock()
         if self.shed == SHED_PAUSE and not paused:
             self.pauses += 1
             for ns in self.namespaces.values():
@@ -3547,9 +3549,10 @@ class CpuBudget:
             self.shed, self.changed_at = level, self.clock()
             return level
 
-    def level(self, pending: int = 0) -> int:
+    def level(self, pending: int = 0, least: int = 0) -> int:
         """The level of shedding now; pending: the lines that the next poll will write, whose
-        CPU (line_cost each, as the last polls measured) counts as spent already."""
+        CPU (line_cost each, as the last polls measured) counts as spent already; least: the
+        level it may not take back below."""
         with self.lock:
             (second, window), now = self.used(pending * self.line_cost), self.clock()
             if now - self.changed_at >= SHED_STEP:
@@ -3557,7 +3560,7 @@ class CpuBudget:
                 if over and self.shed < SHED_PAUSE:
                     self.spells += self.shed == 0
                     self.shed, self.changed_at = self.shed + 1, now
-                elif second < self.share * SHED_RESUME and self.shed:
+                elif second < self.share * SHED_RESUME and self.shed > least:
                     self.shed, self.changed_at = self.shed - 1, now
             return self.shed
 

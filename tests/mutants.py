@@ -419,6 +419,10 @@ FAULTS = [
           "self.keeps(record) or self.names is not None and record.raddr[1:] == (DNS_PORT,)",
           "self.keeps(record)",
           ("tests/test_netlink.py -k filters_drop",)),
+    Fault("while the close events are paused, the budget takes back the steps before the pause",
+          "SHED_PAUSE if paused else 0)",
+          "0)",
+          ("tests/test_flood.py -k every_step_before_stays_shed",)),
 ]
 
 

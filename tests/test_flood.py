@@ -376,6 +376,40 @@ def test_while_paused_closes_are_counted_by_the_kernels_counters():
     assert result.stdout.split() == [str(lognet.SHED_POLLS), "200", "100", "1"]
 
 
+HELD_SCRIPT = """
+import socket, sys, time
+sys.path.insert(0, sys.argv[1])
+import lognet
+source = lognet.NetlinkSource("tcp", namespaces=False)
+source.budget = lognet.CpuBudget(10, cpu=lambda: 0.0)  # no CPU used: only held levels shed
+listener = socket.create_server(("127.0.0.1", 0))
+source.connections("tcp")
+source.event_cost = 1.0  # a second to count each close: any opens keep the events paused
+source.budget.hold(lognet.SHED_PAUSE)
+source.watch()  # pauses TCP's close events
+levels = []
+for _ in range(3):
+    for _ in range(5):
+        socket.create_connection(listener.getsockname()).close()
+        listener.accept()[0].close()
+    time.sleep(lognet.PAUSE_WINDOW / 2)  # each look more than SHED_STEP after the last, under half the budget
+    source.watch()
+    levels.append(source.shed)
+print(source.pauses, *levels, source.budget.shed)
+"""
+
+
+def test_while_the_close_events_are_paused_every_step_before_stays_shed():
+    """With no CPU used, the budget would take a step back at each look; while TCP's close
+    events stay paused (opens still come, each costly to count), the flood goes on, and the
+    watcher's dumps, the counting and the stretched polls stay shed with them."""
+    require_root("unshare -n")
+    result = subprocess.run([*PRIVATE_NETNS, sys.executable, "-c", HELD_SCRIPT, str(HERE.parent)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1"] + [str(lognet.SHED_PAUSE)] * 4
+
+
 def test_over_the_budget_the_close_of_a_socket_seen_alive_is_decoded_not_counted():
     # Close events made from real sockets (a dump's messages have the same layout): those of
     # sockets that the last poll reported go on to be decoded, a close line each; the others are counted.
