@@ -127,8 +127,14 @@ CPU_WINDOW = 1.0
 SHED_STEP = 0.1
 SHED_RESUME = 0.5
 LINE_COST = 50e-6  # CPU seconds a poll takes per line, until measured (here: 30-55 µs, W3C to JSON Lines)
-SHED_STEPS = ("", "watcher", "closes counted", "polls stretched", "close events paused")  # what each level adds
-SHED_WATCHER, SHED_CLOSES, SHED_POLLS, SHED_PAUSE = range(1, len(SHED_STEPS))
+# What each level adds: first what loses nothing (while the watcher and the close events keep
+# the record, a poll may wait), then the owners of short connections, then their details.
+SHED_STEPS = ("", "polls stretched", "watcher", "closes counted", "close events paused")
+SHED_POLLS, SHED_WATCHER, SHED_CLOSES, SHED_PAUSE = range(1, len(SHED_STEPS))
+# A flood: at least FLOOD_RATE sockets a second opened or closed, over the last FLOOD_WINDOW
+# seconds (a quiet host opens a few a second; a process that starts with a burst, one window's worth).
+FLOOD_RATE = 200
+FLOOD_WINDOW = 2.0
 POLL_STRETCH = 3  # at the last level, a full poll comes every POLL_STRETCH intervals
 
 
@@ -263,7 +269,8 @@ class Source:
     and processes(pids), who owns them. The process details always come from psutil,
     read once per process and cached."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, budget: CpuBudget | None = None):
+        self.budget = budget  # lognet's CPU budget, where one is set: under a flood over it, work is shed
         self._processes: dict[int, ProcessInfo] = {}
         self._unreported: set[int] = set()  # pids read ahead of a poll, while they lived
         self.lock = threading.RLock()  # the watcher's thread reads ahead while a poll reads
@@ -299,7 +306,6 @@ class Source:
 
     events_read = 0  # close events that reached lognet, decoded or counted
     pauses = 0  # times the close events were paused for a CPU budget
-    budget: CpuBudget | None = None  # lognet's CPU budget, where one is set: over it, work is shed
 
     def take_unheard(self) -> dict[int, int]:
         """TCP closes while the close events were paused for a CPU budget, since the last
@@ -438,19 +444,28 @@ class PsutilSource(Source):
     """The portable engine: psutil.net_connections(), wherever psutil runs; on Linux, of
     lognet's own network namespace only."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, names: bool = False):
-        super().__init__(clock)
+    def __init__(self, clock: Callable[[], float] = time.monotonic, names: bool = False,
+                 budget: CpuBudget | None = None):
+        super().__init__(clock, budget)
+        self.last: frozenset[Connection] = frozenset()  # the last poll's, to count the new ones for the budget
         if names:
             warn("host names (rhost) come from the Linux engine's DNS taps; with psutil rhost is '-'")
         at = Connection._fields.index("netns") - len(Connection._fields) + len(_UNKNOWN_TO_PSUTIL)
         self.unknown = _UNKNOWN_TO_PSUTIL[:at] + (netns_inode(),) + _UNKNOWN_TO_PSUTIL[at + 1:]
 
     def connections(self, kind: str) -> list[Connection]:
+        if self.budget is not None:
+            self.budget.level()  # its only step: polls stretch
         try:
-            return [connection_from_sconn(sconn, self.unknown) for sconn in psutil.net_connections(kind)]
+            conns = [connection_from_sconn(sconn, self.unknown) for sconn in psutil.net_connections(kind)]
         except psutil.AccessDenied as exc:
             # On macOS psutil lists connections only for root.
             raise LognetError(f"listing connections needs more privileges on this system ({exc})") from None
+        if self.budget is not None:
+            current = frozenset(conns)
+            self.budget.count(len(current - self.last))
+            self.last = current
+        return conns
 
 
 _UNKNOWN_TO_PSUTIL = (None,) * (len(Connection._fields) - 7)
@@ -1502,8 +1517,9 @@ class NetlinkSource(Source):
 
     def __init__(self, kind: str = "inet", clock: Callable[[], float] = time.monotonic,
                  now: Callable[[], float] = time.time, namespaces: bool = True, names: bool = False,
-                 program: bytes | None = None, keeps: Callable[[Connection], bool] | None = None):
-        super().__init__(clock)
+                 program: bytes | None = None, keeps: Callable[[Connection], bool] | None = None,
+                 budget: CpuBudget | None = None):
+        super().__init__(clock, budget)
         self.pairs = kind_sockets(kind)
         self.program = program  # the close events' filter (close_filter()), if any
         # What the filters keep (build_filter()): the watcher looks for no owner of a socket
@@ -1554,8 +1570,7 @@ class NetlinkSource(Source):
         self.missing: set[int] = set()  # inodes the last poll's scan did not find
         self.arrivals: list[tuple[Connection, float]] = []
         self.departures: list[Closed] = []
-        # Shedding (see CpuBudget): the level in force, and the close events counted, not decoded.
-        self.shed = 0
+        # Shedding (see CpuBudget): the close events counted, not decoded.
         self.timewait_hidden_until = 0.0  # new TIME_WAIT sockets are left out of dumps until then
         self.skipped: dict[tuple, list] = {}  # (netns, group, addresses, port, inbound) -> [count, data, offset]
         self.known_owners: tuple | None = None  # see _owners(); None when the sockets reported have changed
@@ -1568,6 +1583,11 @@ class NetlinkSource(Source):
     def owners_visible(self) -> bool:
         """Whether the last scan read every process's fds (see Source.owners_visible)."""
         return not self.fds.denied
+
+    @property
+    def shed(self) -> int:
+        """The level of shedding in force, as _shedding() last decided it (see SHED_STEPS)."""
+        return self.budget.shed if self.budget is not None else 0
 
     def connections(self, kind: str) -> list[Connection]:
         with self.lock:
@@ -1595,16 +1615,17 @@ class NetlinkSource(Source):
             missing = inodes - self.fds.owners.keys() - self.unfound
             again = missing & self.missing
             self.fds.search(again, {r.uid for r in records.values() if r.inode in again})
-            self.unfound |= again - self.fds.owners.keys()
+            given_up = again - self.fds.owners.keys()
+            self.unfound |= given_up
             self.missing = missing - again
             changed, self.fds.changed = self.fds.changed, set()
             owned = self.owned
-            if records is not self.records or changed:  # else nothing here can have changed
+            if records is not self.records or changed or given_up:  # else nothing here can have changed
                 for key in owned.keys() - records.keys():
                     del owned[key]
                 for key, record in records.items():
-                    if key not in owned or record.inode in changed:
-                        owned[key] = self._holders(record)
+                    if key not in owned or record.inode in changed or record.inode in given_up:
+                        owned[key] = self._holders(record, owned.get(key))
                 self.records = records
                 self.reported = {record.cookie for record in records.values()}
                 self.snapshot = [conn for conns in owned.values() for conn in conns]
@@ -1633,9 +1654,10 @@ class NetlinkSource(Source):
         # What the watcher found and decoded is CPU spent already: the poll writes a line of each.
         # While TCP's close events are paused the flood goes on, and so does every step before it.
         paused = self.opens_seen
-        self.shed = self.budget.level(len(self.departures) + len(self.arrivals), SHED_PAUSE if paused else 0)
+        level = self.budget.level(len(self.departures) + len(self.arrivals))
         now = self._clock()
-        if self.shed == SHED_PAUSE and not paused:
+        if level == SHED_PAUSE and not paused:
+            self.budget.hold(SHED_PAUSE, floor=SHED_PAUSE)
             self.pauses += 1
             for ns in self.namespaces.values():
                 ns.pause()
@@ -1650,7 +1672,7 @@ class NetlinkSource(Source):
                 for ns in self.namespaces.values():
                     self._count_unheard(ns, ns.resume())
                 paused.clear()
-                self.shed = self.budget.hold(SHED_POLLS)  # counted, not decoded, at first
+                self.budget.hold(SHED_CLOSES)  # counted, not decoded, at first
         if self.shed >= SHED_CLOSES or paused:
             # The TIME_WAIT sockets that closes made while shedding are never dumped: their
             # closes were counted, and a minute later (TCP's TIME_WAIT) they are gone.
@@ -1693,8 +1715,8 @@ class NetlinkSource(Source):
         self._shedding()
         if self.read_events(heard):
             self.moved_at = now  # sockets are closing, or asking for names: more are likely to open soon
-        if self.reported is None or self.shed:
-            return  # before the first poll everything would be new; over the CPU budget, dumps go first
+        if self.reported is None or self.shed >= SHED_WATCHER:
+            return  # before the first poll everything would be new; under a flood, dumps go before details
         self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_CPU_SHARE)
         self.allowed_at = now
         if self.allowance <= 0:
@@ -1743,12 +1765,12 @@ class NetlinkSource(Source):
         """The fds whose input ends the watcher's wait early: while quiet, the close events'
         and the DNS questions'. Not the answers': a flood of them would wake it for each; nor
         while shedding, when events are read in batches."""
-        return self.wakeful if self.quiet() and not self.shed else []
+        return self.wakeful if self.quiet() and self.shed < SHED_WATCHER else []
 
     def next_look(self, every: float) -> float:
         """Seconds until the watcher's next look: every, or longer after a spell with no socket
         opened, or while its share of CPU is spent (each wake-up costs CPU too)."""
-        if self.quiet() or self.shed:  # shedding: the events are read in batches, which cost less each
+        if self.quiet() or self.shed >= SHED_WATCHER:  # shedding: the events are read in batches, cheaper each
             return max(every, WATCH_QUIET)
         return max(every, -self.allowance / WATCH_CPU_SHARE)
 
@@ -1853,6 +1875,8 @@ class NetlinkSource(Source):
                     if protocol == socket.IPPROTO_UDP and self.names is not None and conn.laddr:
                         self.released.append((ns.inode, conn.laddr[1]))
                     closed.append(Closed(conn._replace(inode=None, uid=None, txbytes=sent), seen, received, beyond))
+        if self.budget is not None:
+            self.budget.count(self.events_read - counted)  # each a socket closed: what tells a flood
         return closed
 
     def _tally(self, ns: Namespace, chunks: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
@@ -1998,11 +2022,18 @@ class NetlinkSource(Source):
             for family, protocol in (pair for pair in self.pairs if pair in held):
                 for key, place in dump_messages(ns.diag.dump(family, protocol, states)).items():
                     records[key] = known.get(key) or decode_socket(*place, protocol, ns.inode)
+        if self.budget is not None:
+            self.budget.count(len(records.keys() - known.keys()))  # sockets opened (or moved on) since
         return records
 
-    def _holders(self, record: Connection) -> list[Connection]:
-        """The record once per process that holds it, ownerless when none is known (as psutil lists it)."""
+    def _holders(self, record: Connection, before: list[Connection] | None = None) -> list[Connection]:
+        """The record once per process that holds it, ownerless when none is known (as psutil
+        lists it). A socket that had owners (before) loses them only when the kernel says it
+        has no file, or once searched for in vain: one closed between the dump and the fd
+        scan still had them when the dump saw it."""
         holders = self.fds.owners.get(record.inode, ()) if record.inode else ()
+        if not holders and before and before[0].pid is not None and record.inode not in self.unfound:
+            return before
         if holders and self.names is not None and record.type == socket.SOCK_DGRAM and record.laddr:
             # Who holds a UDP socket may be who asks for the DNS answers sent to its port.
             key = (record.netns, record.laddr[1])
@@ -2022,29 +2053,31 @@ def logs_names(config: Config) -> bool:
     return config.format == "jsonl" or "rhost" in config.fields
 
 
-ENGINES: dict[str, Callable[[Config], Source]] = {
-    "netlink": lambda config: NetlinkSource(config.kind, namespaces=config.netns == "all", names=logs_names(config),
-                                            program=close_filter(config), keeps=build_filter(config)),
-    "psutil": lambda config: PsutilSource(names=logs_names(config)),
+ENGINES: dict[str, Callable[[Config, CpuBudget | None], Source]] = {
+    "netlink": lambda config, budget: NetlinkSource(
+        config.kind, namespaces=config.netns == "all", names=logs_names(config), program=close_filter(config),
+        keeps=build_filter(config), budget=budget),
+    "psutil": lambda config, budget: PsutilSource(names=logs_names(config), budget=budget),
 }
 
 
-def open_source(config: Config) -> Source:
-    """The engine the configuration names, the one place an engine is made. 'auto' is
-    netlink on Linux, and psutil with one warning where netlink is refused or missing."""
+def open_source(config: Config, budget: CpuBudget | None = None) -> Source:
+    """The engine the configuration names, the one place an engine is made, with the CPU
+    budget it sheds by. 'auto' is netlink on Linux, and psutil with one warning where
+    netlink is refused or missing."""
     if config.engine != "auto":
         try:
-            return ENGINES[config.engine](config)
+            return ENGINES[config.engine](config, budget)
         except OSError as exc:
             raise LognetError(f"the {config.engine} engine is not available: {exc.strerror or exc}") from None
     if not sys.platform.startswith("linux"):
         warn(f"the netlink engine is not available (sock_diag is Linux's, this is {sys.platform}); using psutil")
-        return ENGINES["psutil"](config)
+        return ENGINES["psutil"](config, budget)
     try:
-        return ENGINES["netlink"](config)
+        return ENGINES["netlink"](config, budget)
     except OSError as exc:
         warn(f"the netlink engine is not available ({exc.strerror or exc}); using psutil, which polls only")
-        return ENGINES["psutil"](config)
+        return ENGINES["psutil"](config, budget)
 
 
 ##############################################################################
@@ -2159,7 +2192,7 @@ class NameCache:
 class Sighting:
     """What the tracker remembers of one live connection."""
 
-    __slots__ = ("first_seen", "direction", "process", "orphaned", "record", "peer_fin", "closed", "vanished")
+    __slots__ = ("first_seen", "direction", "process", "orphaned", "record", "peer_fin", "closed", "vanished", "told")
 
     def __init__(self, first_seen: float, direction: str | None, record: Connection):
         self.first_seen = first_seen
@@ -2172,6 +2205,9 @@ class Sighting:
         self.peer_fin = True if record.status in PEER_CLOSED_STATES else None
         self.closed: Closed | None = None  # the kernel's close of it, once reported
         self.vanished = 0.0  # when it left the snapshot, while its close waits for the kernel's word
+        # Its close is told: the kernel closed the socket its owner held, and what the
+        # snapshot still shows of it (TIME_WAIT, FIN_WAIT2) is the kernel's bookkeeping.
+        self.told = False
 
     @property
     def key(self) -> tuple:
@@ -2190,10 +2226,17 @@ class Tracker:
     memory follows the live set, never the history.
     """
 
-    def __init__(self, awaits_kernel_closes: bool = False, owners_visible: bool = False):
+    def __init__(self, awaits_kernel_closes: bool = False, owners_visible: bool = False,
+                 timewait_lines: bool = True):
         # The kernel reports a close a moment after the socket leaves its tables, so with
         # close events a connection gone from a snapshot waits one update for its event.
         self.awaits_kernel_closes = awaits_kernel_closes
+        # With close events, the TIME_WAIT (or FIN_WAIT2) socket an active close leaves is
+        # the same connection, told closed already: with timewait_lines its status change is
+        # reported (the original's lines), else it adds nothing. One never seen alive adds
+        # nothing either way: its close is its one line.
+        self.timewait_lines = timewait_lines
+        self.closed_lately: dict[int, tuple[Sighting, int]] = {}  # cookie -> a sighting told closed, at which update
         # When lognet may read every process's fds, a socket without an owner has none: an
         # orphan. Otherwise its owner may be hidden from lognet, unless the kernel says the
         # socket has no file. The poller keeps this up to date.
@@ -2221,6 +2264,9 @@ class Tracker:
         remember_owner()."""
         self.updates += 1
         self.last_sighting, self.previous_time = self.previous_time, now
+        for cookie, (_, told_at) in list(self.closed_lately.items()):
+            if told_at < self.updates - 2:  # its TIME_WAIT would have shown in the dump after its close
+                del self.closed_lately[cookie]
         arrivals = list(arrivals)
         events = self._admit(arrivals)
         departures = list(departures)
@@ -2249,10 +2295,12 @@ class Tracker:
             by_socket = {key: conn for conn in gone.values() for key in (
                 [conn.cookie] if conn.cookie is not None else []) + ([connection_address(conn)] if conn.raddr else [])}
             self._count_listeners(added, +1)  # before directions: a listener seen in this poll counts
-            events += [self._arrive(conn, gone, by_socket, now) for conn in added]
+            events += [e for e in (self._arrive(conn, gone, by_socket, now) for conn in added) if e is not None]
             self._count_listeners(gone.values(), -1)
             for key in gone:
                 sighting = self.sightings.pop(key)
+                if sighting.told:
+                    continue  # the kernel's bookkeeping of a connection told closed: nothing more to say
                 if sighting.closed is None and self.awaits_kernel_closes and sighting.record.cookie is not None:
                     sighting.vanished = now
                     self.waiting.append(sighting)
@@ -2261,7 +2309,7 @@ class Tracker:
         events += [self._leave(sighting, sighting.vanished) for sighting in waited]
         if closing or unseen:
             ended = {connection_address(c): c.status for c in added if c.pid is None and c.status in ENDED_STATES}
-            events += [self._leave(s, s.closed.time) for s in closing if self._closed_after_the_snapshot(s)]
+            events += [self._leave(s, s.closed.time) for s in closing if self._closed_now(s)]
             events += [self._unseen(closed, ended) for closed in unseen]
         return events
 
@@ -2305,13 +2353,17 @@ class Tracker:
                 closing.append(sighting)
         return closing, unseen
 
-    def _closed_after_the_snapshot(self, sighting: Sighting) -> bool:
-        """True for a socket the kernel closed that the snapshot still showed (the close came
-        after the dump): it is closed now. One that lives on as TIME_WAIT keeps waiting."""
+    def _closed_now(self, sighting: Sighting) -> bool:
+        """True for a socket the kernel closed that the snapshot still showed: it is closed now.
+        The snapshot showed it alive (the close came after the dump), or as the TIME_WAIT
+        socket its owner's close left, which stays in the live set, told closed."""
         record = sighting.record
-        if self.sightings.get(sighting.key) is not sighting or record.cookie != sighting.closed.conn.cookie or (
-                record.inode is None and record.status in ENDED_STATES):  # TIME_WAIT keeps the cookie
+        if self.sightings.get(sighting.key) is not sighting or record.cookie != sighting.closed.conn.cookie:
             return False
+        if is_left_behind(record):  # TIME_WAIT keeps the cookie
+            sighting.told = True
+            return True
+        self.closed_lately[record.cookie] = (sighting, self.updates)  # its TIME_WAIT may show at the next dump
         del self.sightings[sighting.key]
         self.live = self.live - {sighting.record}
         self._count_listeners([sighting.record], -1)
@@ -2329,6 +2381,8 @@ class Tracker:
                 old = None
             else:
                 self.sightings[connection_id(old)].orphaned = conn.pid is None
+        if old is None and self.awaits_kernel_closes and self.updates > 1 and is_left_behind(conn):
+            return self._left_behind(conn, now)
         if old is None:
             return self._event("open", conn, self._start(conn, now), now, now)
         sighting = self.sightings.pop(connection_id(old))
@@ -2338,6 +2392,25 @@ class Tracker:
         elif sighting.peer_fin is None and conn.pid is None and conn.status in ENDED_STATES:
             sighting.peer_fin = ended_after_peer_fin(conn.status)
         self.sightings[connection_id(conn)] = sighting
+        if sighting.told or (not self.timewait_lines and self.awaits_kernel_closes and is_left_behind(conn)):
+            return None  # the socket an owner's close left: its close line is the connection's last
+        return self._event("state", conn, sighting, now, now)
+
+    def _left_behind(self, conn: Connection, now: float) -> ConnectionEvent | None:
+        """The TIME_WAIT socket of a connection the kernel told closed before any dump showed
+        it in that state: with timewait_lines, the status change of the connection told
+        closed lately; otherwise, and for one never seen alive, no line. It stays in the
+        live set, told, so that it never opens as a connection of its own."""
+        earlier, _ = self.closed_lately.pop(conn.cookie, (None, 0))
+        sighting = Sighting(now, self.direction(conn), conn)
+        sighting.told = True
+        if earlier is not None:
+            sighting.first_seen, sighting.direction, sighting.process = (earlier.first_seen, earlier.direction,
+                                                                         earlier.process)
+            sighting.orphaned = earlier.record.pid is not None
+        self.sightings[connection_id(conn)] = sighting
+        if earlier is None or not self.timewait_lines:
+            return None
         return self._event("state", conn, sighting, now, now)
 
     def _start(self, conn: Connection, first_seen: float) -> Sighting:
@@ -2355,14 +2428,12 @@ class Tracker:
         conn, closed = sighting.record, sighting.closed
         if closed is None:
             return self._event("close", conn, sighting, max(self.last_sighting, sighting.first_seen), now)
+        if sighting.told and sighting.process is not None:
+            conn = conn._replace(pid=sighting.process.pid)  # its owner held it until this close: say whose it was
         conn = conn._replace(txbytes=closed.conn.txbytes,
                              rxbytes=self._received(conn, closed, sighting.peer_fin, sighting.direction))
-        if conn.status in ENDED_STATES and conn.inode is None:
-            # The kernel's word came as the socket went into TIME_WAIT: the connection ends with that, now.
-            last_seen, time = max(self.last_sighting, sighting.first_seen), now
-        else:
-            last_seen, time = max(closed.time, sighting.first_seen), closed.time
-        return self._event("close", conn, sighting, last_seen, time, kernel_close=True)
+        return self._event("close", conn, sighting, max(closed.time, sighting.first_seen), closed.time,
+                           kernel_close=True)
 
     def _unseen(self, closed: Closed, ended: dict[tuple, str]) -> ConnectionEvent:
         """The close of a socket lognet never saw alive: its addresses, bytes and time, no owner."""
@@ -2438,6 +2509,11 @@ def received_fin(closed: Closed, direction: str | None) -> bool:
         return False
     syn = 1 if direction == "out" or closed.acked_beyond >= 2 else 0
     return closed.acked_beyond - syn >= 1
+
+
+def is_left_behind(conn: Connection) -> bool:
+    """A socket an active close left in the kernel's tables (TIME_WAIT, FIN_WAIT2): no file, no owner."""
+    return conn.status in ENDED_STATES and conn.pid is None and has_no_file(conn)
 
 
 def has_no_file(conn: Connection) -> bool:
@@ -3265,18 +3341,19 @@ class Poller:
     """One poll: snapshot, diff, filter, look up owners, format, write."""
 
     def __init__(self, config: Config, source: Source, outputs: Outputs,
-                 now: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic):
+                 now: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic,
+                 budget: CpuBudget | None = None):
         self.config = config
         self.source = source
-        self.budget = source.budget
+        self.budget = budget  # the source's, which decides its level: the poller reads it, and measures lines
         self.outputs = outputs
         self.now = now
         self.clock = clock
-        self.tracker = Tracker(awaits_kernel_closes=source.has_close_events)
         self.keep = build_filter(config)
         # With only the original fields, lognet writes what it always wrote: no close lines,
         # no owner carried into TIME_WAIT, no statistics unless asked for.
         self.lifecycle_fields = config.format == "jsonl" or not set(config.fields) <= set(CONNECTION_FIELDS)
+        self.tracker = Tracker(awaits_kernel_closes=source.has_close_events, timewait_lines=not self.lifecycle_fields)
         self.logs_closes = config.format == "jsonl" or "event" in config.fields
         self.logs_names = logs_names(config)
         self.stats_every = config.stats_interval or (DEFAULT_STATS_INTERVAL if self.lifecycle_fields else None)
@@ -3287,6 +3364,7 @@ class Poller:
         # budget, unheard (counted by the kernel's counters while close events were paused)]
         self.closes: dict[int | None, dict[str, list[int]]] = {}
         self.polls = 0
+        self.written_until = 0.0  # the time of the latest connection line
         self.lines = 0  # lines given to the logs, both streams
         self.poll_seconds = 0.0
         self.last_poll_seconds = 0.0
@@ -3296,8 +3374,6 @@ class Poller:
         if any(isinstance(sink, LogFile) and sink.reader_gone() for sink in self.outputs.all()):
             raise OutputClosed()  # noticed now, not at the next line, which may be long in coming
         started = self.clock()
-        if self.budget is not None:
-            self.budget.level()  # the psutil engine's polls shed too: they stretch
         if self.polls == 0 and self.stats_every and not self.source.has_close_events:
             self.tcp_opens_at_start = self.source.tcp_opens()
             if self.tcp_opens_at_start is None:
@@ -3337,7 +3413,13 @@ class Poller:
             kept = [e._replace(rhost=self.source.rhost(e.conn, e.process.pid if e.process else e.conn.pid))
                     if e.conn.raddr else e for e in kept]
         self.count_seen(kept)
-        return [e for e in kept if self.logs_closes or e.event != "close" or e.attrib == "unseen"], new_processes
+        kept = [e for e in kept if self.logs_closes or e.event != "close" or e.attrib == "unseen"]
+        # A log reads in time order: a line known only now (a close the kernel told late) is
+        # never dated before the lines already written.
+        kept = [e if e.time >= self.written_until else e._replace(time=self.written_until) for e in kept]
+        if kept:
+            self.written_until = kept[-1].time
+        return kept, new_processes
 
     def attribute(self, event: ConnectionEvent, owners: dict[int, ProcessInfo]) -> ConnectionEvent:
         """The event with the owner looked up in this poll; a close whose owner has died is an orphan."""
@@ -3503,14 +3585,18 @@ def close_coverage(closes: dict[str, list[int]]) -> dict[str, dict]:
 
 
 class CpuBudget:
-    """lognet's own CPU time, as a share of one core, against --max-cpu. level() says how
-    much work to shed, an index of SHED_STEPS: one step more every SHED_STEP seconds over
-    the budget, one less every SHED_STEP seconds under SHED_RESUME of it (so that what was
-    shed, taken back, does not put it over at once).
+    """lognet's own CPU time, as a share of one core, against --max-cpu, and the rate of new
+    sockets: a flood is both. level() says how much work to shed, an index of SHED_STEPS:
+    one step more every SHED_STEP seconds over the budget under a flood, one less every
+    SHED_STEP seconds under SHED_RESUME of it or once the flood is over (so that what was
+    shed, taken back, does not put it over at once), never below the floor it is held at.
 
     Over the budget means over it in the last CPU_WINDOW seconds, and in the last `window`
     (a poll interval) too unless twice over: a full poll's burst, spread over its interval,
-    is not a flood. Both threads ask, and the process's CPU time counts them both."""
+    is not a flood. Nor is lognet's own cost at the interval the user chose: a flood is at
+    least FLOOD_RATE sockets a second, opened or closed, over FLOOD_WINDOW seconds, as the
+    source counts them (count()). The process's CPU time counts both threads; one lock
+    guards the level, which the source alone decides."""
 
     def __init__(self, percent: float, window: float = CPU_WINDOW, cpu: Callable[[], float] = time.process_time,
                  clock: Callable[[], float] = time.monotonic):
@@ -3518,17 +3604,26 @@ class CpuBudget:
         self.cpu, self.clock = cpu, clock
         # (clock, cpu) samples, the oldest of each just over its window ago
         self.windows = [(CPU_WINDOW, deque()), (max(CPU_WINDOW, window), deque())]
+        self.sockets = 0  # sockets opened or closed since the start, as the source counted them
+        self.churn: deque[tuple[float, int]] = deque()  # (clock, sockets), the oldest just over FLOOD_WINDOW ago
         self.shed = 0
+        self.floor = 0  # the level it may not take back below (see hold())
         self.changed_at = clock()
         self.spells = 0  # how many times lognet began to shed
         self.line_cost = LINE_COST  # CPU seconds a poll takes for each line, as last measured
         self.lock = threading.Lock()
 
     def restart(self) -> None:
-        """Forget the CPU used so far (the first poll's)."""
+        """Forget the CPU used so far (the first poll's), and the sockets it met."""
         with self.lock:
             for _, samples in self.windows:
                 samples.clear()
+            self.churn.clear()
+
+    def count(self, sockets: int) -> None:
+        """Sockets the source met opened or closed: their rate tells a flood."""
+        with self.lock:
+            self.sockets += sockets
 
     def used(self, pending: float = 0.0) -> list[float]:
         """The share of one core that lognet used over about the last second, and the last
@@ -3543,24 +3638,34 @@ class CpuBudget:
             shares.append((cpu + pending - before) / max(now - then, window))
         return shares
 
-    def hold(self, level: int) -> int:
-        """Shed this much from now, whatever the CPU used: taking work back starts from here."""
+    def flooding(self) -> bool:
+        """Whether sockets open or close at FLOOD_RATE a second or more, over FLOOD_WINDOW."""
+        now, churn = self.clock(), self.churn
+        churn.append((now, self.sockets))
+        while len(churn) > 2 and churn[1][0] <= now - FLOOD_WINDOW:
+            churn.popleft()
+        return self.sockets - churn[0][1] >= FLOOD_RATE * FLOOD_WINDOW
+
+    def hold(self, level: int, floor: int = 0) -> int:
+        """Shed this much from now, whatever the CPU used, and never less than floor until held
+        again: taking work back starts from here."""
         with self.lock:
-            self.shed, self.changed_at = level, self.clock()
+            self.shed, self.floor, self.changed_at = level, floor, self.clock()
             return level
 
-    def level(self, pending: int = 0, least: int = 0) -> int:
+    def level(self, pending: int = 0) -> int:
         """The level of shedding now; pending: the lines that the next poll will write, whose
-        CPU (line_cost each, as the last polls measured) counts as spent already; least: the
-        level it may not take back below."""
+        CPU (line_cost each, as the last polls measured) counts as spent already."""
         with self.lock:
-            (second, window), now = self.used(pending * self.line_cost), self.clock()
+            (second, window), flooding, now = self.used(pending * self.line_cost), self.flooding(), self.clock()
             if now - self.changed_at >= SHED_STEP:
-                over = second > self.share and (window > self.share or second > 2 * self.share)
+                over = flooding and second > self.share and (window > self.share or second > 2 * self.share)
                 if over and self.shed < SHED_PAUSE:
                     self.spells += self.shed == 0
                     self.shed, self.changed_at = self.shed + 1, now
-                elif second < self.share * SHED_RESUME and self.shed > least:
+                    if self.shed == SHED_POLLS:  # it loses nothing, and saves little at once: the next may follow
+                        self.changed_at -= SHED_STEP
+                elif (second < self.share * SHED_RESUME or not flooding) and self.shed > self.floor:
                     self.shed, self.changed_at = self.shed - 1, now
             return self.shed
 
@@ -3940,9 +4045,9 @@ def main(argv: list[str] | None = None) -> int:
     signals.install()
     try:
         outputs = open_outputs(config, defaulted)
-        source = open_source(config)
-        source.budget = CpuBudget(config.max_cpu, config.interval) if config.max_cpu < 100 else None
-        poller = Poller(config, source, outputs)
+        budget = CpuBudget(config.max_cpu, config.interval) if config.max_cpu < 100 else None
+        source = open_source(config, budget)
+        poller = Poller(config, source, outputs, budget=budget)
         watcher = Watcher(source, config.watch) if config.watch and isinstance(source, NetlinkSource) else None
         status = StatusLine(sys.stderr, outputs) if sys.stderr.isatty() and not config.quiet else None
         try:

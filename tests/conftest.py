@@ -226,6 +226,33 @@ def tcp_pair():
         s.close()
 
 
+class Marker:
+    """An established loopback pair held by the test: the first poll logs its client end,
+    in either format. The barrier for "lognet's first poll is done"; a log file that exists
+    is none (lognet opens its logs before it polls)."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.client = socket.create_connection(self.listener.getsockname())
+        self.server, _ = self.listener.accept()
+        self.port = self.client.getsockname()[1]
+        server_port = self.listener.getsockname()[1]
+        self.texts = (f" 127.0.0.1 {self.port} 127.0.0.1 {server_port} ",
+                      f'"laddr":"127.0.0.1","lport":{self.port},"raddr":"127.0.0.1","rport":{server_port},')
+
+    def close(self):
+        for sock in (self.client, self.server, self.listener):
+            sock.close()
+
+
+@pytest.fixture
+def marker():
+    """A Marker pair in this process's network namespace, closed afterwards."""
+    pair = Marker()
+    yield pair
+    pair.close()
+
+
 @pytest.fixture
 def many_pairs():
     """400 established TCP pairs on loopback, held by this process: 801 lines, about 80 kB,
@@ -255,6 +282,17 @@ class Lognet:
     def wait_for_line(self, text):
         """Wait until connections.log holds text."""
         wait_for(lambda: self.clog.exists() and text in self.clog.read_text())
+
+    def inside(self) -> tuple[str, ...]:
+        """The nsenter prefix that runs a command in lognet's network namespace, once lognet
+        runs in one of its own (started behind unshare -n: until then, /proc shows the old one)."""
+        wait_for(lambda: os.stat(f"/proc/{self.proc.pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino)
+        return ("nsenter", f"--net=/proc/{self.proc.pid}/ns/net")
+
+    def wait_for_poll(self, marker: Marker):
+        """Wait until a poll has logged marker's pair, opened before lognet started: the
+        first poll is done, with the engine made before it (its close events joined)."""
+        wait_for(lambda: self.clog.exists() and any(text in self.clog.read_text() for text in marker.texts))
 
     @property
     def stderr(self):
@@ -308,8 +346,8 @@ class ScriptedSource(lognet.Source):
     known ones from that poll on; running_by_poll lists the pids alive at each poll
     (default: every known pid)."""
 
-    def __init__(self, snapshots, processes, clock=None, cost=0.0):
-        super().__init__()
+    def __init__(self, snapshots, processes, clock=None, cost=0.0, budget=None):
+        super().__init__(budget=budget)
         self.snapshots = list(snapshots)
         self.known = dict(processes)
         self.clock, self.cost = clock, cost
@@ -328,6 +366,8 @@ class ScriptedSource(lognet.Source):
         return self.arrivals.get(len(self.kinds) - 1, []), []
 
     def connections(self, kind):
+        if self.budget is not None:
+            self.budget.level()  # the level is the source's to decide, as an engine's
         replaced = self.reuse.get(len(self.kinds))
         if replaced is not None:
             self.known[replaced.pid] = replaced

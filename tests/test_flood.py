@@ -75,7 +75,7 @@ def lognet_inside(background, *args, protocol: tuple = ("-p", "tcp")):
     require_tool("nsenter", "util-linux")
     ln = background("--netns", "own", "--format", "jsonl", *protocol, "--stats-interval", "600", *args,
                     prefix=PRIVATE_NETNS)
-    wait_for(lambda: ln.clog.exists())  # the first poll is done
+    ln.inside()  # in its namespace: a flood started now is in it too (Flood.known_to() waits for a poll)
     return ln
 
 
@@ -145,6 +145,7 @@ def test_max_cpu_100_sheds_nothing(background):
     ln = lognet_inside(background, "--max-cpu", "100")
     flood = Flood(ln.proc.pid, 3_000)
     try:
+        flood.known_to(ln)
         assert flood.run() == 3_000
         # the kernel sends close events from a work queue: wait for the last, logged at a poll
         wait_for(lambda: sum(r.get("event") == "close" and flood.port in (str(r["lport"]), str(r["rport"]))
@@ -198,6 +199,7 @@ def test_loopback_closes_never_reach_python_with_omit_loopback(background):
     loopback = Flood(ln.proc.pid, 2_000)
     other = Flood(ln.proc.pid, 10, host="192.0.2.1")  # on the namespace's lo, but not a loopback address
     try:
+        other.known_to(ln)  # a poll is done: the close events and their filter are in place
         assert loopback.run() == 2_000
         assert other.run() == 10
         time.sleep(1.0)
@@ -255,15 +257,24 @@ def test_the_close_filter_keeps_what_the_filters_keep(omit):
 
 # ---------------------------------------------------------------- the budget's steps, on fake clocks
 
+def budget_levels(budget, clock, cpu, shares, sockets_a_second):
+    """The levels a budget decides each quarter second, with lognet's share of a core and
+    the sockets opened or closed a second in each."""
+    levels = []
+    for share, rate in zip(shares, sockets_a_second):
+        clock.now += 0.25
+        cpu.now += share * 0.25
+        budget.count(int(rate * 0.25))
+        levels.append(budget.level())
+    return levels
+
+
 def test_the_budget_sheds_a_step_at_a_time_and_takes_them_back_below_half():
     clock, cpu = FakeClock(), FakeClock()
     cpu.now = 0.0
     budget = lognet.CpuBudget(10, 1.0, cpu=cpu, clock=clock)
-    levels = []
-    for share in [0.05] * 4 + [0.5] * 12 + [0.07] * 8 + [0.01] * 12:  # lognet's share of a core, each quarter second
-        clock.now += 0.25
-        cpu.now += share * 0.25
-        levels.append(budget.level())
+    shares = [0.05] * 4 + [0.5] * 12 + [0.07] * 8 + [0.01] * 12  # lognet's share of a core, each quarter second
+    levels = budget_levels(budget, clock, cpu, shares, [5_000] * len(shares))  # a flood all along
     # Under 10% over the last second: nothing shed. One quarter second at 50% takes the second
     # to 16%: one step at once, then one a quarter second up to the last. Back at 7%, under
     # the budget but above half of it, it holds; below half (from the second quarter at 1%),
@@ -271,6 +282,38 @@ def test_the_budget_sheds_a_step_at_a_time_and_takes_them_back_below_half():
     assert levels == [0] * 4 + [1, 2, 3] + [4] * 9 + [4] * 8 + [4, 3, 2, 1, 0] + [0] * 7
     assert budget.spells == 1
     assert lognet.CpuBudget(10, cpu=cpu, clock=clock).level() == 0
+
+
+def test_lognets_own_cost_at_a_short_interval_is_no_flood():
+    # Over its budget, at 50% of a core for 5 s, with 2 connections a second (4 sockets): the
+    # interval the user chose costs that much, and nothing is shed. Then a flood: shedding begins.
+    clock, cpu = FakeClock(), FakeClock()
+    cpu.now = 0.0
+    budget = lognet.CpuBudget(10, 0.05, cpu=cpu, clock=clock)
+    quiet = budget_levels(budget, clock, cpu, [0.5] * 20, [4] * 20)
+    assert quiet == [0] * 20 and budget.spells == 0
+    flood = budget_levels(budget, clock, cpu, [0.5] * 8, [2 * lognet.FLOOD_RATE] * 8)
+    assert flood[0] == 0 and flood[-1] >= lognet.SHED_WATCHER and flood == sorted(flood)
+    # the flood stops; lognet still over its budget: the steps come back one by one
+    after = budget_levels(budget, clock, cpu, [0.5] * 40, [0] * 40)
+    assert after[-1] == 0 and all(a - b in (0, 1) for a, b in zip([flood[-1]] + after, after))
+
+
+def test_a_held_floor_stays_for_every_caller_until_held_again():
+    # While TCP's close events are paused, no level below the pause: whoever asks, with no CPU used.
+    clock = FakeClock()
+    budget = lognet.CpuBudget(10, cpu=lambda: 0.0, clock=clock)
+    budget.hold(lognet.SHED_PAUSE, floor=lognet.SHED_PAUSE)
+    levels = []
+    for _ in range(8):
+        clock.now += lognet.SHED_STEP * 1.01  # a little more: no float rounding below the step
+        levels.append(budget.level())
+    assert levels == [lognet.SHED_PAUSE] * 8
+    budget.hold(lognet.SHED_CLOSES)  # resumed: counted, not decoded, at first, then taken back
+    for _ in range(8):
+        clock.now += lognet.SHED_STEP * 1.01  # a little more: no float rounding below the step
+        levels.append(budget.level())
+    assert levels[8:] == [2, 1, 0, 0, 0, 0, 0, 0]
 
 
 def test_a_full_polls_burst_is_not_a_flood():
@@ -281,12 +324,14 @@ def test_a_full_polls_burst_is_not_a_flood():
     for quarter in range(48):  # 12 s: each poll takes 150 ms of CPU, and the rest of the time 4%
         clock.now += 0.25
         cpu.now += 0.01 + (0.15 if quarter % 12 == 0 else 0)
+        budget.count(2 * lognet.FLOOD_RATE)  # sockets come and go fast enough for a flood, all along
         levels.append(budget.level())
     # each second with a poll is at 19%, but each 3 s at 8%: nothing is shed
     assert levels == [0] * 48
     for _ in range(12):  # then a flood: 30% in every second
         clock.now += 0.25
         cpu.now += 0.075
+        budget.count(2 * lognet.FLOOD_RATE)
         levels.append(budget.level())
     flood = levels[48:]
     # shedding begins within a second, one step a quarter second, up to the last
@@ -345,8 +390,7 @@ HELD_BUDGET = """
 import socket, sys, time
 sys.path.insert(0, sys.argv[1])
 import lognet
-source = lognet.NetlinkSource("tcp", namespaces=False)
-source.budget = lognet.CpuBudget(10, cpu=lambda: 0.0)
+source = lognet.NetlinkSource("tcp", namespaces=False, budget=lognet.CpuBudget(10, cpu=lambda: 0.0))
 listener = socket.create_server(("127.0.0.1", 0))
 def connections(n):
     for _ in range(n):
@@ -369,6 +413,7 @@ source.watch()  # few opens a second now: it joins again, counting closes, not d
 resumed = source.shed
 unheard = source.take_unheard()
 connections(50)
+source.budget.hold(resumed)  # the half second it took would take a step back: still where it resumed
 source.watch()
 skipped = sum(count for _, count, _, _ in source.take_skipped())
 print(resumed, sum(unheard.values()), skipped, source.pauses)
@@ -380,7 +425,7 @@ def test_while_paused_closes_are_counted_by_the_kernels_counters():
     are counted by the kernel's counters (200 ends, exactly, with nothing else there), and 10
     opened and still open are not; once
     the events resume, 50 more are heard and counted, not decoded, at first."""
-    assert output_in_a_namespace(PAUSE_SCRIPT).split() == [str(lognet.SHED_POLLS), "200", "100", "1"]
+    assert output_in_a_namespace(PAUSE_SCRIPT).split() == [str(lognet.SHED_CLOSES), "200", "100", "1"]
 
 
 HELD_SCRIPT = HELD_BUDGET + """

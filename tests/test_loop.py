@@ -13,9 +13,9 @@ TIME_WAIT = make_conn(("127.0.0.1", 80), ("127.0.0.1", 5000), "TIME_WAIT", pid=N
 PRIVATE = make_conn(("127.0.0.1", 81), ("10.0.0.1", 443), "ESTABLISHED", pid=10, fd=5)
 
 
-def make_poller(tmp_path, source, clock=time.monotonic, now=lambda: 1795763232.0, **kw):
+def make_poller(tmp_path, source, clock=time.monotonic, now=lambda: 1795763232.0, budget=None, **kw):
     config = lognet.Config(connections_log=str(tmp_path / "c.log"), processes_log=str(tmp_path / "p.log"), **kw)
-    return config, lognet.Poller(config, source, lognet.open_outputs(config), now=now, clock=clock)
+    return config, lognet.Poller(config, source, lognet.open_outputs(config), now=now, clock=clock, budget=budget)
 
 
 def test_loop_logs_new_and_changed_once(tmp_path):
@@ -36,21 +36,38 @@ def test_loop_logs_new_and_changed_once(tmp_path):
 
 
 def test_a_polls_lines_are_in_time_order(tmp_path):
-    # Found by a watcher a second before the poll, and gone into TIME_WAIT (ownerless) by then:
+    # Found by a watcher between two polls, and gone into TIME_WAIT (ownerless) by the second:
     # its open comes first, though ownerless lines of one time come before owned ones.
     client = make_conn(("127.0.0.1", 5000), ("127.0.0.1", 80), "ESTABLISHED", pid=10, fd=6)
     waiting = client._replace(status="TIME_WAIT", pid=None, fd=-1)
     source = ScriptedSource([[LISTEN], [LISTEN, waiting]], {10: PROC})
-    source.arrivals = {1: [(client, 1795763231.0)]}
-    config, poller = make_poller(tmp_path, source, count=2, interval=1.0, utc=True)
+    source.arrivals = {1: [(client, 1795763233.5)]}
+    times = iter([1795763232.0, 1795763234.0])
+    config, poller = make_poller(tmp_path, source, count=2, interval=1.0, utc=True, now=lambda: next(times))
     clock = FakeClock()
     lognet.run(config, poller, clock=clock, sleep=clock.sleep)
     poller.close()
     assert data_lines(tmp_path / "c.log") == [
         "2026-11-27|07:07:12 TCP 127.0.0.1 80 - - LISTEN srv|10|1000.00",
-        "2026-11-27|07:07:11 TCP 127.0.0.1 5000 127.0.0.1 80 ESTABLISHED srv|10|1000.00",
-        "2026-11-27|07:07:12 TCP 127.0.0.1 5000 127.0.0.1 80 TIME_WAIT -",
+        "2026-11-27|07:07:13 TCP 127.0.0.1 5000 127.0.0.1 80 ESTABLISHED srv|10|1000.00",
+        "2026-11-27|07:07:14 TCP 127.0.0.1 5000 127.0.0.1 80 TIME_WAIT -",
     ]
+
+
+def test_a_line_known_late_is_never_dated_before_the_lines_written(tmp_path):
+    # Reported at the second poll as found a second before the first: the log still reads in
+    # time order, the late line dated as the latest line before it.
+    client = make_conn(("127.0.0.1", 5000), ("127.0.0.1", 80), "ESTABLISHED", pid=10, fd=6)
+    source = ScriptedSource([[LISTEN], [LISTEN, client]], {10: PROC})
+    source.arrivals = {1: [(client, 1795763231.0)]}
+    times = iter([1795763232.5, 1795763234.0])
+    config, poller = make_poller(tmp_path, source, count=2, interval=1.0, format="jsonl", utc=True,
+                                 now=lambda: next(times))
+    clock = FakeClock()
+    lognet.run(config, poller, clock=clock, sleep=clock.sleep)
+    poller.close()
+    stamps = [line.split('"ts":"')[1][:23] for line in data_lines(tmp_path / "c.log") if '"lport"' in line]
+    assert stamps == ["2026-11-27T07:07:12.500", "2026-11-27T07:07:12.500"]
 
 
 def test_sleep_targets_a_monotonic_deadline(tmp_path):
@@ -139,10 +156,10 @@ def test_lifecycle_lines_and_the_statistics_remark(tmp_path):
 
 def test_polls_stretch_while_the_budget_sheds_them(tmp_path):
     clock = FakeClock()
-    source = ScriptedSource([[LISTEN]] * 4, {10: PROC})
-    source.budget = lognet.CpuBudget(10, cpu=lambda: 0.0, clock=clock)
-    config, poller = make_poller(tmp_path, source, count=4, interval=2.0)
-    source.budget.hold(lognet.SHED_POLLS)
+    budget = lognet.CpuBudget(10, cpu=lambda: 0.0, clock=clock)
+    source = ScriptedSource([[LISTEN]] * 4, {10: PROC}, budget=budget)
+    config, poller = make_poller(tmp_path, source, count=4, interval=2.0, budget=budget)
+    budget.hold(lognet.SHED_POLLS)
     lognet.run(config, poller, clock=clock, sleep=clock.sleep)
     poller.close()
     # held at the step that stretches polls, then taken back a step a time: no CPU is used

@@ -62,7 +62,7 @@ def test_a_short_client_in_a_namespace_is_logged_with_its_process_at_the_default
     require_tool("nsenter", "util-linux")
     inside = holder("--name", "lnnsserver", "--port", PORT, prefix=PRIVATE_NETNS)
     ln = background("--fields", "+event,netns", "--stats-interval", "600")
-    wait_for(lambda: ln.clog.exists())  # the first poll found the namespace
+    ln.wait_for_line(f" 127.0.0.1 {PORT} - - LISTEN {upid_of(inside.pid, 'lnnsserver')} ")  # a poll found the namespace
     client = subprocess.run(["nsenter", f"--net=/proc/{inside.pid}/ns/net", sys.executable, "-c",
                              "import os, socket, struct, time; s = socket.create_connection(('127.0.0.1', 8123)); "
                              "print(os.getpid(), s.getsockname()[1], flush=True); time.sleep(0.15); "
@@ -129,12 +129,11 @@ def test_a_socket_made_in_another_namespace_leaves_a_namespace_undumped(watched_
         assert ns.counters.signature() == before
 
 
-def test_fifty_namespaces_come_and_go_and_none_is_kept_alive(tmp_path, background):
+def test_fifty_namespaces_come_and_go_and_none_is_kept_alive(tmp_path, background, marker):
     require_root("unshare -n")
     require_tool("lsns", "util-linux")
     ln = background("-i", "0.1", "-p", "tcp", "--fields", "+netns")
-    wait_for(lambda: ln.clog.exists())
-    time.sleep(0.5)
+    ln.wait_for_poll(marker)
     fds_before = len(os.listdir(f"/proc/{ln.proc.pid}/fd"))
     made = []
     for _ in range(5):  # ten at a time, each living long enough for a few polls to find it
@@ -148,8 +147,9 @@ def test_fifty_namespaces_come_and_go_and_none_is_kept_alive(tmp_path, backgroun
         for proc in group:
             proc.wait(timeout=30)
             proc.stdout.close()
-    time.sleep(1.0)  # polls after the last namespace emptied
-    fds_after = len(os.listdir(f"/proc/{ln.proc.pid}/fd"))
+    # polls after the last namespace emptied let go of what watched them
+    fds_after = wait_for(lambda: len(os.listdir(f"/proc/{ln.proc.pid}/fd")) if abs(
+        len(os.listdir(f"/proc/{ln.proc.pid}/fd")) - fds_before) <= 3 else None)
     alive = set(subprocess.run(["lsns", "-t", "net", "-n", "-o", "NS"], capture_output=True, text=True,
                                check=True).stdout.split())
     assert ln.stop() == 0

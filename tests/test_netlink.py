@@ -16,6 +16,7 @@ import pytest
 import lognet
 from conftest import (
     LOGNET,
+    Marker,
     data_lines,
     read_lines,
     require_root,
@@ -57,10 +58,10 @@ def short_connection_between_polls(background, hold, tag, *lognet_args):
     the client process, the listener's port and the client's port; lognet is still running."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
+    marker = Marker()
     ln = background("-i", "5", "-p", "tcp", *lognet_args)
     try:
-        wait_for(lambda: ln.clog.exists())
-        time.sleep(0.5)  # past the first poll: what follows can only be caught between polls
+        ln.wait_for_poll(marker)  # past the first poll: what follows can only be caught between polls
         client = start_client(port, hold, tag)
         server, _ = listener.accept()
         client_port = str(server.getpeername()[1])
@@ -68,17 +69,17 @@ def short_connection_between_polls(background, hold, tag, *lognet_args):
         server.close()
     finally:
         listener.close()
+        marker.close()
     return ln, client, str(port), client_port
 
 
 def test_new_process_holding_100ms_is_logged_with_pid_and_command_line_at_the_default_interval(
-        tmp_path, background):
+        tmp_path, background, marker):
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     ln = background("-p", "tcp", "--omit-self-conns")  # the defaults: -i 3, the watcher at its default
     try:
-        wait_for(lambda: ln.clog.exists())
-        time.sleep(0.5)  # past the first poll: what follows can only be caught between polls
+        ln.wait_for_poll(marker)  # past the first poll: what follows can only be caught between polls
         client = start_client(port, 0.1, "lnshortlived-tag")
         server, _ = listener.accept()
         client_port = server.getpeername()[1]
@@ -101,11 +102,11 @@ def test_new_process_holding_100ms_is_logged_with_pid_and_command_line_at_the_de
 
 
 @pytest.mark.parametrize("first_closer", ["client", "server"])
-def test_close_lines_carry_the_bytes_sent_and_received(tmp_path, background, first_closer):
+def test_close_lines_carry_the_bytes_sent_and_received(tmp_path, background, first_closer, marker):
     ln = background("-i", "0.2", "-p", "tcp", "--fields", "+event,txbytes,rxbytes")
     listener = socket.create_server(("127.0.0.1", 0))
     try:
-        wait_for(lambda: ln.clog.exists())
+        ln.wait_for_poll(marker)  # the close events are joined before the pair is made
         client = socket.create_connection(listener.getsockname())
         server, _ = listener.accept()
         send_and_receive(client, server, 12345)
@@ -115,21 +116,26 @@ def test_close_lines_carry_the_bytes_sent_and_received(tmp_path, background, fir
         first.close()
         time.sleep(0.05)
         second.close()
-        # The passive closer's end closes at once; the active closer's waits in TIME_WAIT for a minute.
+        # Both ends close with the kernel's close of their sockets: the active closer's too,
+        # whose TIME_WAIT goes on for a minute.
         port = str(listener.getsockname()[1])
-        passive_end = "lport" if first_closer == "client" else "rport"
-        sent, got = (678, 12345) if first_closer == "client" else (12345, 678)
-        wait_for(lambda: [r for r in w3c_rows(ln.clog) if r["event"] == "close" and r[passive_end] == port])
+        wait_for(lambda: len([r for r in w3c_rows(ln.clog) if r["event"] == "close" and r["raddr"] != "-"
+                              and port in (r["lport"], r["rport"])]) == 2)
     finally:
         assert ln.stop() == 0
         listener.close()
     closes = [r for r in w3c_rows(ln.clog) if r["event"] == "close" and port in (r["lport"], r["rport"])
               and r["raddr"] != "-"]
-    assert [(r[passive_end], r["txbytes"], r["rxbytes"]) for r in closes] == [(port, str(sent), str(got))]
+    client_end = "rport"  # the client's line has the listener's port as its remote port
+    assert sorted((r[client_end] == port, r["txbytes"], r["rxbytes"]) for r in closes) == [
+        (False, "678", "12345"), (True, "12345", "678")]
+    active = [r for r in closes if (r[client_end] == port) == (first_closer == "client")]
+    assert [r["status"] for r in active] == ["TIME_WAIT"] or first_closer == "server" and active[0]["status"] in (
+        "TIME_WAIT", "FIN_WAIT2", "ESTABLISHED", "FIN_WAIT1"), active
     assert ln.stderr == ""
 
 
-def test_socket_that_lived_5ms_is_unseen_and_counted(tmp_path, background):
+def test_socket_that_lived_5ms_is_unseen_and_counted(tmp_path, background, holder):
     require_root("unshare -n: a namespace where the test's sockets are the only ones")
     script = tmp_path / "five_ms.py"
     script.write_text("import socket, time\n"
@@ -143,8 +149,9 @@ def test_socket_that_lived_5ms_is_unseen_and_counted(tmp_path, background):
     ln = background("-i", "5", "-p", "tcp", "--watch", "0", "--netns", "own", "--fields", "+event,attrib",
                     "--stats-interval", "600", prefix=PRIVATE_NETNS)
     try:
-        wait_for(lambda: ln.clog.exists())  # the first poll is done: the next is 5 s away
-        run = subprocess.run(["nsenter", f"--net=/proc/{ln.proc.pid}/ns/net", sys.executable, str(script)],
+        mark = holder("--name", "lnmark", prefix=ln.inside())
+        ln.wait_for_line(f" {mark.info['port']} - - LISTEN ")  # a poll is done: the next is 5 s away at most
+        run = subprocess.run([*ln.inside(), sys.executable, str(script)],
                              capture_output=True, text=True, timeout=30)
         assert run.returncode == 0, run.stderr
         port = run.stdout.strip()

@@ -93,9 +93,9 @@ print(port)
 """
 
 
-def test_processes_dying_under_lognet_never_stop_it(tmp_path, background):
+def test_processes_dying_under_lognet_never_stop_it(tmp_path, background, marker):
     ln = background("-i", "0.005", "-p", "tcp")
-    wait_for(lambda: ln.clog.exists())
+    ln.wait_for_poll(marker)
     flasher = subprocess.run([sys.executable, "-c", FLASHER, "400"], capture_output=True, text=True, timeout=60)
     assert flasher.returncode == 0
     port = flasher.stdout.strip()

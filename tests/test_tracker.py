@@ -211,15 +211,69 @@ def test_a_close_the_kernel_has_not_told_yet_waits_one_update():
     assert [(e.event, e.time) for e in tracker.update([], now=6.0)] == [("close", 5.0)]
 
 
-def test_time_wait_keeps_the_kernels_bytes_for_its_close():
+def test_a_connection_closes_with_the_kernels_close_not_when_its_time_wait_ends():
     tracker = lognet.Tracker(awaits_kernel_closes=True)
     client = record(("127.0.0.1", 5000), ("127.0.0.1", 80), "ESTABLISHED", pid=11, fd=3, cookie=3)
     tracker.update([client], now=1.0)
     time_wait = client._replace(status="TIME_WAIT", pid=None, fd=-1, inode=None)  # the kernel keeps the cookie
     events = tracker.update([time_wait], now=2.0, departures=[closed_of(client, 1.5, sent=10, received=21, beyond=2)])
-    assert [(e.event, e.conn.status, e.attrib) for e in events] == [("state", "TIME_WAIT", "orphan")]
-    events = tracker.update([], now=62.0)
-    assert [(e.event, e.conn.txbytes, e.conn.rxbytes, e.time) for e in events] == [("close", 10, 20, 62.0)]
+    # the original's status change, then the close at the kernel's close, with its bytes
+    assert [(e.event, e.conn.status, e.attrib, e.time, e.conn.txbytes, e.conn.rxbytes, e.duration)
+            for e in events] == [("state", "TIME_WAIT", "orphan", 2.0, None, None, 1.0),
+                                 ("close", "TIME_WAIT", "orphan", 1.5, 10, 20, 0.5)]
+    assert tracker.update([time_wait], now=3.0) == []
+    assert tracker.update([], now=62.0) == []  # TIME_WAIT ends: the connection was told closed already
+    assert tracker.update([], now=63.0) == [] and not tracker.sightings
+
+
+def test_with_lifecycle_lines_time_wait_is_no_line_of_its_own():
+    tracker = lognet.Tracker(awaits_kernel_closes=True, timewait_lines=False)
+    client = record(("127.0.0.1", 5000), ("127.0.0.1", 80), "ESTABLISHED", pid=11, fd=3, cookie=3)
+    tracker.update([client], now=1.0)
+    time_wait = client._replace(status="TIME_WAIT", pid=None, fd=-1, inode=None)
+    assert tracker.update([time_wait], now=2.0) == []  # its close event is still in the kernel's work queue
+    events = tracker.update([time_wait], now=3.0, departures=[closed_of(client, 2.1, sent=10, received=21, beyond=2)])
+    assert [(e.event, e.time, e.conn.txbytes, e.conn.rxbytes) for e in events] == [("close", 2.1, 10, 20)]
+    assert events[0].process is None and events[0].first_seen == 1.0
+    assert tracker.update([], now=62.0) == []
+
+
+@pytest.mark.parametrize("timewait_lines", [True, False])
+def test_a_close_told_before_a_dump_showed_its_time_wait_continues_into_it(timewait_lines):
+    tracker = lognet.Tracker(awaits_kernel_closes=True, timewait_lines=timewait_lines)
+    client = record(("127.0.0.1", 5000), ("127.0.0.1", 80), "ESTABLISHED", pid=11, fd=3, cookie=3)
+    tracker.update([], now=0.5)
+    tracker.update([client], now=1.0)  # opened after the first poll: lognet knows it connected out
+    events = tracker.update([client], now=2.0, departures=[closed_of(client, 2.5, sent=10, received=21, beyond=2)])
+    assert [(e.event, e.time) for e in events] == [("close", 2.5)]
+    time_wait = client._replace(status="TIME_WAIT", pid=None, fd=-1, inode=None)
+    events = tracker.update([time_wait], now=3.0)
+    expected = [("state", "TIME_WAIT", 1.0, "out")] if timewait_lines else []
+    assert [(e.event, e.conn.status, e.first_seen, e.direction) for e in events] == expected
+    assert tracker.update([], now=63.0) == []
+
+
+def test_a_connection_seen_only_at_its_close_is_one_line():
+    tracker = lognet.Tracker(awaits_kernel_closes=True)
+    tracker.update([LISTEN], now=1.0)
+    ghost = record(("127.0.0.1", 5000), ("127.0.0.1", 80), "ESTABLISHED", pid=11, fd=3, cookie=9)
+    time_wait = ghost._replace(status="TIME_WAIT", pid=None, fd=-1, inode=None)
+    events = tracker.update([LISTEN, time_wait], now=2.0, departures=[closed_of(ghost, 1.5, sent=3, received=5)])
+    assert [(e.event, e.attrib, e.conn.status, e.conn.rxbytes) for e in events] == [
+        ("close", "unseen", "CLOSE", 4)]  # TIME_WAIT: the peer's FIN came
+    other = record(("127.0.0.1", 5001), ("127.0.0.1", 80), "ESTABLISHED", pid=11, fd=3, cookie=10)
+    assert [e.event for e in tracker.update([LISTEN, time_wait], now=3.0, departures=[closed_of(other, 2.5)])] == [
+        "close"]
+    later = other._replace(status="TIME_WAIT", pid=None, fd=-1, inode=None)  # its TIME_WAIT shows a dump later
+    assert tracker.update([LISTEN, time_wait, later], now=4.0) == []
+    assert tracker.update([LISTEN], now=64.0) == []
+
+
+def test_time_wait_sockets_there_before_the_first_poll_are_logged():
+    tracker = lognet.Tracker(awaits_kernel_closes=True, timewait_lines=False)
+    time_wait = record(("127.0.0.1", 5000), ("127.0.0.1", 80), "TIME_WAIT", pid=None, fd=-1, cookie=3)._replace(
+        inode=None)
+    assert [(e.event, e.attrib) for e in tracker.update([time_wait], now=1.0)] == [("open", "orphan")]
 
 
 def test_a_socket_never_seen_alive_is_an_unseen_close():
