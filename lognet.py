@@ -307,9 +307,10 @@ class Source:
     events_read = 0  # close events that reached lognet, decoded or counted
     pauses = 0  # times the close events were paused for a CPU budget
 
-    def take_unheard(self) -> dict[int, int]:
+    def take_unheard(self, final: bool = False) -> dict[int, int]:
         """TCP closes while the close events were paused for a CPU budget, since the last
-        call, by netns: counted by the kernel's counters (see Namespace.unheard())."""
+        call, by netns: counted by the kernel's counters once no flood is on, or at once
+        when final (see Namespace.settle())."""
         return {}
 
     def take_skipped(self) -> list[tuple[Connection, int, str | None, bool]]:
@@ -1431,37 +1432,47 @@ class Namespace:
                 events.close()
             self.events = {}
             self.refusal = exc.strerror
+        self.settle()  # just joined: no event of ours is in flight
 
     refusal: str | None = None  # why the close events could not be joined
-    paused: tuple[int, int] | None = None  # while TCP's close events are paused: its tcp_counts() since counted
+    paused = False  # whether TCP's close events are paused
+    # TCP's closes are counted twice over: by the kernel's counters (the opens less the change
+    # in use) and by the close events heard (decoded or counted). Their difference holds still
+    # while every close is heard, once the kernel's work queue has sent its events: `calm`, as
+    # last read when no flood was on. While the events are paused, the closes unheard are what
+    # the difference gains, read at the next calm moment (or at exit): a pause that is joined
+    # or left while events are in flight then miscounts none of them.
+    heard = 0  # its TCP close events read, decoded or counted
+    calm: int | None = None
+    settling = False  # paused since the last calm reading: its unheard closes are still to count
 
     def pause(self) -> None:
-        """Leave TCP's close events, counting its closes by its counters meanwhile (see unheard())."""
-        if socket.IPPROTO_TCP in self.events and self.paused is None:
-            self.paused = self.counters.tcp_counts()
+        """Leave TCP's close events; their closes are counted later (see settle())."""
+        if socket.IPPROTO_TCP in self.events and not self.paused:
             self.events[socket.IPPROTO_TCP].membership(self.tcp_groups(), False)
+            self.paused = self.settling = True
 
-    def resume(self) -> int:
-        """Join TCP's close events again; return the closes since last counted (see unheard())."""
-        if self.paused is None:
-            return 0
-        self.events[socket.IPPROTO_TCP].membership(self.tcp_groups(), True)
-        unheard = self.unheard()
-        self.paused = None
-        return unheard
+    def resume(self) -> None:
+        """Join TCP's close events again."""
+        if self.paused:
+            self.events[socket.IPPROTO_TCP].membership(self.tcp_groups(), True)
+            self.paused = False
 
     def tcp_groups(self) -> list[int]:
         return [DESTROY_GROUPS[pair] for pair in self.counters.pairs if pair[1] == socket.IPPROTO_TCP]
 
-    def unheard(self) -> int:
-        """The TCP sockets closed while its close events are paused, since last counted: the
-        opens less the change in use. The kernel's counters, not its events: a socket closed
-        without ever connecting or listening is not in them."""
-        if self.paused is None:
+    def settle(self) -> int:
+        """At a calm moment (no flood on, so no close event in flight) or at the end: the TCP
+        sockets closed and never heard since the last, by the kernel's counters; a new calm
+        reading. The counters, not the events: a socket closed without ever connecting or
+        listening is not in them, and a listener opened meanwhile counts one less."""
+        if socket.IPPROTO_TCP not in self.events:
             return 0
-        (opened, used), (opens, in_use) = self.paused, self.counters.tcp_counts()
-        self.paused = (opens, in_use)
-        return max(0, (opens - opened) - (in_use - used))
+        opens, in_use = self.counters.tcp_counts()
+        drift = opens - in_use - self.heard
+        unheard = max(0, drift - self.calm) if self.settling and self.calm is not None else 0
+        self.calm, self.settling = drift, self.paused
+        return unheard
 
     def text_records(self, pairs: list[tuple[int, int]]) -> dict[tuple, Connection]:
         """Its sockets, read from the text tables of one of its processes, by key."""
@@ -1577,7 +1588,8 @@ class NetlinkSource(Source):
         self.event_cost = EVENT_COST  # CPU seconds to count one close event, as last measured
         self.pauses = 0  # how many times TCP's close events were paused
         self.opens_seen: deque[tuple[float, int]] = deque()  # while paused: (clock, TCP opens in all namespaces)
-        self.unheard_closes: dict[int, int] = {}  # netns -> TCP closes counted while paused, not yet taken
+        self.unheard_closes: dict[int, int] = {}  # netns -> TCP closes counted as unheard, not yet taken
+        self.moved: list[Namespace] = []  # the namespaces whose counters moved at the last poll
 
     @property
     def owners_visible(self) -> bool:
@@ -1599,6 +1611,7 @@ class NetlinkSource(Source):
             # reconciled below.
             signatures = {inode: ns.counters.signature() for inode, ns in self.namespaces.items()}
             moved = [ns for inode, ns in self.namespaces.items() if signatures[inode] != self.signatures.get(inode)]
+            self.moved = moved
             redump = moved or self.signatures.keys() != signatures.keys()
             records = self._dump(moved, signatures) if redump else self.records
             self.signatures = signatures
@@ -1670,7 +1683,7 @@ class NetlinkSource(Source):
             if now - then >= PAUSE_WINDOW and (opens - before) / (now - then) * self.event_cost < (
                     self.budget.share * SHED_RESUME):
                 for ns in self.namespaces.values():
-                    self._count_unheard(ns, ns.resume())
+                    ns.resume()
                 paused.clear()
                 self.budget.hold(SHED_CLOSES)  # counted, not decoded, at first
         if self.shed >= SHED_CLOSES or paused:
@@ -1679,22 +1692,33 @@ class NetlinkSource(Source):
             self.timewait_hidden_until = now + TIME_WAIT_SECONDS
 
     def _tcp_opens(self) -> int:
-        return sum(ns.counters.tcp_counts()[0] for ns in self.namespaces.values() if ns.paused is not None)
+        return sum(ns.counters.tcp_counts()[0] for ns in self.namespaces.values() if ns.paused)
 
     def _count_unheard(self, ns: Namespace, closes: int) -> None:
         if closes:
             self.unheard_closes[ns.inode] = self.unheard_closes.get(ns.inode, 0) + closes
 
-    def take_unheard(self) -> dict[int, int]:
+    def take_unheard(self, final: bool = False) -> dict[int, int]:
         with self.lock:
-            for ns in self.namespaces.values():
-                self._count_unheard(ns, ns.unheard())
+            if final:  # what is in flight now is never heard
+                for ns in self.namespaces.values():
+                    self._count_unheard(ns, ns.settle())
             unheard, self.unheard_closes = self.unheard_closes, {}
             return unheard
+
+    def _settle(self, moved: list[Namespace]) -> None:
+        """At a poll with no flood on: count the closes unheard in the namespaces whose
+        events were paused, and read the calm of those whose sockets moved (see Namespace)."""
+        if self.budget is None or self.budget.flood:
+            return  # no pause without a budget; under a flood, events are in flight
+        for ns in {*moved, *(ns for ns in self.namespaces.values() if ns.settling)}:
+            if ns.counters is not None:
+                self._count_unheard(ns, ns.settle())
 
     def between_polls(self) -> tuple[list[tuple[Connection, float]], list[Closed]]:
         with self.lock:
             self.read_events()  # the watcher's too, now: the poll's dump must not outrun them
+            self._settle(self.moved)  # with every event that came read
             self._learn(drain=True)  # the poll's lines need every name that has come
             arrivals, self.arrivals = self.arrivals, []
             departures, self.departures = self.departures, []
@@ -1869,6 +1893,7 @@ class NetlinkSource(Source):
             for kind, start, end in netlink_messages(data):
                 if kind == SOCK_DIAG_BY_FAMILY:
                     self.events_read += 1
+                    ns.heard += protocol == socket.IPPROTO_TCP
                     conn = decode_socket(data, start, protocol, ns.inode)
                     counts = tcp_info_bytes(data, start, end) if protocol == socket.IPPROTO_TCP else None
                     sent, received, beyond = counts or (None, None, None)
@@ -1894,6 +1919,7 @@ class NetlinkSource(Source):
                 if data[start + 44:start + 52] in seen:
                     known.append((data[start - NLMSG_HEADER.size:end], group))
                     continue
+                ns.heard += GROUP_SOCKETS[group][1] == socket.IPPROTO_TCP
                 # The port that names the service is kept: the local one where a listener
                 # has it (an incoming connection), else the remote one.
                 inbound = (inode, data[start + 4:start + 6]) in served
@@ -1942,7 +1968,7 @@ class NetlinkSource(Source):
             ns = self.namespaces.pop(inode)
             if ns.events:
                 self.departures += self._closes(ns)  # its last closes, before its socket goes
-            self._count_unheard(ns, ns.unheard())
+            self._count_unheard(ns, ns.settle())
             if ns.tap is not None:
                 self._learn_answers(ns)  # the names its last connections' lines may need
             ns.close()
@@ -2192,7 +2218,8 @@ class NameCache:
 class Sighting:
     """What the tracker remembers of one live connection."""
 
-    __slots__ = ("first_seen", "direction", "process", "orphaned", "record", "peer_fin", "closed", "vanished", "told")
+    __slots__ = ("first_seen", "direction", "process", "orphaned", "record", "peer_fin", "closed", "vanished", "told",
+                 "held_by")
 
     def __init__(self, first_seen: float, direction: str | None, record: Connection):
         self.first_seen = first_seen
@@ -2200,6 +2227,7 @@ class Sighting:
         self.process: ProcessInfo | None = None  # the owner, once looked up
         self.orphaned = False  # seen with an owner before, without one now (TIME_WAIT)
         self.record = record  # the latest record of it in a snapshot
+        self.held_by = record.pid  # the pid of the latest record with an owner
         # Whether the peer's FIN came before the kernel closed the socket: True once seen in a
         # state it leads to; None while unknown.
         self.peer_fin = True if record.status in PEER_CLOSED_STATES else None
@@ -2387,6 +2415,8 @@ class Tracker:
             return self._event("open", conn, self._start(conn, now), now, now)
         sighting = self.sightings.pop(connection_id(old))
         sighting.record = conn
+        if conn.pid is not None:
+            sighting.held_by = conn.pid
         if conn.status in PEER_CLOSED_STATES:
             sighting.peer_fin = True
         elif sighting.peer_fin is None and conn.pid is None and conn.status in ENDED_STATES:
@@ -2405,9 +2435,9 @@ class Tracker:
         sighting = Sighting(now, self.direction(conn), conn)
         sighting.told = True
         if earlier is not None:
-            sighting.first_seen, sighting.direction, sighting.process = (earlier.first_seen, earlier.direction,
-                                                                         earlier.process)
-            sighting.orphaned = earlier.record.pid is not None
+            sighting.first_seen, sighting.direction, sighting.process, sighting.held_by = (
+                earlier.first_seen, earlier.direction, earlier.process, earlier.held_by)
+            sighting.orphaned = earlier.held_by is not None
         self.sightings[connection_id(conn)] = sighting
         if earlier is None or not self.timewait_lines:
             return None
@@ -2428,8 +2458,8 @@ class Tracker:
         conn, closed = sighting.record, sighting.closed
         if closed is None:
             return self._event("close", conn, sighting, max(self.last_sighting, sighting.first_seen), now)
-        if sighting.told and sighting.process is not None:
-            conn = conn._replace(pid=sighting.process.pid)  # its owner held it until this close: say whose it was
+        if sighting.told and conn.pid is None:
+            conn = conn._replace(pid=sighting.held_by)  # its owner held it until this close: say whose it was
         conn = conn._replace(txbytes=closed.conn.txbytes,
                              rxbytes=self._received(conn, closed, sighting.peer_fin, sighting.direction))
         return self._event("close", conn, sighting, max(closed.time, sighting.first_seen), closed.time,
@@ -3551,7 +3581,7 @@ class Poller:
         still = self.tracker.live.union(conn for conn, _ in arrivals)
         events = self.tracker.update(still, now, arrivals, departures) + self.tracker.release()
         self.write(*self.logged_events(events), now)
-        self.write_summaries(self.source.take_skipped(), self.source.take_unheard(), now)
+        self.write_summaries(self.source.take_skipped(), self.source.take_unheard(final=True), now)
         if self.stats_every and self.polls:
             self.write_stats()
 
@@ -3605,6 +3635,7 @@ class CpuBudget:
         # (clock, cpu) samples, the oldest of each just over its window ago
         self.windows = [(CPU_WINDOW, deque()), (max(CPU_WINDOW, window), deque())]
         self.sockets = 0  # sockets opened or closed since the start, as the source counted them
+        self.flood = False  # whether they came at a flood's rate, when level() last looked
         self.churn: deque[tuple[float, int]] = deque()  # (clock, sockets), the oldest just over FLOOD_WINDOW ago
         self.shed = 0
         self.floor = 0  # the level it may not take back below (see hold())
@@ -3657,16 +3688,19 @@ class CpuBudget:
         """The level of shedding now; pending: the lines that the next poll will write, whose
         CPU (line_cost each, as the last polls measured) counts as spent already."""
         with self.lock:
-            (second, window), flooding, now = self.used(pending * self.line_cost), self.flooding(), self.clock()
-            if now - self.changed_at >= SHED_STEP:
-                over = flooding and second > self.share and (window > self.share or second > 2 * self.share)
-                if over and self.shed < SHED_PAUSE:
-                    self.spells += self.shed == 0
-                    self.shed, self.changed_at = self.shed + 1, now
-                    if self.shed == SHED_POLLS:  # it loses nothing, and saves little at once: the next may follow
-                        self.changed_at -= SHED_STEP
-                elif (second < self.share * SHED_RESUME or not flooding) and self.shed > self.floor:
-                    self.shed, self.changed_at = self.shed - 1, now
+            (second, window), now = self.used(pending * self.line_cost), self.clock()
+            flooding = self.flood = self.flooding()
+            due = now - self.changed_at >= SHED_STEP
+            over = flooding and second > self.share and (window > self.share or second > 2 * self.share)
+            if over and self.shed < SHED_PAUSE and due:
+                self.spells += self.shed == 0
+                self.shed += 1
+                if self.shed == SHED_POLLS and second > 2 * self.share:
+                    # Far over: stretching polls alone saves too little, and only at the next poll.
+                    self.shed = SHED_WATCHER
+                self.changed_at = now
+            elif due and (second < self.share * SHED_RESUME or not flooding) and self.shed > self.floor:
+                self.shed, self.changed_at = self.shed - 1, now
             return self.shed
 
 

@@ -220,7 +220,7 @@ def test_a_connection_closes_with_the_kernels_close_not_when_its_time_wait_ends(
     # the original's status change, then the close at the kernel's close, with its bytes
     assert [(e.event, e.conn.status, e.attrib, e.time, e.conn.txbytes, e.conn.rxbytes, e.duration)
             for e in events] == [("state", "TIME_WAIT", "orphan", 2.0, None, None, 1.0),
-                                 ("close", "TIME_WAIT", "orphan", 1.5, 10, 20, 0.5)]
+                                 ("close", "TIME_WAIT", "pid", 1.5, 10, 20, 0.5)]
     assert tracker.update([time_wait], now=3.0) == []
     assert tracker.update([], now=62.0) == []  # TIME_WAIT ends: the connection was told closed already
     assert tracker.update([], now=63.0) == [] and not tracker.sightings
