@@ -37,7 +37,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def json_lines(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    # whole lines only: one that lognet is writing as the test reads is left for the next read
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1]]
 
 
 class Flood:
@@ -53,8 +54,8 @@ class Flood:
 
     def known_to(self, ln) -> None:
         """Wait until lognet has logged the flood's listener, as it would have a server's."""
-        wait_for(lambda: any(r.get("status") == "LISTEN" and str(r["lport"]) == self.port for r in json_lines(ln.clog)),
-                 timeout=15)
+        wait_for(lambda: ln.clog.exists() and any(r.get("status") == "LISTEN" and str(r["lport"]) == self.port
+                                                  for r in json_lines(ln.clog)), timeout=15)
 
     def run(self) -> int:
         """One flood; the number of connections it made."""
@@ -120,12 +121,12 @@ def test_a_flood_over_a_small_budget_is_shed_counted_exactly_and_summarized(back
     assert sum(s["count"] for s in heard) == tcp["skipped"]
     assert sum(s["count"] for s in summaries) - sum(s["count"] for s in heard) == tcp["unheard"]
     assert tcp["closed"] == tcp["with_process"] + tcp["without"] + tcp["skipped"] + tcp["unheard"]
-    # While the close events were paused, the kernel's counters count them: exactly, but for
-    # the listener that the other process opened meanwhile (in use, never connected), and the
-    # sockets whose close events were still in the kernel's work queue at a pause or a resume
-    # (missed, or counted twice): a few milliseconds of the flood at the most
+    # While the close events were paused, the kernel's counters count them, reconciled with the
+    # events heard once no flood is on: exactly, those whose events were in the kernel's work
+    # queue at a pause or a resume too, but for the listener that the other process opened
+    # meanwhile (in use, never connected: one less)
     if stats["pauses"]:
-        assert abs(tcp["closed"] - 2 * FLOOD) <= 2 * FLOOD // 200 * stats["pauses"], (tcp, stats["pauses"])
+        assert 2 * FLOOD - 1 <= tcp["closed"] <= 2 * FLOOD, (tcp, stats["pauses"])
     else:
         assert tcp["closed"] == 2 * FLOOD
         incoming_closes = [r for r in closes if str(r["lport"]) == flood.port]
