@@ -3278,22 +3278,28 @@ def open_outputs(config: Config, defaulted: tuple[bool, bool] = (False, False)) 
 
 def open_logs(config: Config, defaulted: tuple[bool, bool], formats: tuple[Format, Format]) -> tuple[LogFile, LogFile]:
     """Open connections.log and processes.log, each in its format. A default path falls back to
-    the per-user folder with one warning; a path the user gave is never replaced: it opens, or LognetError."""
+    the per-user folder, with one warning, where this user cannot make the default folder or
+    write in it; a log that cannot be opened in a folder it may write in is an error, as is
+    one at a path the user gave, which is never replaced: it opens, or LognetError."""
     logs, fallback_reason = [], None
     for path, fmt, is_default in zip((config.connections_log, config.processes_log), formats, defaulted):
+        folder = os.path.dirname(path)
+        if is_default:
+            try:
+                os.makedirs(folder, mode=LOG_DIR_MODE, exist_ok=True)
+                if not os.access(folder, os.W_OK | os.X_OK):
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            except OSError as exc:
+                fallback_reason = fallback_reason or f"{folder}: {exc.strerror}"
+                path = os.path.join(fallback_log_dir(), os.path.basename(path))
         try:
             logs.append(open_log(path, fmt, make_folder=is_default))
         except OSError as exc:
-            if not is_default:
-                raise LognetError(f"cannot open log {path}: {exc.strerror}") from None
-            fallback_reason = fallback_reason or f"{os.path.dirname(path)}: {exc.strerror}"
-            fallback = os.path.join(fallback_log_dir(), os.path.basename(path))
-            try:
-                logs.append(open_log(fallback, fmt, make_folder=True))
-            except OSError as exc:
-                raise LognetError(f"cannot open log {fallback}: {exc.strerror}") from None
+            why = f" (the default folder could not be used: {fallback_reason})" if fallback_reason else ""
+            raise LognetError(f"cannot open log {path}: {exc.strerror}{why}") from None
     if fallback_reason:
-        warn(f"cannot write the default log folder ({fallback_reason}); logging to {fallback_log_dir()} instead")
+        warn(f"this user cannot make or write the default log folder ({fallback_reason}); "
+             f"logging to {fallback_log_dir()} instead")
     return logs[0], logs[1]
 
 

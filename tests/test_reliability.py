@@ -1,6 +1,7 @@
 """Faults provoked for real: dying processes, pid reuse, other users, signals,
 rotation, full disks, hostile process names and command lines."""
 
+import gzip
 import json
 import os
 import re
@@ -17,11 +18,13 @@ import pytest
 import lognet
 from conftest import (
     ROOT,
+    SYSTEM_PYTHON,
     data_lines,
     lognet_command,
     read_lines,
     require_root,
     require_tool,
+    run_lognet,
     upid_of,
     wait_for,
 )
@@ -141,7 +144,7 @@ def test_unprivileged_run_hides_other_users_owners_and_falls_back(holder, nobody
     result = subprocess.run(nobody.lognet("-n", "2", "-i", "0.2", "-p", "tcp"),
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0
-    assert result.stderr == ("lognet: warning: cannot write the default log folder (/var/log/netlog: "
+    assert result.stderr == ("lognet: warning: this user cannot make or write the default log folder (/var/log/netlog: "
                              f"Permission denied); logging to {home}/state/lognet instead\n")
     clog = home / "state" / "lognet" / "connections.log"
     assert stat.S_IMODE(os.stat(clog).st_mode) == 0o640
@@ -373,3 +376,70 @@ def test_log_on_read_only_filesystem_exits_1(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr == f"lognet: error: cannot open log {ro}/c.log: Read-only file system\n"
+
+
+# ---------------------------------------------------------------- the README's service and its log rotation
+
+README = (ROOT / "README.md").read_text()
+ADM = 4  # Debian's group adm, the unit's Group=
+
+
+def readme_block(holding: str) -> str:
+    """The fenced block of the README that holds the text `holding`."""
+    return next(block for block in re.findall(r"^```\w*\n(.*?)^```", README, re.S | re.M) if holding in block)
+
+
+def test_the_readmes_service_survives_three_rotations_by_its_logrotate_config(tmp_path, holder, nobody):
+    """The Quick start's logs (root's), handed over by the README's setup, then the service's
+    user (here nobody, in group adm, with the unit's capabilities) logging while the README's
+    logrotate configuration rotates three times: no line lost, and exit 0."""
+    require_tool("logrotate", "logrotate")
+    folder = nobody.home / "netlog"
+    clog, plog = folder / "connections.log", folder / "processes.log"
+    paths = ("-clog", clog, "-plog", plog)
+    h = holder("--name", "lnservice")
+    folder.mkdir(mode=0o750)  # the Quick start's, as root made it
+    quick = run_lognet("-n", "1", "-p", "tcp", *paths)
+    assert (quick.returncode, quick.stderr) == (0, "")
+    setup = [line for line in readme_block("useradd --system").splitlines() if not line.startswith("useradd ")]
+    for line in setup:
+        command = line.replace("/var/log/netlog", str(folder)).replace("lognet:adm", "nobody:adm")
+        subprocess.run(["sh", "-c", command.replace("-o lognet", "-o nobody")], check=True, timeout=30)
+    unit = readme_block("/etc/systemd/system/lognet.service")
+    caps = re.search(r"^AmbientCapabilities=(.*)$", unit, re.M).group(1).split()
+    ambient = ",".join("+" + cap.lower()[len("cap_"):] for cap in caps)
+    service = subprocess.Popen(
+        ["setpriv", f"--reuid={nobody.uid}", f"--regid={ADM}", "--clear-groups", f"--inh-caps={ambient}",
+         f"--ambient-caps={ambient}", SYSTEM_PYTHON, nobody.home / "lognet.py", "-i", "0.2", "-q", "-p", "tcp",
+         *paths], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        port, upid = str(h.info["port"]), upid_of(h.pid, "lnservice")
+        wait_for(lambda: clog.read_text().count(f" {port} - - LISTEN {upid}") == 2)  # the Quick start's, and its
+        conf = tmp_path / "logrotate.conf"
+        conf.write_text(readme_block("delaycompress").replace("/var/log/netlog", str(folder)))
+        opened = []
+        for _ in range(3):
+            rotated = subprocess.run(["logrotate", "-f", "-s", str(tmp_path / "state"), str(conf)],
+                                     capture_output=True, text=True, timeout=60)
+            assert (rotated.returncode, rotated.stderr) == (0, "")
+            opened.append(h.send("open"))
+            wait_for(lambda: clog.exists() and f" {opened[-1]} 127.0.0.1 {port} ESTABLISHED " in clog.read_text())
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=30) == 0
+        assert service.stderr.read() == ""
+    finally:
+        service.kill()
+        service.wait()
+    logs = [clog, folder / "connections.log.1", folder / "connections.log.2.gz", folder / "connections.log.3.gz"]
+    assert all(os.stat(log).st_uid == nobody.uid and stat.S_IMODE(os.stat(log).st_mode) == 0o640 for log in logs)
+    lines = []
+    for log in logs:
+        if log.suffix == ".gz":
+            plain = tmp_path / log.stem
+            plain.write_bytes(gzip.decompress(log.read_bytes()))
+            log = plain
+        lines += assert_well_formed(log)
+    for client in opened:  # each pair opened after a rotation: both ends, once each, with their process
+        ends = sorted(line.split(" ")[2:] for line in lines if f" {client} " in line)
+        assert ends == sorted([["127.0.0.1", client, "127.0.0.1", port, "ESTABLISHED", upid],
+                               ["127.0.0.1", port, "127.0.0.1", client, "ESTABLISHED", upid]])

@@ -132,5 +132,17 @@ def test_default_path_falls_back_to_the_state_folder_with_one_warning(tmp_path, 
     assert plog.path == str(tmp_path / "state" / "lognet" / "processes.log")
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1
-    assert err[0].startswith("lognet: warning: cannot write the default log folder")
-    assert err[0].endswith(f"logging to {tmp_path}/state/lognet instead")
+    assert err[0] == (f"lognet: warning: this user cannot make or write the default log folder ({blocker}/netlog: "
+                      f"Not a directory); logging to {tmp_path}/state/lognet instead")
+
+
+def test_a_default_log_that_cannot_be_opened_in_a_usable_folder_is_an_error_naming_it(tmp_path, monkeypatch):
+    # The folder is there and writable: the log itself is the trouble (here a folder in its
+    # place; for a user, a file of root's), and another folder would hide it.
+    folder = tmp_path / "netlog"
+    (folder / "connections.log").mkdir(parents=True)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    with pytest.raises(lognet.LognetError) as error:
+        lognet.open_outputs(config(tmp_path, folder / "connections.log", folder / "processes.log"), (True, True))
+    assert str(error.value) == f"cannot open log {folder}/connections.log: Is a directory"
+    assert not (tmp_path / "state").exists()
