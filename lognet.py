@@ -54,7 +54,12 @@ from typing import Callable, NamedTuple, Union
 try:
     import psutil
 except ImportError:  # the one runtime dependency: say how to get it instead of a traceback
-    sys.exit("lognet: error: the psutil module is missing; install it with: python3 -m pip install psutil")
+    import sysconfig
+    # A distribution's own Python (PEP 668) refuses pip: its package manager has psutil.
+    sys.exit("lognet: error: the psutil module is missing; install it with: " + (
+        "apt-get install python3-psutil (or your distribution's package of psutil)"
+        if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))
+        else f"{sys.executable} -m pip install psutil"))
 
 __version__ = "1.0.0"
 
@@ -2787,7 +2792,8 @@ class JsonLinesFormat:
             "create_time": process.create_time,
             "cmdline": list(process.cmdline) if process.cmdline is not None else None,
             "exe": process.exe,
-            "username": process.username,
+            "user": process.username,  # as connection objects name it
+            "username": process.username,  # its name before 1.1, kept for the readers written then
         })
 
     def remark(self, text: str, epoch: float) -> str:
@@ -3913,8 +3919,14 @@ def number_argument(convert: Callable[[str], float], least: float, above: bool) 
     return parse
 
 
+def seconds(text: str) -> float:
+    """A number of seconds, with or without its unit: '3', '0.2', '3s'."""
+    return float(text[:-1] if text.endswith("s") else text)
+
+
 positive_float = number_argument(float, 0, above=True)
-non_negative_float = number_argument(float, 0, above=False)
+positive_seconds = number_argument(seconds, 0, above=True)
+non_negative_seconds = number_argument(seconds, 0, above=False)
 positive_int = number_argument(int, 1, above=False)
 
 
@@ -3991,8 +4003,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-i", "--interval", type=positive_float, default=DEFAULT_INTERVAL, metavar="I",
-                        help="interval (in seconds) for connection enumeration (default: 3s)")
+    parser.add_argument("-i", "--interval", type=positive_seconds, default=DEFAULT_INTERVAL, metavar="I",
+                        help=f"interval (in seconds) for connection enumeration (default: {DEFAULT_INTERVAL:g}s)")
     parser.add_argument("-clog", "--connections-log", type=log_path, metavar="CLOG",
                         help=f"output file for connections log (default: {DEFAULT_CONNECTIONS_LOG})")
     parser.add_argument("-plog", "--processes-log", type=log_path, metavar="PLOG",
@@ -4011,7 +4023,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how sockets are found: netlink (Linux's sock_diag, with a watcher between polls and "
                              "the kernel's close events), psutil (net_connections(), polls only, everywhere); "
                              "auto: netlink on Linux, else psutil (default)")
-    parser.add_argument("--watch", type=non_negative_float, default=DEFAULT_WATCH, metavar="SECONDS",
+    parser.add_argument("--watch", type=non_negative_seconds, default=DEFAULT_WATCH, metavar="SECONDS",
                         help=f"netlink engine: look for new sockets and their owners this often between polls "
                              f"(default {DEFAULT_WATCH:g}; 0: no watcher, polls only)")
     parser.add_argument("--netns", choices=("all", "own"), default="all",
@@ -4023,14 +4035,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "counted and summarized, then full polls, then TCP's close events, whose closes the "
                              "kernel's counters count); 100: never")
     parser.add_argument("-n", "--count", type=positive_int, metavar="N",
-                        help="stop after N polls and exit 0 (default: run until stopped)")
+                        help="stop after N polls and exit: 0, or 1 when lines could not be written "
+                             "(default: run until stopped)")
     parser.add_argument("--utc", action="store_true", help="timestamps in UTC instead of local time")
     parser.add_argument("--format", choices=tuple(FORMATS), default="w3c",
                         help="w3c: the original's W3C-style lines (default); jsonl: one JSON object per line")
     parser.add_argument("--fields", type=field_list, metavar="LIST",
                         help="connections.log's fields, comma-separated; a leading + adds to the default eight: "
                              f"+event,duration,direction (extra fields: {', '.join(EXTRA_FIELDS)})")
-    parser.add_argument("--stats-interval", type=positive_float, metavar="SECONDS",
+    parser.add_argument("--stats-interval", type=positive_seconds, metavar="SECONDS",
                         help=f"write a coverage and health #Remark this often and at exit (default "
                              f"{DEFAULT_STATS_INTERVAL:g} when --fields or jsonl add lifecycle fields, else never)")
     parser.add_argument("--syslog", nargs="?", const=DEFAULT_SYSLOG, type=syslog_address, metavar="ADDRESS",

@@ -1,11 +1,14 @@
 """The command line, run as a real subprocess."""
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 import lognet
-from conftest import run_lognet
+from conftest import LOGNET, run_lognet
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -100,3 +103,34 @@ def test_log_path_that_is_a_folder_exits_1(tmp_path):
     result = run_lognet("-n", "1", "-clog", tmp_path / "c.log", "-plog", tmp_path)
     assert result.returncode == 1
     assert result.stderr == f"lognet: error: cannot open log {tmp_path}: Is a directory\n"
+
+
+def test_seconds_take_their_unit_as_help_writes_them():
+    help_text = " ".join(run_lognet("--help").stdout.split())
+    assert "(default: 3s)" in help_text
+    config, _ = lognet.parse_args(["-i", "3s", "--watch", "0.05s", "--stats-interval", "60s"])
+    assert (config.interval, config.watch, config.stats_interval) == (3.0, 0.05, 60.0)
+    assert lognet.parse_args(["-i", "0.2"])[0].interval == 0.2
+
+
+def test_help_says_how_n_exits():
+    help_text = " ".join(run_lognet("--help").stdout.split())
+    assert "stop after N polls and exit: 0, or 1 when lines could not be written" in help_text
+
+
+@pytest.mark.parametrize("python", ["/usr/bin/python3", sys.executable])
+def test_missing_psutil_says_how_this_python_gets_it(python):
+    """-S leaves out site-packages, where psutil is: as a Python without it. A distribution's
+    own python3 is externally managed (PEP 668) and takes its package; any other takes pip."""
+    if not os.path.exists(python):
+        if os.environ.get("CI"):
+            pytest.fail(f"{python} is missing on CI, which runs on Debian")
+        pytest.skip(f"no {python} here")
+    managed = subprocess.run([python, "-c", "import os, sysconfig; print(os.path.exists(os.path.join("
+                              "sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')))"],
+                             capture_output=True, text=True).stdout.strip() == "True"
+    hint = ("apt-get install python3-psutil (or your distribution's package of psutil)" if managed
+            else f"{python} -m pip install psutil")
+    result = subprocess.run([python, "-S", str(LOGNET), "--version"], capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"lognet: error: the psutil module is missing; install it with: {hint}\n"

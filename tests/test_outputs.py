@@ -74,7 +74,7 @@ def test_jsonl_objects_carry_every_field(tmp_path, holder):
     assert ISO.match(ours[0].pop("ts"))
     assert ours[0] == {"upid": upid, "pid": h.pid, "name": "lnjson", "create_time": process.create_time(),
                        "cmdline": h.cmdline, "exe": os.path.realpath(sys.executable),
-                       "username": pwd.getpwuid(os.getuid()).pw_name}
+                       "user": pwd.getpwuid(os.getuid()).pw_name, "username": pwd.getpwuid(os.getuid()).pw_name}
 
 
 def test_jsonl_round_trips_bytes_that_are_not_utf8(tmp_path, holder):
