@@ -4030,10 +4030,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="netlink engine: which network namespaces to watch: all that have a process "
                              "(containers too; default), or lognet's own only (as the psutil engine sees)")
     parser.add_argument("--max-cpu", type=cpu_percent, default=DEFAULT_MAX_CPU, metavar="PERCENT",
-                        help=f"CPU budget, in percent of one core (default {DEFAULT_MAX_CPU:g}): over it, under a "
-                             "flood, lognet sheds work (the watcher's dumps, then decoding close events, which are "
-                             "counted and summarized, then full polls, then TCP's close events, whose closes the "
-                             "kernel's counters count); 100: never")
+                        help=f"CPU budget, in percent of one core (default {DEFAULT_MAX_CPU:g}): over it under a "
+                             f"flood (sockets opening or closing at {FLOOD_RATE} a second or more), lognet sheds "
+                             "work: full polls first, which loses nothing, then the watcher's dumps, then decoding "
+                             "close events, which are counted and summarized, then TCP's close events, whose closes "
+                             "the kernel's counters count; 100: never")
     parser.add_argument("-n", "--count", type=positive_int, metavar="N",
                         help="stop after N polls and exit: 0, or 1 when lines could not be written "
                              "(default: run until stopped)")

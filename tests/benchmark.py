@@ -585,6 +585,182 @@ def capture_at_defaults(tmp: Path, lifetimes: list[float], per_lifetime: int, wa
     return results
 
 
+# ---------------------------------------------------------------- nothing lost on a quiet host
+
+def churn_record(record: Path) -> list[tuple[str, float, float, float]]:
+    """load.py churn's own record of its connections: (client port, lifetime, opened, closed)."""
+    return [(f[0], float(f[1]), float(f[2]), float(f[3])) for f in (line.split() for line in open(record))]
+
+
+def rows_of(log: Path) -> list[dict]:
+    """A W3C connections.log's lines as dicts, by its #Fields."""
+    names, rows = [], []
+    for line in log.read_text().splitlines():
+        if line.startswith("#Fields: "):
+            names = line[9:].split()
+        elif line and not line.startswith("#"):
+            rows.append(dict(zip(names, line.split(" "))))
+    return rows
+
+
+def coverage_counts(log: Path) -> dict:
+    """The counts of the last coverage remark (netlink's): closed, with process, ..., lost."""
+    remark = [line for line in log.read_text().splitlines() if line.startswith("#Remark: coverage")][-1]
+    counts = {name.replace(" ", "_"): int(n) for name, n in
+              re.findall(r"(closed|with process|without|skipped|unheard|lost) (\d+)", remark.split(";")[0])}
+    return {name: counts.get(name, 0) for name in ("closed", "with_process", "without", "skipped", "unheard", "lost")}
+
+
+def churn_under_lognet(folder: Path, engine: str, interval: float, churn_args: list, seconds: float) -> dict:
+    """load.py churn with churn_args for `seconds`, under lognet (engine, -i interval, TCP, event
+    and attrib): each connection's ends, by the churner's own record, logged with the churner's
+    pid or not; and lognet's accounting of the kernel's closes."""
+    folder.mkdir()
+    record = folder / "churn.txt"
+    cli = subprocess.Popen(lognet_argv(folder, "-i", interval, "-p", "tcp", "--fields", "+event,attrib",
+                                       "--stats-interval", "3600", engine=engine),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: (folder / "c.log").exists() and len((folder / "c.log").read_text().splitlines()) > 3, 30)
+    load = Load()
+    try:
+        churner = load.start("churn", *churn_args, "--seconds", seconds, "--record", record)
+        churner.wait(timeout=seconds + 60)
+    finally:
+        load.stop()
+    time.sleep(max(3 * interval, 1.0))  # the last closes reach a poll
+    cli.send_signal(signal.SIGTERM)
+    cli.wait(timeout=60)
+    rows = rows_of(folder / "c.log")
+    owned = {(r["lport"], r["rport"]) for r in rows if r["upid"].split("|")[1:2] == [str(churner.pid)]}
+    made = churn_record(record)
+    ports = {r["rport"] for r in rows if r["lport"] == made[0][0]} if made else set()  # the listener's
+    listener = ports.pop() if len(ports) == 1 else None
+    result = {"engine": engine, "interval": interval, "connections": len(made), "by_lifetime": {}}
+    for lifetime in sorted({m[1] for m in made}):
+        ours = [m for m in made if m[1] == lifetime]
+        ends = [(port, listener) for port, *_ in ours] + [(listener, port) for port, *_ in ours]
+        result["by_lifetime"][lifetime] = {"ends": len(ends), "with_process": sum(end in owned for end in ends),
+                                           "connections_with_process": sum(
+                                               (port, listener) in owned and (listener, port) in owned
+                                               for port, *_ in ours)}
+    if engine == "netlink":
+        result["closes"] = coverage_counts(folder / "c.log")
+    return result
+
+
+def wait_until(predicate, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("condition not met in time")
+        time.sleep(0.05)
+
+
+CLOSING_CLIENT = """
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"x" * 1000)
+got = 0
+while got < 500:
+    got += len(s.recv(500 - got))
+time.sleep(0.1)
+s.close()
+print(sys.argv[2], time.time(), got, flush=True)
+"""
+
+
+def client_close_lines(tmp: Path, clients: int, interval: float) -> dict:
+    """New client processes, each sending 1,000 bytes and receiving 500 over 100 ms, closing
+    first (so its socket goes on in TIME_WAIT): how soon after each client's close (its own
+    clock) its close line is in connections.log, and whether it has the client's own counts."""
+    folder = tmp / "client-closes"
+    folder.mkdir()
+    log = folder / "c.log"
+    cli = subprocess.Popen(lognet_argv(folder, "-i", interval, "-p", "tcp", "--fields", "+event,attrib,txbytes,rxbytes",
+                                       engine="netlink"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: log.exists() and len(log.read_text().splitlines()) > 3, 30)
+    listener = socket.create_server(("127.0.0.1", 0))
+    latencies, exact, found = [], 0, 0
+    try:
+        for n in range(clients):
+            client = subprocess.Popen([sys.executable, "-c", CLOSING_CLIENT, str(listener.getsockname()[1]), str(n)],
+                                      stdout=subprocess.PIPE, text=True)
+            server, (_, port) = listener.accept()
+            data = b""
+            while len(data) < 1000:
+                data += server.recv(1000 - len(data))
+            server.sendall(b"y" * 500)
+            _, closed, _ = client.stdout.readline().split()
+            client.wait(timeout=10)
+            server.recv(1)  # the client's FIN
+            server.close()
+            deadline = time.time() + 3 * interval + 5
+            line = None
+            while time.time() < deadline and line is None:
+                line = next((r for r in rows_of(log) if r["event"] == "close" and r["lport"] == str(port)), None)
+                if line is None:
+                    time.sleep(0.01)
+            if line is not None:
+                found += 1
+                latencies.append(time.time() - float(closed))
+                exact += (line["txbytes"], line["rxbytes"], line["upid"].split("|")[1:2]) == (
+                    "1000", "500", [str(client.pid)])
+    finally:
+        listener.close()
+        cli.send_signal(signal.SIGTERM)
+        cli.wait(timeout=60)
+    return {"clients": clients, "interval": interval, "close_lines": found, "exact_bytes_and_pid": exact,
+            "latency_median_s": statistics.median(latencies) if latencies else None,
+            "latency_max_s": max(latencies) if latencies else None}
+
+
+def trust_part(report: dict, tmp: Path, args, load: Load) -> None:
+    """A quiet host loses nothing: the quiet load at -i 0.2 and 0.05, beside the held load
+    too; connections living two intervals, netlink against psutil; client close lines."""
+    quiet = ["--rate", "3", "--lifetimes", "0.02,0.6", "--close", "normal"]
+    runs = []
+    for label, interval, beside in (("quiet, -i 0.2", 0.2, False), ("quiet, -i 0.05", 0.05, False),
+                                    ("quiet, -i 0.2, beside the held load", 0.2, True)):
+        print(f"{label} ...", flush=True)
+        if beside:
+            load.hold(args.processes, args.pairs // args.processes)
+        try:
+            runs.append({"label": label, **churn_under_lognet(tmp / f"quiet-{len(runs)}", "netlink", interval,
+                                                              quiet, 10)})
+        finally:
+            if beside:
+                load.stop()
+    print("two intervals beside the held load, each engine ...", flush=True)
+    load.hold(args.processes, args.pairs // args.processes)
+    try:
+        for engine in ("netlink", "psutil", "netlink", "psutil"):
+            runs.append({"label": f"0.4 s connections beside the held load, {engine}",
+                         **churn_under_lognet(tmp / f"two-intervals-{len(runs)}", engine, 0.2,
+                                              ["--rate", "2", "--lifetimes", "0.4"], 12.5)})
+    finally:
+        load.stop()
+    report["quiet"] = runs
+    print("client close lines ...", flush=True)
+    report["client_closes"] = client_close_lines(tmp, 20, lognet.DEFAULT_INTERVAL)
+
+
+def print_trust_report(r: dict) -> None:
+    print()
+    print("| run | lifetime | connections | ends with their process | closed | skipped | unheard | lost |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for run in r["quiet"]:
+        closes = run.get("closes", {})
+        for lifetime, f in run["by_lifetime"].items():
+            print(f"| {run['label']} | {float(lifetime) * 1e3:.0f} ms | {f['ends'] // 2} | "
+                  f"{f['with_process']}/{f['ends']} | {closes.get('closed', '-')} | {closes.get('skipped', '-')} | "
+                  f"{closes.get('unheard', '-')} | {closes.get('lost', '-')} |")
+    c = r["client_closes"]
+    print()
+    print(f"client close lines at -i {c['interval']:g}: {c['close_lines']}/{c['clients']} written, "
+          f"{c['exact_bytes_and_pid']}/{c['clients']} with the client's pid and its own byte counts (1000/500); "
+          f"after the client's close: median {c['latency_median_s']:.2f} s, at most {c['latency_max_s']:.2f} s")
+
+
 def netlink_part(report: dict, tmp: Path, args) -> None:
     only = set(args.only.split(",")) if args.only else {"idle", "polls", "churn", "capture", "rss", "namespaces",
                                                         "names", "flood"}
@@ -710,9 +886,12 @@ def main() -> int:
     parser.add_argument("--churn", default="20000,100000", help="flatness checkpoints (default 20000,100000)")
     parser.add_argument("--interval", type=float, default=0.2, help="capture interval (default 0.2)")
     parser.add_argument("--json", default="benchmark.json", help="where the figures go (default benchmark.json)")
-    parser.add_argument("--part", choices=("all", "psutil", "netlink"), default="all",
+    parser.add_argument("--part", choices=("all", "psutil", "netlink", "trust"), default="all",
                         help="psutil: the psutil engine against psutil's own call; netlink: the Linux engine "
-                             "against the psutil engine; all: both (default)")
+                             "against the psutil engine; all: both (default); trust: nothing lost on a quiet "
+                             "host, and client close lines (on its own, without the held load but where it says)")
+    parser.add_argument("--lognet", type=Path, help="the lognet.py to measure (default: this checkout's), "
+                        "for the same figures of another version side by side")
     parser.add_argument("--idle-seconds", type=float, default=30, help="length of each idle CPU run (default 30)")
     parser.add_argument("--idle-rounds", type=int, default=3, help="interleaved idle runs per engine (default 3)")
     parser.add_argument("--per-lifetime", type=int, default=50, help="connections per lifetime (default 50)")
@@ -725,6 +904,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.watch is not None:
         WATCH[:] = ["--watch", str(args.watch)]
+    if args.lognet:
+        global LOGNET
+        LOGNET = args.lognet.resolve()
+    if args.part == "trust":
+        report = {}
+        with tempfile.TemporaryDirectory(prefix="lognet-bench-") as name:
+            trust_part(report, Path(name), args, Load())
+        print_trust_report(report)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        return 0
 
     load = Load()
     report: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
