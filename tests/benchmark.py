@@ -611,19 +611,29 @@ def coverage_counts(log: Path) -> dict:
     return {name: counts.get(name, 0) for name in ("closed", "with_process", "without", "skipped", "unheard", "lost")}
 
 
-def churn_under_lognet(folder: Path, engine: str, interval: float, churn_args: list, seconds: float) -> dict:
+PRIVATE_NETNS = ("unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh")
+
+
+def churn_under_lognet(folder: Path, engine: str, interval: float, churn_args: list, seconds: float,
+                       held: tuple[int, int] | None = None) -> dict:
     """load.py churn with churn_args for `seconds`, under lognet (engine, -i interval, TCP, event
-    and attrib): each connection's ends, by the churner's own record, logged with the churner's
-    pid or not; and lognet's accounting of the kernel's closes."""
+    and attrib), in a network namespace of their own (with `held` (processes, pairs each) of
+    load.py hold beside them): each connection's ends, by the churner's own record, logged
+    with the churner's pid or not; and lognet's accounting of the kernel's closes."""
     folder.mkdir()
     record = folder / "churn.txt"
-    cli = subprocess.Popen(lognet_argv(folder, "-i", interval, "-p", "tcp", "--fields", "+event,attrib",
-                                       "--stats-interval", "3600", engine=engine),
+    cli = subprocess.Popen([*PRIVATE_NETNS, *lognet_argv(folder, "-i", interval, "-p", "tcp", "--fields",
+                                                         "+event,attrib", "--stats-interval", "3600", "--netns", "own",
+                                                         engine=engine)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: (folder / "c.log").exists() and len((folder / "c.log").read_text().splitlines()) > 3, 30)
+    host = os.stat("/proc/self/ns/net").st_ino
+    wait_until(lambda: os.stat(f"/proc/{cli.pid}/ns/net").st_ino != host, 30)
+    inside = ("nsenter", f"--net=/proc/{cli.pid}/ns/net")
     load = Load()
     try:
-        churner = load.start("churn", *churn_args, "--seconds", seconds, "--record", record)
+        load.hold(*(held or (1, 0)), prefix=inside)  # at least a listener: its line says a poll is done
+        wait_until(lambda: (folder / "c.log").exists() and " LISTEN " in (folder / "c.log").read_text(), 30)
+        churner = load.start("churn", *churn_args, "--seconds", seconds, "--record", record, prefix=inside)
         churner.wait(timeout=seconds + 60)
     finally:
         load.stop()
@@ -631,10 +641,11 @@ def churn_under_lognet(folder: Path, engine: str, interval: float, churn_args: l
     cli.send_signal(signal.SIGTERM)
     cli.wait(timeout=60)
     rows = rows_of(folder / "c.log")
+    # nsenter execs the churner: its pid is the one Popen started
     owned = {(r["lport"], r["rport"]) for r in rows if r["upid"].split("|")[1:2] == [str(churner.pid)]}
     made = churn_record(record)
-    ports = {r["rport"] for r in rows if r["lport"] == made[0][0]} if made else set()  # the listener's
-    listener = ports.pop() if len(ports) == 1 else None
+    listener = next(r["lport"] for r in rows if r["status"] == "LISTEN" and r["upid"].split("|")[1:2] == [
+        str(churner.pid)])
     result = {"engine": engine, "interval": interval, "connections": len(made), "by_lifetime": {}}
     for lifetime in sorted({m[1] for m in made}):
         ours = [m for m in made if m[1] == lifetime]
@@ -714,31 +725,22 @@ def client_close_lines(tmp: Path, clients: int, interval: float) -> dict:
             "latency_max_s": max(latencies) if latencies else None}
 
 
-def trust_part(report: dict, tmp: Path, args, load: Load) -> None:
+def trust_part(report: dict, tmp: Path, args) -> None:
     """A quiet host loses nothing: the quiet load at -i 0.2 and 0.05, beside the held load
     too; connections living two intervals, netlink against psutil; client close lines."""
     quiet = ["--rate", "3", "--lifetimes", "0.02,0.6", "--close", "normal"]
+    held = (args.processes, args.pairs // args.processes)
     runs = []
-    for label, interval, beside in (("quiet, -i 0.2", 0.2, False), ("quiet, -i 0.05", 0.05, False),
-                                    ("quiet, -i 0.2, beside the held load", 0.2, True)):
+    for label, interval, beside in (("quiet, -i 0.2", 0.2, None), ("quiet, -i 0.05", 0.05, None),
+                                    ("quiet, -i 0.2, beside the held load", 0.2, held)):
         print(f"{label} ...", flush=True)
-        if beside:
-            load.hold(args.processes, args.pairs // args.processes)
-        try:
-            runs.append({"label": label, **churn_under_lognet(tmp / f"quiet-{len(runs)}", "netlink", interval,
-                                                              quiet, 10)})
-        finally:
-            if beside:
-                load.stop()
+        runs.append({"label": label, **churn_under_lognet(tmp / f"quiet-{len(runs)}", "netlink", interval, quiet, 10,
+                                                          beside)})
     print("two intervals beside the held load, each engine ...", flush=True)
-    load.hold(args.processes, args.pairs // args.processes)
-    try:
-        for engine in ("netlink", "psutil", "netlink", "psutil"):
-            runs.append({"label": f"0.4 s connections beside the held load, {engine}",
-                         **churn_under_lognet(tmp / f"two-intervals-{len(runs)}", engine, 0.2,
-                                              ["--rate", "2", "--lifetimes", "0.4"], 12.5)})
-    finally:
-        load.stop()
+    for engine in ("netlink", "psutil", "netlink", "psutil"):
+        runs.append({"label": f"0.4 s connections beside the held load, {engine}",
+                     **churn_under_lognet(tmp / f"two-intervals-{len(runs)}", engine, 0.2,
+                                          ["--rate", "2", "--lifetimes", "0.4"], 12.5, held)})
     report["quiet"] = runs
     print("client close lines ...", flush=True)
     report["client_closes"] = client_close_lines(tmp, 20, lognet.DEFAULT_INTERVAL)
@@ -756,9 +758,11 @@ def print_trust_report(r: dict) -> None:
                   f"{closes.get('unheard', '-')} | {closes.get('lost', '-')} |")
     c = r["client_closes"]
     print()
+    latency = (f"after the client's close: median {c['latency_median_s']:.2f} s, at most {c['latency_max_s']:.2f} s"
+               if c["close_lines"] else "none within three intervals and 5 s of the client's close")
     print(f"client close lines at -i {c['interval']:g}: {c['close_lines']}/{c['clients']} written, "
           f"{c['exact_bytes_and_pid']}/{c['clients']} with the client's pid and its own byte counts (1000/500); "
-          f"after the client's close: median {c['latency_median_s']:.2f} s, at most {c['latency_max_s']:.2f} s")
+          f"{latency}")
 
 
 def netlink_part(report: dict, tmp: Path, args) -> None:
@@ -910,7 +914,7 @@ def main() -> int:
     if args.part == "trust":
         report = {}
         with tempfile.TemporaryDirectory(prefix="lognet-bench-") as name:
-            trust_part(report, Path(name), args, Load())
+            trust_part(report, Path(name), args)
         print_trust_report(report)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         return 0

@@ -178,9 +178,9 @@ class Load:
         self.procs.append(proc)
         return proc
 
-    def hold(self, processes: int, pairs_each: int, seconds: float = 3600) -> None:
+    def hold(self, processes: int, pairs_each: int, seconds: float = 3600, prefix: tuple = ()) -> None:
         for _ in range(processes):
-            self.start("hold", pairs_each, "--seconds", seconds)
+            self.start("hold", pairs_each, "--seconds", seconds, prefix=prefix)
 
     def stop(self) -> None:
         for proc in self.procs:
