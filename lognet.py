@@ -2731,7 +2731,8 @@ class W3CFormat:
             text += f"; over the CPU budget {stats['shed_spells']} times" if stats.get("shed_spells") else ""
             text += f"; close events paused {stats['pauses']} times" if stats["pauses"] else ""
         else:
-            ratio = "-" if coverage is None else f"{coverage:.3f}"
+            # from the counts, not the ratio rounded for JSON: rounded twice, 8/42 would read 0.191
+            ratio = "-" if coverage is None else f"{stats['tcp_seen'] / stats['tcp_opens']:.3f}"
             opens = "-" if stats["tcp_opens"] is None else stats["tcp_opens"]
             text = f"{ratio} (kernel TCP opens {opens}, seen {stats['tcp_seen']})"
         return self.remark(f"coverage {text}; polls {stats['polls']}; average poll {stats['avg_poll_ms']:.1f} ms; "
@@ -2739,7 +2740,8 @@ class W3CFormat:
 
     @staticmethod
     def _coverage(coverage: dict[str, dict]) -> str:
-        return "; ".join(f"{protocol} {c['ratio']:.3f} (closed {c['closed']}, with process {c['with_process']}, "
+        return "; ".join(f"{protocol} {c['with_process'] / max(1, c['closed']):.3f} (closed {c['closed']}, "
+                         f"with process {c['with_process']}, "
                          f"without {c['without']}" + "".join(f", {name} {c[name]}" for name in CLOSES_UNLOGGED
                                                              if c[name]) + ")"
                          for protocol, c in coverage.items())

@@ -120,3 +120,15 @@ def test_a_summary_is_a_remark_of_names_and_values_escaped_like_fields():
     line = json.loads(lognet.JsonLinesFormat().summary(summary, 0.0))
     assert (line["event"], line["count"], line["upid"], line["rport"], line["lport"]) == (
         "summary", 9812, "ngi\\x20nx\\x0a|4242|1795763232.73", None, 8080)
+
+
+def test_a_coverage_ratio_is_rounded_once():
+    # 8 of 42 is 0.1905 to four decimals (JSON's), which would read 0.191 rounded again to three
+    fmt = lognet.W3CFormat()
+    stats = {"coverage": round(8 / 42, 4), "tcp_opens": 42, "tcp_seen": 8, "polls": 1, "avg_poll_ms": 1.0,
+             "late": 0, "dropped": 0}
+    assert fmt.stats(stats, 0.0).startswith("#Remark: coverage 0.190 (kernel TCP opens 42, seen 8); ")
+    closes = lognet.close_coverage({"tcp": [8, 34, 0, 0, 0]})
+    assert closes["tcp"]["ratio"] == 0.1905
+    remark = fmt.stats({"coverage": closes, "pauses": 0, "polls": 1, "avg_poll_ms": 1.0, "late": 0, "dropped": 0}, 0.0)
+    assert remark.startswith("#Remark: coverage tcp 0.190 (closed 42, with process 8, without 34); ")
