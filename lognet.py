@@ -3291,7 +3291,7 @@ def open_logs(config: Config, defaulted: tuple[bool, bool], formats: tuple[Forma
     one at a path the user gave, which is never replaced: it opens, or LognetError."""
     logs, fallback_reason = [], None
     for path, fmt, is_default in zip((config.connections_log, config.processes_log), formats, defaulted):
-        folder = os.path.dirname(path)
+        folder, fell_back = os.path.dirname(path), False
         if is_default:
             try:
                 os.makedirs(folder, mode=LOG_DIR_MODE, exist_ok=True)
@@ -3299,9 +3299,9 @@ def open_logs(config: Config, defaulted: tuple[bool, bool], formats: tuple[Forma
                     raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
             except OSError as exc:
                 fallback_reason = fallback_reason or f"{folder}: {exc.strerror}"
-                path = os.path.join(fallback_log_dir(), os.path.basename(path))
+                path, fell_back = os.path.join(fallback_log_dir(), os.path.basename(path)), True
         try:
-            logs.append(open_log(path, fmt, make_folder=is_default))
+            logs.append(open_log(path, fmt, make_folder=fell_back))  # the default folder is made above
         except OSError as exc:
             why = f" (the default folder could not be used: {fallback_reason})" if fallback_reason else ""
             raise LognetError(f"cannot open log {path}: {exc.strerror}{why}") from None

@@ -466,8 +466,8 @@ FAULTS = [
           'raise LognetError(f"cannot open a log: {exc.strerror}{why}") from None',
           ("tests/test_sinks.py -k naming_it",)),
     Fault("the fallback folder hides a log that cannot be opened in the default folder",
-          "            logs.append(open_log(path, fmt, make_folder=is_default))\n        except OSError as exc:\n",
-          "            logs.append(open_log(path, fmt, make_folder=is_default))\n        except OSError as exc:\n"
+          "  # the default folder is made above\n        except OSError as exc:\n",
+          "  # the default folder is made above\n        except OSError as exc:\n"
           "            if is_default and not fallback_reason:\n"
           "                logs.append(open_log(os.path.join(fallback_log_dir(), os.path.basename(path)), fmt, True))\n"
           "                continue\n",
