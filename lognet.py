@@ -49,7 +49,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator
-from typing import Callable, NamedTuple, Union
+from typing import Callable, NamedTuple, Protocol
 
 try:
     import psutil
@@ -97,50 +97,9 @@ FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
 # are these addresses written as IPv4-mapped (::ffff:10.1.2.3).
 PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 
-SYSLOG_FACILITIES = {
-    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
-    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, **{f"local{n}": 16 + n for n in range(8)},
-}
-SYSLOG_INFO = 6  # every event has severity "informational"
-SYSLOG_TIMEOUT = 5.0  # seconds a syslog connect or send may take, in the sender's own thread
-SYSLOG_EXIT_SECONDS = 0.5  # at exit, how long the sender may go on with what is queued
-SYSLOG_BACKOFF_MIN, SYSLOG_BACKOFF_MAX = 0.5, 30.0  # pause after a failed send, doubling up to the most
-SYSLOG_UDP_MAX = 65507  # the largest UDP payload over IPv4 (IPv6 allows a little more)
-SYSLOG_UNIX_OVERHEAD = 64  # a local datagram socket carries its send buffer less this (measured: 32)
-SYSLOG_SMALL_DATAGRAM = 1024  # what any datagram transport carries (RFC 3164's limit)
-SYSLOG_CUT_MARK = b"[cut to %d of %d bytes] "  # before a line cut to fit one datagram
-DEFAULT_SYSLOG = "/dev/log"
-MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-MAX_PENDING_LINES = 100_000  # per log, held while the log cannot be written
-PROCESS_PRUNE_SECONDS = 60.0  # how often cached processes that have exited are forgotten
-STATUS_SECONDS = 1.0  # the status line is redrawn at most this often
-GC_SECONDS = 60.0  # how often lognet runs Python's cycle collector itself (see run())
 DEFAULT_STATS_INTERVAL = 300.0
-CLOSES_UNLOGGED = ("skipped", "unheard", "lost")  # the kernel's closes without a line, named when there are any
-SNMP = "/proc/net/snmp"  # Linux counts every TCP open of the network namespace here
-# Names for remote addresses (rhost), from the DNS answers the host receives: each is kept
-# for its TTL and at least NAME_TTL_FLOOR seconds, NAMES_KEPT of them at the most.
-NAME_TTL_FLOOR = 600.0
-NAMES_KEPT = 16_384
-# The CPU budget (--max-cpu): lognet's own CPU time over the last CPU_WINDOW seconds (and
-# the last poll interval), as a share of one core. Over it, lognet sheds one more step of
-# work every SHED_STEP seconds (see SHED_STEPS and CpuBudget), and takes one back every
-# SHED_STEP seconds under SHED_RESUME of it.
-DEFAULT_MAX_CPU = 10.0
-CPU_WINDOW = 1.0
-SHED_STEP = 0.1
-SHED_RESUME = 0.5
-LINE_COST = 50e-6  # CPU seconds a poll takes per line, until measured (here: 30-55 µs, W3C to JSON Lines)
-# What each level adds: first what loses nothing (while the watcher and the close events keep
-# the record, a poll may wait), then the owners of short connections, then their details.
-SHED_STEPS = ("", "polls stretched", "watcher", "closes counted", "close events paused")
-SHED_POLLS, SHED_WATCHER, SHED_CLOSES, SHED_PAUSE = range(1, len(SHED_STEPS))
-# A flood: at least FLOOD_RATE sockets a second opened or closed, over the last FLOOD_WINDOW
-# seconds (a quiet host opens a few a second; a process that starts with a burst, one window's worth).
-FLOOD_RATE = 200
-FLOOD_WINDOW = 2.0
-POLL_STRETCH = 3  # at the last level, a full poll comes every POLL_STRETCH intervals
+DEFAULT_MAX_CPU = 10.0  # percent of one core (--max-cpu)
+DEFAULT_SYSLOG = "/dev/log"
 
 
 ##############################################################################
@@ -254,6 +213,85 @@ class Config(NamedTuple):
     max_cpu: float = DEFAULT_MAX_CPU  # percent of one core; 100: no shedding
 
 
+class Look(NamedTuple):
+    """What one look of the watcher between polls found (Source.watch())."""
+
+    moved: bool  # sockets opened or closed (or asked DNS questions): more are likely soon
+    dump_seconds: float  # CPU seconds its dumps and owner searches took
+
+
+class KnownSockets(NamedTuple):
+    """What counting close events without decoding them needs to know of the sockets
+    reported, in the form a message holds them."""
+
+    cookies: set[bytes]  # their cookies (cookie_bytes())
+    listeners: dict[tuple, int]  # (netns, family, laddr) of each listener -> the pid that holds it
+    served: set[tuple[int, bytes]]  # (netns, local port as a message holds it) of each listener
+
+
+class SkippedCloses(NamedTuple):
+    """The kernel's closes counted and not decoded, for a CPU budget, of one peer, service port and owner."""
+
+    conn: Connection  # one of them, standing for all
+    count: int
+    attrib: str | None  # how the owner is known: 'pid', 'listener', or None
+    served: bool  # a listener here served them: the local port, not the remote one, names the service
+
+
+class Summary(NamedTuple):
+    """One line for closes that have no line of their own: a group of those skipped for the
+    CPU budget, or a namespace's closes unheard while its close events were paused. The
+    fields in the order a JSON summary writes them."""
+
+    count: int
+    netns: int | None
+    pid: int | None
+    attrib: str | None  # how the owner is known: 'pid', 'listener', 'unheard', or None
+    prot: str
+    direction: str | None
+    raddr: str | None
+    rport: int | None  # of an outgoing connection: the remote port names the service
+    lport: int | None  # of an incoming one (served): the local port does
+
+
+class CloseCounts(NamedTuple):
+    """The kernel's closes of one protocol (in one namespace, or all), by what became of them."""
+
+    with_process: int = 0  # logged with their process
+    without: int = 0  # logged without one
+    skipped: int = 0  # counted for the CPU budget, and summarized
+    unheard: int = 0  # closed while the close events were paused: counted by the kernel's counters
+    lost: int = 0  # events the kernel dropped
+
+    @property
+    def closed(self) -> int:
+        return sum(self)
+
+    def plus(self, other: CloseCounts) -> CloseCounts:
+        return CloseCounts(*(a + b for a, b in zip(self, other)))
+
+
+class Stats(NamedTuple):
+    """Coverage and health since the start (Poller.stats()). Coverage is exact where the
+    kernel reports closes (closes is not None): of the sockets it closed, those logged with
+    their process. Elsewhere it is the kernel's TCP opens against the connections seen opening."""
+
+    closes: dict[str, CloseCounts] | None  # by protocol ('tcp', 'udp'), with close events
+    closes_by_netns: dict[int | None, dict[str, CloseCounts]]  # the same by namespace, when more than one
+    close_events_read: int
+    pauses: int  # times the close events were paused for the CPU budget
+    tcp_opens: int | None  # without close events: the kernel's TCP opens since the first poll
+    tcp_seen: int  # the TCP connections seen opening since
+    max_cpu: float | None  # the CPU budget, percent of one core; None without one
+    shed_spells: int
+    shedding: str | None  # the step of shedding in force (SHED_STEPS), if any
+    polls: int
+    avg_poll_ms: float
+    late: int
+    dropped: int
+    held: int
+
+
 def connection_id(conn: Connection) -> tuple:
     """What makes a connection the same one from poll to poll: what an engine reports of
     its socket and holder, but its status (and bytes, known only at its close)."""
@@ -266,23 +304,145 @@ def connection_address(conn: Connection) -> tuple:
 
 
 ##############################################################################
+# The CPU budget: lognet's own CPU time against --max-cpu, under a flood
+##############################################################################
+
+# The CPU budget (--max-cpu): lognet's own CPU time over the last CPU_WINDOW seconds (and
+# the last poll interval), as a share of one core. Over it, lognet sheds one more step of
+# work every SHED_STEP seconds (see SHED_STEPS and CpuBudget), and takes one back every
+# SHED_STEP seconds under SHED_RESUME of it.
+CPU_WINDOW = 1.0
+SHED_STEP = 0.1
+SHED_RESUME = 0.5
+LINE_COST = 50e-6  # CPU seconds a poll takes per line, until measured (here: 30-55 µs, W3C to JSON Lines)
+# What each level adds: first what loses nothing (while the watcher and the close events keep
+# the record, a poll may wait), then the owners of short connections, then their details.
+SHED_STEPS = ("", "polls stretched", "watcher", "closes counted", "close events paused")
+SHED_POLLS, SHED_WATCHER, SHED_CLOSES, SHED_PAUSE = range(1, len(SHED_STEPS))
+# A flood: at least FLOOD_RATE sockets a second opened or closed, over the last FLOOD_WINDOW
+# seconds (a quiet host opens a few a second; a process that starts with a burst, one window's worth).
+FLOOD_RATE = 200
+FLOOD_WINDOW = 2.0
+POLL_STRETCH = 3  # at the last level, a full poll comes every POLL_STRETCH intervals
+
+
+class CpuBudget:
+    """lognet's own CPU time, as a share of one core, against --max-cpu, and the rate of new
+    sockets: a flood is both. level() says how much work to shed, an index of SHED_STEPS:
+    one step more every SHED_STEP seconds over the budget under a flood, one less every
+    SHED_STEP seconds under SHED_RESUME of it or once the flood is over (so that what was
+    shed, taken back, does not put it over at once), never below the floor it is held at.
+
+    Over the budget means over it in the last CPU_WINDOW seconds, and in the last `window`
+    (a poll interval) too unless twice over: a full poll's burst, spread over its interval,
+    is not a flood. Nor is lognet's own cost at the interval the user chose: a flood is at
+    least FLOOD_RATE sockets a second, opened or closed, over FLOOD_WINDOW seconds, as the
+    source counts them (count()). The process's CPU time counts both threads; one lock
+    guards the level, which the source alone decides."""
+
+    def __init__(self, percent: float, window: float = CPU_WINDOW, cpu: Callable[[], float] = time.process_time,
+                 clock: Callable[[], float] = time.monotonic):
+        self.share = percent / 100
+        self.cpu, self.clock = cpu, clock
+        # (clock, cpu) samples, the oldest of each just over its window ago
+        self.windows = [(CPU_WINDOW, deque()), (max(CPU_WINDOW, window), deque())]
+        self.sockets = 0  # sockets opened or closed since the start, as the source counted them
+        self.flood = False  # whether they came at a flood's rate, when level() last looked
+        self.churn: deque[tuple[float, int]] = deque()  # (clock, sockets), the oldest just over FLOOD_WINDOW ago
+        self.shed = 0
+        self.floor = 0  # the level it may not take back below (see hold())
+        self.changed_at = clock()
+        self.spells = 0  # how many times lognet began to shed
+        self.line_cost = LINE_COST  # CPU seconds a poll takes for each line, as last measured
+        self.lock = threading.Lock()
+
+    def restart(self) -> None:
+        """Forget the CPU used so far (the first poll's), and the sockets it met."""
+        with self.lock:
+            for _, samples in self.windows:
+                samples.clear()
+            self.churn.clear()
+
+    def count(self, sockets: int) -> None:
+        """Sockets the source met opened or closed: their rate tells a flood."""
+        with self.lock:
+            self.sockets += sockets
+
+    def used(self, pending: float = 0.0) -> list[float]:
+        """The share of one core that lognet used over about the last second, and the last
+        window; pending: CPU seconds it is bound to spend, counted as spent."""
+        now, cpu = self.clock(), self.cpu()
+        shares = []
+        for window, samples in self.windows:
+            samples.append((now, cpu))
+            while len(samples) > 2 and samples[1][0] <= now - window:
+                samples.popleft()
+            then, before = samples[0]
+            shares.append((cpu + pending - before) / max(now - then, window))
+        return shares
+
+    def flooding(self) -> bool:
+        """Whether sockets open or close at FLOOD_RATE a second or more, over FLOOD_WINDOW."""
+        now, churn = self.clock(), self.churn
+        churn.append((now, self.sockets))
+        while len(churn) > 2 and churn[1][0] <= now - FLOOD_WINDOW:
+            churn.popleft()
+        return self.sockets - churn[0][1] >= FLOOD_RATE * FLOOD_WINDOW
+
+    def hold(self, level: int, floor: int = 0) -> int:
+        """Shed this much from now, whatever the CPU used, and never less than floor until held
+        again: taking work back starts from here."""
+        with self.lock:
+            self.shed, self.floor, self.changed_at = level, floor, self.clock()
+            return level
+
+    def level(self, pending: int = 0) -> int:
+        """The level of shedding now; pending: the lines that the next poll will write, whose
+        CPU (line_cost each, as the last polls measured) counts as spent already."""
+        with self.lock:
+            (second, window), now = self.used(pending * self.line_cost), self.clock()
+            flooding = self.flood = self.flooding()
+            due = now - self.changed_at >= SHED_STEP
+            over = flooding and second > self.share and (window > self.share or second > 2 * self.share)
+            if over and self.shed < SHED_PAUSE and due:
+                self.spells += self.shed == 0
+                self.shed += 1
+                if self.shed == SHED_POLLS and second > 2 * self.share:
+                    # Far over: stretching polls alone saves too little, and only at the next poll.
+                    self.shed = SHED_WATCHER
+                self.changed_at = now
+            elif due and (second < self.share * SHED_RESUME or not flooding) and self.shed > self.floor:
+                self.shed, self.changed_at = self.shed - 1, now
+            return self.shed
+
+
+##############################################################################
 # Sources: the sockets now, and who owns them (the only code that calls psutil)
 ##############################################################################
 
+PROCESS_PRUNE_SECONDS = 60.0  # how often cached processes that have exited are forgotten
+SNMP = "/proc/net/snmp"  # Linux counts every TCP open of the network namespace here
+
+
 class Source:
-    """What every engine gives the poller: connections(kind), the sockets there are now,
-    and processes(pids), who owns them. The process details always come from psutil,
-    read once per process and cached."""
+    """What every engine gives the poller and the watcher: connections(), the sockets of its
+    kind there are now; between_polls(), what happened since; processes(pids), who owns
+    them. The process details always come from psutil, read once per process and cached,
+    in this class alone. An engine is made with its kind and the CPU budget it sheds by
+    (open_source()); ENGINES lists them."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, budget: CpuBudget | None = None):
         self.budget = budget  # lognet's CPU budget, where one is set: under a flood over it, work is shed
         self._processes: dict[int, ProcessInfo] = {}
         self._unreported: set[int] = set()  # pids read ahead of a poll, while they lived
-        self.lock = threading.RLock()  # the watcher's thread reads ahead while a poll reads
+        # What the poll's thread and the watcher's both reach (the process cache, an engine's
+        # parts) is behind this one lock: each entry of an engine takes it.
+        self.lock = threading.RLock()
         self._clock = clock
         self._next_prune = clock() + PROCESS_PRUNE_SECONDS
 
     has_close_events = False  # whether between_polls() reports the kernel's closes
+    watches = False  # whether watch() finds sockets between polls: then a Watcher calls it
 
     @functools.cached_property
     def owners_visible(self) -> bool:
@@ -296,14 +456,25 @@ class Source:
         fds.scan()
         return not fds.denied
 
-    def connections(self, kind: str) -> list[Connection]:
-        """Every socket of kind (a psutil kind: 'inet', 'tcp4', ...) open now."""
+    def connections(self) -> list[Connection]:
+        """Every socket of the engine's kind (a psutil kind: 'inet', 'tcp4', ...) open now: the
+        very list of the last call, where an engine knows that nothing changed."""
         raise NotImplementedError
 
     def between_polls(self) -> tuple[list[tuple[Connection, float]], list[Closed]]:
         """What happened since the last poll that its snapshot may not show: sockets found
         alive (with the epoch time they were seen), and sockets the kernel closed."""
         return [], []
+
+    def watch(self, heard: Iterable[int] | None = None, dumps: bool = True) -> Look:
+        """A look between polls, in the watcher's thread: read what has come (close events),
+        and while dumps, find the sockets opened since, with their owners, while they live.
+        heard: the fds of wakers() that a wait just found readable, if it waited on them."""
+        return Look(False, 0.0)
+
+    def wakers(self) -> list[int]:
+        """The fds whose input is worth a look at once (close events, DNS questions)."""
+        return []
 
     def lost_closes(self) -> dict[int | None, dict[str, int]]:
         """The close events the kernel dropped (ENOBUFS) since the start, by netns and protocol."""
@@ -318,11 +489,9 @@ class Source:
         when final (see Namespace.settle())."""
         return {}
 
-    def take_skipped(self) -> list[tuple[Connection, int, str | None, bool]]:
-        """The kernel's closes counted and not decoded since the last call, for a CPU budget:
-        (a connection standing for those with the same peer, service port and owner; how
-        many; how the owner is known: 'pid', 'listener', or None; whether a listener here
-        served them, so that the local port, not the remote one, names the service)."""
+    def take_skipped(self) -> list[SkippedCloses]:
+        """The kernel's closes counted and not decoded since the last call, for a CPU budget,
+        a group to each peer, service port and owner."""
         return []
 
     def rhost(self, conn: Connection, pid: int | None) -> str | None:
@@ -395,11 +564,9 @@ class Source:
     def tcp_opens(self) -> int | None:
         """The kernel's count of TCP connections opened (active + passive), or None without /proc/net/snmp."""
         try:
-            with open(SNMP) as f:
-                tcp = [line.split() for line in f if line.startswith("Tcp:")]
-            counts = dict(zip(tcp[0], tcp[1]))
-            return int(counts["ActiveOpens"]) + int(counts["PassiveOpens"])
-        except (OSError, IndexError, KeyError, ValueError):
+            with open(SNMP, "rb") as f:
+                return snmp_tcp_opens(f.read())
+        except (OSError, KeyError, ValueError):
             return None  # not Linux, or a kernel without these counters
 
     def _prune(self) -> None:
@@ -450,20 +617,21 @@ class PsutilSource(Source):
     """The portable engine: psutil.net_connections(), wherever psutil runs; on Linux, of
     lognet's own network namespace only."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, names: bool = False,
+    def __init__(self, kind: str = "inet", clock: Callable[[], float] = time.monotonic, names: bool = False,
                  budget: CpuBudget | None = None):
         super().__init__(clock, budget)
+        self.kind = kind
         self.last: frozenset[Connection] = frozenset()  # the last poll's, to count the new ones for the budget
         if names:
             warn("host names (rhost) come from the Linux engine's DNS taps; with psutil rhost is '-'")
         at = Connection._fields.index("netns") - len(Connection._fields) + len(_UNKNOWN_TO_PSUTIL)
         self.unknown = _UNKNOWN_TO_PSUTIL[:at] + (netns_inode(),) + _UNKNOWN_TO_PSUTIL[at + 1:]
 
-    def connections(self, kind: str) -> list[Connection]:
+    def connections(self) -> list[Connection]:
         if self.budget is not None:
             self.budget.level()  # its only step: polls stretch
         try:
-            conns = [connection_from_sconn(sconn, self.unknown) for sconn in psutil.net_connections(kind)]
+            conns = [connection_from_sconn(sconn, self.unknown) for sconn in psutil.net_connections(self.kind)]
         except psutil.AccessDenied as exc:
             # On macOS psutil lists connections only for root.
             raise LognetError(f"listing connections needs more privileges on this system ({exc})") from None
@@ -486,33 +654,44 @@ def connection_from_sconn(sconn, unknown: tuple = _UNKNOWN_TO_PSUTIL) -> Connect
 
 
 ##############################################################################
-# Sources: the Linux engine, on the kernel's sock_diag netlink interface
+# Sources: the Linux engine. The sock_diag wire (linux/netlink.h, inet_diag.h, sock_diag.h)
 ##############################################################################
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_DUMP_REQUEST = 0x301  # NLM_F_REQUEST | NLM_F_DUMP
-NLMSG_ERROR, NLMSG_DONE = 2, 3
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NETLINK_DROP_MEMBERSHIP = 270, 1, 2
 SO_RCVBUFFORCE = 33
-INET_DIAG_INFO = 2  # attribute type of struct tcp_info
-NLMSG_HEADER = struct.Struct("=IHHII")  # struct nlmsghdr: length, type, flags, seq, pid
-DIAG_REQUEST = struct.Struct("=BBBBI48x")  # struct inet_diag_req_v2, its socket id all zeros
-DIAG_MSG = struct.Struct("=BB2x4x16s16s4xII12xII")  # inet_diag_msg: family, state, src, dst, cookie, uid, inode
-DIAG_PORTS = struct.Struct("!HH")  # sport, dport: big-endian, at offset 4 of inet_diag_msg
-DIAG_MSG_SIZE = 72
+# struct nlmsghdr: length, type, flags, seq, pid. Messages start on 4-byte boundaries (nlmsg_align()).
+NLMSG_HEADER = struct.Struct("=IHHII")
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLMSG_INT = struct.Struct("=i")  # what NLMSG_ERROR and NLMSG_DONE carry first: 0, or an errno negated
+NLMSG_DONE_SIZE = NLMSG_HEADER.size + NLMSG_INT.size
+# struct inet_diag_req_v2: family, protocol, ext, pad, states; its socket id all zeros.
+DIAG_REQUEST = struct.Struct("=BBBBI48x")
+# struct inet_diag_msg: family, state, timer, retrans; the socket id (sport, dport, src, dst, if,
+# cookie); expires, rqueue, wqueue, uid, inode. DIAG_MSG decodes the fields a line needs; the
+# offsets name those read without decoding a message.
+DIAG_MSG = struct.Struct("=BB2x4x16s16s4xII12xII")  # family, state, src, dst, cookie (low, high), uid, inode
+DIAG_STATE = 1
+DIAG_SPORT, DIAG_DPORT = 4, 6  # big-endian u16s (DIAG_PORTS)
+DIAG_SRC, DIAG_DST, DIAG_IF = 8, 24, 40  # 16 bytes of address each, an IPv4 address in the first 4
+DIAG_COOKIE, DIAG_COOKIE_END = 44, 52  # two u32s, the low first (COOKIE)
+DIAG_PORTS = struct.Struct("!HH")
+COOKIE = struct.Struct("=II")
+# struct rtattr: length, type; the attributes after inet_diag_msg. INET_DIAG_INFO holds struct
+# tcp_info, in which bytes_acked and bytes_received are at TCP_INFO_ACKED, bytes_sent and
+# bytes_retrans at TCP_INFO_SENT (Linux 4.19 and later), all u64: one shorter than
+# TCP_INFO_NEEDED lacks them.
 RTATTR = struct.Struct("=HH")
-# In struct tcp_info: bytes_acked and bytes_received at offset 120, bytes_sent and bytes_retrans
-# at 200 (Linux 4.19 and later), all u64; a tcp_info shorter than TCP_INFO_NEEDED lacks them.
+INET_DIAG_INFO = 2
+TCP_INFO_ACKED, TCP_INFO_SENT, TCP_INFO_NEEDED = 120, 200, 216
 TWO_U64 = struct.Struct("=QQ")
-COOKIE = struct.Struct("=II")  # a socket's cookie in inet_diag_msg, at offset 44: low and high u32
-NLMSG_LENGTH = struct.Struct("=I")
-DIAG_MESSAGE_TYPE = struct.pack("=H", SOCK_DIAG_BY_FAMILY)  # nlmsghdr's type, as the kernel writes it
-TCP_INFO_NEEDED = 216
 # The kernel's TCP states (include/net/tcp_states.h) by psutil's names; 12 is a request socket.
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "SYN_RECV"}
 ALL_STATES = 0xFFFFFFFF
+LISTEN_STATE = 1 << 10
 # States whose sockets no process holds (TIME_WAIT, request sockets): the watcher leaves them out.
 TIME_WAIT_STATE = 1 << 6
 TIME_WAIT_SECONDS = 60.0  # how long Linux keeps a TIME_WAIT socket (TCP_TIMEWAIT_LEN)
@@ -523,23 +702,8 @@ DESTROY_GROUPS = {(socket.AF_INET, socket.IPPROTO_TCP): 1, (socket.AF_INET, sock
                   (socket.AF_INET6, socket.IPPROTO_TCP): 3, (socket.AF_INET6, socket.IPPROTO_UDP): 4}
 GROUP_SOCKETS = {1 << (group - 1): pair for pair, group in DESTROY_GROUPS.items()}  # a group's mask -> its pair
 SOCKET_TYPES = {socket.IPPROTO_TCP: socket.SOCK_STREAM, socket.IPPROTO_UDP: socket.SOCK_DGRAM}
-WATCH_SEARCH_PIDS = 64  # processes the watcher reads, beyond new and recent ones, before it leaves a socket to the poll
 EVENT_BUFFER = 8 << 20  # bytes the kernel may queue for lognet's close events
 RECV_SIZE = 1 << 16  # one recv() takes a whole reply of the kernel's (a dump sends them up to 32 KiB)
-# The watcher's dumps take at most this share of one core, over time, with bursts up to
-# WATCH_BURST CPU seconds: a flood of opens slows them, and never the polls.
-WATCH_CPU_SHARE = 0.03
-WATCH_BURST = 0.1
-# While TCP's close events are paused (the last step of shedding), they resume once the TCP
-# opens (a close event each, later) would cost under SHED_RESUME of the budget to count, at
-# the cost measured per event, EVENT_COST until measured; the rate is read over PAUSE_WINDOW.
-EVENT_COST = 3e-6
-PAUSE_WINDOW = 1.0
-# After WATCH_QUIET_AFTER seconds with no socket opened or closed, the watcher looks every
-# WATCH_QUIET seconds, since each wake-up costs CPU; a close event wakes it at once, and
-# the first open or close seen brings back --watch.
-WATCH_QUIET_AFTER = 1.0
-WATCH_QUIET = 0.1
 
 
 def kind_sockets(kind: str) -> list[tuple[int, int]]:
@@ -551,19 +715,36 @@ def kind_sockets(kind: str) -> list[tuple[int, int]]:
     return [(f, p) for p in protocols for f in families]
 
 
-def netlink_messages(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(type, offset of the payload, end) of each netlink message in data; OSError for NLMSG_ERROR."""
-    offset = 0
-    while offset + NLMSG_HEADER.size <= len(data):
+def nlmsg_align(length: int) -> int:
+    """NLMSG_ALIGN: how far the next netlink message is from the start of one of length bytes."""
+    return (length + 3) & ~3
+
+
+def netlink_messages(data: bytes) -> list[tuple[int, int, int]]:
+    """(type, offset of the payload, end) of each netlink message in data; OSError for an
+    NLMSG_ERROR that carries an error. The one walker of the wire: dump replies and close
+    events alike (the stride of dump_messages() is its shortcut for a dump's messages)."""
+    messages, offset, last = [], 0, len(data) - NLMSG_HEADER.size
+    while offset <= last:
         length, kind = NLMSG_HEADER.unpack_from(data, offset)[:2]
         if length < NLMSG_HEADER.size:
-            return  # malformed: nothing after it can be trusted
+            break  # malformed: nothing after it can be trusted
         if kind == NLMSG_ERROR:
-            error = -struct.unpack_from("=i", data, offset + NLMSG_HEADER.size)[0]
+            error = -NLMSG_INT.unpack_from(data, offset + NLMSG_HEADER.size)[0]
             if error:
                 raise OSError(error, os.strerror(error))
-        yield kind, offset + NLMSG_HEADER.size, offset + length
-        offset += (length + 3) & ~3
+        messages.append((kind, offset + NLMSG_HEADER.size, offset + length))
+        offset += nlmsg_align(length)
+    return messages
+
+
+def dump_done(data: bytes) -> int | None:
+    """The error that cut a dump short (0: none) when this chunk of it ends with NLMSG_DONE;
+    None when more is to come."""
+    end = len(data) - NLMSG_DONE_SIZE
+    if end < 0 or NLMSG_HEADER.unpack_from(data, end)[:2] != (NLMSG_DONE_SIZE, NLMSG_DONE):
+        return None
+    return -NLMSG_INT.unpack_from(data, end + NLMSG_HEADER.size)[0]
 
 
 def decode_address(family: int, packed: bytes, port: int) -> tuple:
@@ -576,11 +757,17 @@ def decode_address(family: int, packed: bytes, port: int) -> tuple:
 def decode_socket(data: bytes, offset: int, protocol: int, netns: int | None) -> Connection:
     """One inet_diag_msg as an ownerless Connection: what the kernel reports, and no owner yet."""
     family, state, src, dst, cookie_low, cookie_high, uid, inode = DIAG_MSG.unpack_from(data, offset)
-    sport, dport = DIAG_PORTS.unpack_from(data, offset + 4)
+    sport, dport = DIAG_PORTS.unpack_from(data, offset + DIAG_SPORT)
     status = TCP_STATES.get(state, "NONE") if protocol == socket.IPPROTO_TCP else "NONE"
     return Connection(-1, socket.AddressFamily(family), SOCKET_TYPES[protocol], decode_address(family, src, sport),
                       decode_address(family, dst, dport), status, None, inode or None,
                       cookie_low | cookie_high << 32, uid, netns)
+
+
+def socket_key(data: bytes, offset: int) -> tuple[int, int, int]:
+    """What tells one socket of a dump from every other, and from itself in another state,
+    without decoding its message: (cookie's low u32, its high u32, state)."""
+    return (*COOKIE.unpack_from(data, offset + DIAG_COOKIE), data[offset + DIAG_STATE])
 
 
 def cookie_bytes(cookie: int) -> bytes:
@@ -592,19 +779,59 @@ def tcp_info_bytes(data: bytes, start: int, end: int) -> tuple[int, int, int] | 
     """(payload sent, bytes received, bytes acked beyond payload) from the tcp_info attribute
     of a message, or None without one. bytes_received still counts the peer's FIN, and the
     beyond-payload count is our SYN (when we connected) plus our FIN (when it was acked)."""
-    offset = start + DIAG_MSG_SIZE
+    offset = start + DIAG_MSG.size
     while offset + RTATTR.size <= end:
         length, kind = RTATTR.unpack_from(data, offset)
         if length < RTATTR.size:
             return None
         if kind == INET_DIAG_INFO and length - RTATTR.size >= TCP_INFO_NEEDED:
             info = offset + RTATTR.size
-            acked, received = TWO_U64.unpack_from(data, info + 120)
-            sent, retransmitted = TWO_U64.unpack_from(data, info + 200)
+            acked, received = TWO_U64.unpack_from(data, info + TCP_INFO_ACKED)
+            sent, retransmitted = TWO_U64.unpack_from(data, info + TCP_INFO_SENT)
             payload = sent - retransmitted
             return payload, received, acked - payload
-        offset += (length + 3) & ~3
+        offset += nlmsg_align(length)  # RTA_ALIGN: the same four bytes
     return None
+
+
+def dump_messages(chunks: list[bytes]) -> dict[tuple[int, int, int], tuple[bytes, int]]:
+    """Where each socket of a dump is, undecoded, by socket_key(). Decoding is left to the
+    sockets not met before, which are few."""
+    found: dict[tuple[int, int, int], tuple[bytes, int]] = {}
+    for data in chunks:
+        by_stride = _messages_by_stride(data)
+        if by_stride is not None:
+            found.update(by_stride)
+            continue
+        found.update((socket_key(data, start), (data, start)) for kind, start, _ in netlink_messages(data)
+                     if kind == SOCK_DIAG_BY_FAMILY)
+    return found
+
+
+# In a message read as u32 words: where its length is, its type, and its cookie's two halves;
+# and the byte of its state.
+_LENGTH_WORD, _TYPE_WORD = 0, 1
+_COOKIE_WORD = (NLMSG_HEADER.size + DIAG_COOKIE) // 4
+_STATE_BYTE = NLMSG_HEADER.size + DIAG_STATE
+
+
+def _messages_by_stride(data: bytes) -> Iterable | None:
+    """The keys and places of the messages of a chunk whose socket messages all have one
+    length (as a dump's mostly have), read by stride, without a step in Python for each;
+    None for any other chunk."""
+    if len(data) < NLMSG_HEADER.size:
+        return None
+    length = NLMSG_HEADER.unpack_from(data)[0]
+    body = len(data) - (NLMSG_DONE_SIZE if dump_done(data) is not None else 0)
+    if length < NLMSG_HEADER.size + DIAG_MSG.size or length % 4 or not body or body % length:
+        return None
+    words, step = memoryview(data)[:body].cast("I"), length // 4
+    if words[_LENGTH_WORD::step].tolist().count(length) != body // length or {
+            word & 0xFFFF for word in set(words[_TYPE_WORD::step].tolist())} != {SOCK_DIAG_BY_FAMILY}:
+        return None
+    keys = zip(words[_COOKIE_WORD::step].tolist(), words[_COOKIE_WORD + 1::step].tolist(),
+               data[_STATE_BYTE:body:length])
+    return zip(keys, zip(itertools.repeat(data), range(NLMSG_HEADER.size, body, length)))
 
 
 class SockDiag:
@@ -622,13 +849,11 @@ class SockDiag:
         while True:
             data = self.sock.recv(RECV_SIZE)
             chunks.append(data)
-            # The dump is refused with one NLMSG_ERROR, or ends with NLMSG_DONE (20 bytes), whose
-            # int is the error that cut it short, if one did.
-            if NLMSG_HEADER.unpack_from(data)[1] == NLMSG_ERROR:
-                list(netlink_messages(data))  # raises the error it carries
+            if NLMSG_HEADER.unpack_from(data)[1] == NLMSG_ERROR:  # the dump refused
+                netlink_messages(data)  # raises the error it carries
                 return []
-            if len(data) >= 20 and NLMSG_HEADER.unpack_from(data, len(data) - 20)[:2] == (20, NLMSG_DONE):
-                error = -struct.unpack_from("=i", data, len(data) - 4)[0]
+            error = dump_done(data)
+            if error is not None:
                 if error > 0:
                     raise OSError(error, os.strerror(error))
                 return chunks
@@ -682,50 +907,52 @@ class SockDiag:
         self.sock.close()
 
 
-def dump_messages(chunks: list[bytes]) -> dict[tuple[int, int, int], tuple[bytes, int]]:
-    """Where each socket of a dump is, undecoded, by its key: its cookie (two u32s) and its
-    state. Decoding is left to the sockets not met before, which are few."""
-    found: dict[tuple[int, int, int], tuple[bytes, int]] = {}
-    for data in chunks:
-        found.update(_uniform_messages(data) or _messages(data))
-    return found
+# Classic BPF (linux/filter.h), the opcodes used here: the kernel judges a socket's input with
+# them, and what they drop never reaches Python (the DNS taps' filters, close_filter()).
+BPF_LD_W_ABS, BPF_LD_H_ABS, BPF_LD_B_ABS, BPF_LD_H_IND, BPF_LD_B_IND = 0x20, 0x28, 0x30, 0x48, 0x50
+BPF_LD_MEM, BPF_ST, BPF_LDX_IMM, BPF_LDX_B_MSH = 0x60, 0x02, 0x01, 0xB1
+BPF_JEQ_K, BPF_JSET_K, BPF_RET_K = 0x15, 0x45, 0x06
+BPF_LD_W_LEN, BPF_JGE_K, BPF_AND_K = 0x80, 0x35, 0x54
+SO_ATTACH_FILTER = 26
+# Where a close event's fields are, from the start of its netlink message, for close_filter():
+# the family, the remote port, the remote address.
+EVENT_FAMILY, EVENT_DPORT, EVENT_DST = (NLMSG_HEADER.size, NLMSG_HEADER.size + DIAG_DPORT,
+                                        NLMSG_HEADER.size + DIAG_DST)
 
 
-def _uniform_messages(data: bytes) -> Iterable | None:
-    """The keys and places of the messages of a chunk whose socket messages all have one
-    length (as a dump's mostly have), read by stride, without a step in Python for each;
-    None for any other chunk."""
-    if len(data) < NLMSG_HEADER.size:
-        return None
-    length = NLMSG_HEADER.unpack_from(data)[0]
-    body = len(data) - (20 if len(data) >= 20 and NLMSG_HEADER.unpack_from(data, len(data) - 20)[:2] == (
-        20, NLMSG_DONE) else 0)
-    if length < NLMSG_HEADER.size + DIAG_MSG_SIZE or length % 4 or not body or body % length:
-        return None
-    words, step = memoryview(data)[:body].cast("I"), length // 4
-    if words[0::step].tolist().count(length) != body // length or {
-            word & 0xFFFF for word in set(words[1::step].tolist())} != {SOCK_DIAG_BY_FAMILY}:
-        return None
-    # u32 words 15 and 16 of each message are its cookie; byte 17, its state.
-    keys = zip(words[15::step].tolist(), words[16::step].tolist(), data[17:body:length])
-    return zip(keys, zip(itertools.repeat(data), range(NLMSG_HEADER.size, body, length)))
+def bpf_program(steps: list[tuple]) -> bytes:
+    """Classic BPF code from (opcode, k, label if true, label if false) steps and
+    label strings: jumps named by label, not counted by hand. The kernel's struct
+    sock_filter is (u16 code, u8 jt, u8 jf, u32 k)."""
+    labels, at = {}, 0
+    for step in steps:
+        if isinstance(step, str):
+            labels[step] = at
+        else:
+            at += 1
+    code, at = [], 0
+    for step in steps:
+        if isinstance(step, str):
+            continue
+        opcode, k, *targets = step
+        jt, jf = (labels[target] - at - 1 if target else 0 for target in (targets + [None, None])[:2])
+        code.append(struct.pack("=HBBI", opcode, jt, jf, k))
+        at += 1
+    return b"".join(code)
 
 
-def _messages(data: bytes) -> dict[tuple[int, int, int], tuple[bytes, int]]:
-    """The keys and places of a chunk's socket messages, one by one."""
-    found = {}
-    unpack, cookie = NLMSG_HEADER.unpack_from, struct.Struct("=II").unpack_from
-    offset, last = 0, len(data) - NLMSG_HEADER.size
-    while offset <= last:
-        length, kind = unpack(data, offset)[:2]
-        if kind == SOCK_DIAG_BY_FAMILY:
-            start = offset + NLMSG_HEADER.size
-            found[(*cookie(data, start + 44), data[start + 1])] = (data, start)
-        if length < NLMSG_HEADER.size:
-            break  # malformed: nothing after it can be trusted
-        offset += (length + 3) & ~3
-    return found
 
+def attach_filter(sock: socket.socket, program: bytes) -> None:
+    """Attach a classic BPF program (SO_ATTACH_FILTER): the kernel copies it at once."""
+    import ctypes
+    code = ctypes.create_string_buffer(program, len(program))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("@HP", len(program) // 8, ctypes.addressof(code)))
+
+
+
+##############################################################################
+# Sources: the Linux engine. Who holds each socket (/proc/<pid>/fd)
+##############################################################################
 
 class FdTable:
     """Who holds which socket: socket inodes mapped to (pid, fd) through /proc/<pid>/fd.
@@ -871,16 +1098,27 @@ class FdTable:
         return theirs
 
 
+
+##############################################################################
+# Sources: the Linux engine. The kernel's counters (/proc/net/snmp, sockstat, sockstat6)
+##############################################################################
+
 # Where sockstat (and sockstat6) counts each kind's sockets in use, and whether that kind's
 # TIME_WAIT sockets, counted apart, may hide behind a count of 0.
-HELD_LABELS = {(socket.AF_INET, socket.IPPROTO_TCP): ("TCP", True),
-               (socket.AF_INET6, socket.IPPROTO_TCP): ("TCP6", True),
-               (socket.AF_INET, socket.IPPROTO_UDP): ("UDP", False),
-               (socket.AF_INET6, socket.IPPROTO_UDP): ("UDP6", False)}
-
-
+SOCKSTAT_LABELS = {(socket.AF_INET, socket.IPPROTO_TCP): ("TCP", True),
+                   (socket.AF_INET6, socket.IPPROTO_TCP): ("TCP6", True),
+                   (socket.AF_INET, socket.IPPROTO_UDP): ("UDP", False),
+                   (socket.AF_INET6, socket.IPPROTO_UDP): ("UDP6", False)}
 HOST_WIDE_COUNTS = re.compile(rb" (?:orphan|alloc|mem) \d+")  # in sockstat: one count for every namespace
 MEMORY_COUNTS = re.compile(rb" mem \d+")  # in sockstat: pages of buffers, which move with any traffic
+
+
+def snmp_tcp_opens(data: bytes) -> int:
+    """TCP's ActiveOpens + PassiveOpens from the text of /proc/net/snmp, whose Tcp: lines are
+    the names, then the values. ValueError when there are none."""
+    names, values = (line.split() for line in data.splitlines() if line.startswith(b"Tcp:"))
+    counts = dict(zip(names, values))
+    return int(counts[b"ActiveOpens"]) + int(counts[b"PassiveOpens"])
 
 
 def sockstat_counts(files: Iterable[bytes]) -> dict[str, dict[str, str]]:
@@ -895,53 +1133,65 @@ def sockstat_counts(files: Iterable[bytes]) -> dict[str, dict[str, str]]:
     return counts
 
 
+def in_use(counts: dict[str, dict[str, str]], label: str) -> int:
+    """The sockets in use of one sockstat label ('TCP', 'UDP6', ...), 0 where it is not counted."""
+    return int(counts.get(label, {}).get("inuse", 0))
+
+
 class KernelCounters:
-    """The kernel's counters, read with pread on fds kept open: TCP opens (/proc/net/snmp)
-    and UDP sockets in use (/proc/net/sockstat, sockstat6) move when a socket opens; any
-    change of a socket's state moves something in the three files."""
+    """The kernel's counters of one namespace, read with pread on fds kept open: TCP opens
+    (/proc/net/snmp) and UDP sockets in use (/proc/net/sockstat, sockstat6) move when a
+    socket opens; any change of a socket's state moves something in the three files."""
 
     FILES = ("snmp", "sockstat", "sockstat6")
 
     def __init__(self, pairs: list[tuple[int, int]], proc: str = "/proc/self/net"):
         protocols = {protocol for _, protocol in pairs}
         self.pairs = pairs
+        self.counts_tcp, self.counts_udp = socket.IPPROTO_TCP in protocols, socket.IPPROTO_UDP in protocols
         self.activity_files = ("sockstat", "sockstat6")[:1 + any(family == socket.AF_INET6 for family, _ in pairs)]
         self.fds = {name: os.open(f"{proc}/{name}", os.O_RDONLY | os.O_CLOEXEC) for name in self.FILES}
-        self.readers = ([("snmp", self._tcp_opens)] if socket.IPPROTO_TCP in protocols else []) + (
-            [("sockstat", self._udp_in_use), ("sockstat6", self._udp_in_use)]
-            if socket.IPPROTO_UDP in protocols else [])
+
+    def _read(self, name: str) -> bytes:
+        return os.pread(self.fds[name], 8192, 0)
+
+    def _sockstat(self) -> dict[str, dict[str, str]]:
+        return sockstat_counts(self._read(name) for name in ("sockstat", "sockstat6"))
 
     def read(self) -> list[int]:
-        """The counters of socket opens, for the kinds asked for."""
-        return [parse(os.pread(self.fds[name], 8192, 0)) for name, parse in self.readers]
+        """The counters of socket opens, for the kinds asked for: TCP's opens, and the UDP
+        sockets in use (the kernel counts no UDP open)."""
+        opens = [snmp_tcp_opens(self._read("snmp"))] if self.counts_tcp else []
+        if self.counts_udp:
+            counts = self._sockstat()
+            opens += [in_use(counts, "UDP"), in_use(counts, "UDP6")]
+        return opens
 
     def tcp_counts(self) -> tuple[int, int]:
         """TCP's opens (ActiveOpens + PassiveOpens) and its sockets in use (hashed: connected,
         accepted, listening, closing; in sockstat and sockstat6): the opens less the change in
         use are the TCP sockets closed in between, as the kernel's close events would say."""
-        counts = sockstat_counts(os.pread(self.fds[name], 8192, 0) for name in ("sockstat", "sockstat6"))
-        in_use = sum(int(counts.get(label, {}).get("inuse", 0)) for label in ("TCP", "TCP6"))
-        return self._tcp_opens(os.pread(self.fds["snmp"], 8192, 0)), in_use
+        counts = self._sockstat()
+        return snmp_tcp_opens(self._read("snmp")), in_use(counts, "TCP") + in_use(counts, "TCP6")
 
     def in_use(self) -> list[int]:
         """The sockets in use of each kind asked for (sockstat, sockstat6): cheaper to read
         than the open counters, but a close and an open between two reads cancel out."""
-        counts = sockstat_counts(os.pread(self.fds[name], 8192, 0) for name in ("sockstat", "sockstat6"))
-        return [int(counts.get(HELD_LABELS[pair][0], {}).get("inuse", 0)) for pair in self.pairs]
+        counts = self._sockstat()
+        return [in_use(counts, SOCKSTAT_LABELS[pair][0]) for pair in self.pairs]
 
     def activity(self) -> tuple[bytes, ...]:
         """sockstat (and sockstat6, for IPv6 kinds) as they are, but for the memory in use:
         they move when a TCP socket is made anywhere (alloc), and when a socket of this
         namespace is hashed (connect(), listen(), accept(), a UDP bind) or closed. Two
         small reads, where the open counters (snmp) cost as much as five of them."""
-        return tuple(MEMORY_COUNTS.sub(b"", os.pread(self.fds[name], 8192, 0)) for name in self.activity_files)
+        return tuple(MEMORY_COUNTS.sub(b"", self._read(name)) for name in self.activity_files)
 
     @staticmethod
     def tcp_allocated(activity: tuple[bytes, ...]) -> int:
         """TCP sockets allocated in every namespace, from activity(): the kernel keeps one
         count for all (the `alloc` of /proc/net/sockstat), so it moves when one is made anywhere."""
-        data = activity[0]
-        return int(data[data.index(b" alloc ") + 7:].split(None, 1)[0])
+        return int(sockstat_counts(activity[:1])["TCP"]["alloc"])
 
     def signature(self) -> tuple[bytes, ...]:
         """All three files as they are, but for the counts that the kernel keeps for all
@@ -951,29 +1201,22 @@ class KernelCounters:
         return tuple(HOST_WIDE_COUNTS.sub(b"", os.pread(fd, 8192, 0)) for fd in self.fds.values())
 
     @staticmethod
-    def held(signature: tuple[bytes, ...]) -> set[tuple[int, int]]:
+    def kinds_in_use(signature: tuple[bytes, ...]) -> set[tuple[int, int]]:
         """The kinds (family, protocol) that may hold a socket, from sockstat and sockstat6 as
         a signature read them: a kind with none in use (and for TCP, no TIME_WAIT) need not
         be dumped, which spares a walk of the kernel's tables, shared by all namespaces."""
         counts = sockstat_counts(signature[1:])
         waiting = counts.get("TCP", {}).get("tw", "1") != "0"
-        return {pair for pair, (label, timewait) in HELD_LABELS.items()
+        return {pair for pair, (label, timewait) in SOCKSTAT_LABELS.items()
                 if counts.get(label, {}).get("inuse", "1") != "0" or (timewait and waiting)}
-
-    @staticmethod
-    def _tcp_opens(data: bytes) -> int:
-        values = data[data.index(b"\nTcp: ", data.index(b"Tcp: ") + 1) + 1:].split(b"\n", 1)[0].split()
-        return int(values[5]) + int(values[6])  # ActiveOpens + PassiveOpens
-
-    @staticmethod
-    def _udp_in_use(data: bytes) -> int:
-        start = data.find(b"UDP")  # "UDP: inuse N" or "UDP6: inuse N"
-        return int(data[start:].split(None, 3)[2]) if start >= 0 else 0
 
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
 
+##############################################################################
+# Sources: the Linux engine. Network namespaces
+##############################################################################
 
 def netns_inode(pid: int | str = "self") -> int | None:
     """The network namespace of pid, as `lsns -t net` numbers it."""
@@ -1049,7 +1292,290 @@ def parse_proc_net(text: str, family: int, protocol: int, netns: int | None) -> 
     return conns
 
 
-# ---------------------------------------------------------------- names: the DNS answers the host receives
+class Namespace:
+    """A network namespace the Linux engine watches: a sock_diag socket for its dumps, one
+    for each protocol that hears its closes (so that the kernel's drops are counted per
+    protocol, and a flood of one never drops the other's), a tap for its DNS answers and
+    questions (where names are logged), and its kernel counters, all made for it. Each
+    keeps the namespace alive, so they are closed (close()) once its last process is gone.
+
+    Without the privilege to join it (setns), diag is None: its tables are read as text
+    from /proc/<pid>/net at each poll, with no close events and no watcher."""
+
+    def __init__(self, inode: int, pairs: list[tuple[int, int]], pids: list[int] | None = None,
+                 sockets: tuple[SockDiag, dict[int, SockDiag], DnsTap | None] | None = None,
+                 program: bytes | None = None):
+        self.inode = inode
+        self.pids = pids or []  # processes in it; none for lognet's own
+        self.counted: list[int] = []  # its counters when the watcher last dumped it
+        self.lost: dict[int, int] = {}  # protocol -> its lost close events, kept when its sockets are closed
+        self.diag, self.events, self.tap = sockets or (None, {}, None)  # events: protocol -> its close events
+        self.counters: KernelCounters | None = None
+        try:
+            self.counters = KernelCounters(pairs, f"/proc/{self.pids[0]}/net" if self.pids else "/proc/self/net")
+        except OSError:
+            self.close()
+            raise
+        try:
+            for protocol, events in self.events.items():
+                if program:  # before the events come: none is let through unfiltered
+                    attach_filter(events.sock, program)
+                events.subscribe(DESTROY_GROUPS[pair] for pair in pairs if pair[1] == protocol)
+        except OSError as exc:
+            for events in self.events.values():
+                events.close()
+            self.events = {}
+            self.refusal = exc.strerror
+        self.settle()  # just joined: no event of ours is in flight
+
+    refusal: str | None = None  # why the close events could not be joined
+    paused = False  # whether TCP's close events are paused
+    # TCP's closes are counted twice over: by the kernel's counters (the opens less the change
+    # in use) and by the close events heard (decoded or counted). Their difference holds still
+    # while every close is heard, once the kernel's work queue has sent its events: `calm`, as
+    # last read when no flood was on. While the events are paused, the closes unheard are what
+    # the difference gains, read at the next calm moment (or at exit): a pause that is joined
+    # or left while events are in flight then miscounts none of them.
+    heard = 0  # its TCP close events read, decoded or counted
+    calm: int | None = None
+    settling = False  # paused since the last calm reading: its unheard closes are still to count
+
+    def pause(self) -> None:
+        """Leave TCP's close events; their closes are counted later (see settle())."""
+        if socket.IPPROTO_TCP in self.events and not self.paused:
+            self.events[socket.IPPROTO_TCP].membership(self.tcp_groups(), False)
+            self.paused = self.settling = True
+
+    def resume(self) -> None:
+        """Join TCP's close events again."""
+        if self.paused:
+            self.events[socket.IPPROTO_TCP].membership(self.tcp_groups(), True)
+            self.paused = False
+
+    def tcp_groups(self) -> list[int]:
+        return [DESTROY_GROUPS[pair] for pair in self.counters.pairs if pair[1] == socket.IPPROTO_TCP]
+
+    def settle(self) -> int:
+        """At a calm moment (no flood on, so no close event in flight) or at the end: the TCP
+        sockets closed and never heard since the last, by the kernel's counters; a new calm
+        reading. The counters, not the events: a socket closed without ever connecting or
+        listening is not in them, and a listener opened meanwhile counts one less."""
+        if socket.IPPROTO_TCP not in self.events:
+            return 0
+        opens, in_use = self.counters.tcp_counts()
+        drift = opens - in_use - self.heard
+        unheard = max(0, drift - self.calm) if self.settling and self.calm is not None else 0
+        self.calm, self.settling = drift, self.paused
+        return unheard
+
+    def text_records(self, pairs: list[tuple[int, int]]) -> dict[tuple, Connection]:
+        """Its sockets, read from the text tables of one of its processes, by (inode, family,
+        type, laddr, raddr, status): a text table has no cookie, and TIME_WAIT no inode."""
+        for pid in self.pids:
+            try:
+                records = {}
+                for family, protocol in pairs:
+                    with open(f"/proc/{pid}/net/{PROC_NET_FILES[family, protocol]}") as f:
+                        for conn in parse_proc_net(f.read(), family, protocol, self.inode):
+                            records[(conn.inode, *conn[1:6])] = conn
+                if netns_inode(pid) == self.inode:  # still there after the read: the tables were its
+                    return records
+            except OSError:
+                pass  # that process exited: the next one is read
+        return {}
+
+    def events_lost(self) -> dict[int, int]:
+        """Its close events that the kernel dropped, by protocol, since it was watched: the
+        kernel's exact count, once any was (ENOBUFS)."""
+        lost = dict(self.lost)
+        for protocol, events in self.events.items():
+            if events.lost:
+                lost[protocol] = lost.get(protocol, 0) + self._drops(events)
+        return lost
+
+    def _drops(self, events: SockDiag) -> int:
+        for proc_net in [f"/proc/{pid}/net" for pid in self.pids] or ["/proc/self/net"]:
+            drops = events.drops(proc_net)
+            if drops is not None:
+                return max(drops, events.lost)
+        return events.lost
+
+    def close(self) -> None:
+        self.lost = self.events_lost()
+        for diag in (self.diag, *self.events.values()):
+            if diag is not None:
+                diag.close()
+        self.diag, self.events = None, {}
+        if self.tap is not None:
+            self.tap.close()
+            self.tap = None
+        if self.counters is not None:
+            self.counters.close()
+            self.counters = None
+
+
+
+
+class Namespaces:
+    """The network namespaces the Linux engine watches, by inode: lognet's own, and (when
+    everywhere) each one that has a process lognet may inspect. What watches a namespace
+    (a Namespace) is made when it is first met, and let go of once its last process is
+    gone: what lognet holds open would keep it alive."""
+
+    def __init__(self, pairs: list[tuple[int, int]], everywhere: bool, program: bytes | None,
+                 names: Names | None):
+        self.pairs = pairs
+        self.everywhere = everywhere  # False: lognet's own namespace only
+        self.program = program  # the close events' filter (close_filter()), if any
+        self.names = names  # which makes each namespace's DNS tap, while names are logged
+        self.own_inode = netns_inode()
+        diag = SockDiag()
+        try:
+            diag.dump(*pairs[0], states=LISTEN_STATE)  # refused here rather than at the first poll
+            own = Namespace(self.own_inode, pairs, sockets=(diag, self._event_sockets(), self._tap()),
+                            program=program)
+        except OSError:
+            diag.close()
+            raise
+        self.by_inode: dict[int, Namespace] = {self.own_inode: own}
+        self.joins = True  # whether lognet may join other namespaces (setns); False after the first refusal
+        self.lost_before: dict[int, Counter] = {}  # netns -> protocol -> close events lost, once let go of
+        # What the watcher waits on and reads, by fd: each namespace's close events and DNS questions.
+        self.readers: dict[int, tuple[Namespace, str]] = {}  # fd -> (namespace, "events" or "questions")
+        # Those that sent close events, or DNS questions, since the watcher last read their
+        # counters: sockets there are closing, or one waits for an answer.
+        self.sent_closes: set[Namespace] = set()
+        self.sent_questions: set[Namespace] = set()
+        self.activity: tuple[bytes, ...] = ()  # lognet's namespace's KernelCounters.activity() at the last look
+        self.allocated = 0  # the kernel's count of TCP sockets allocated, in all namespaces, at the last look
+        self._index()
+
+    @property
+    def own(self) -> Namespace:
+        return self.by_inode[self.own_inode]
+
+    def __iter__(self) -> Iterator[Namespace]:
+        return iter(list(self.by_inode.values()))
+
+    def __getitem__(self, inode: int) -> Namespace:
+        return self.by_inode[inode]
+
+    def __len__(self) -> int:
+        return len(self.by_inode)
+
+    def discover(self, pids: Iterable[int]) -> list[Namespace]:
+        """Watch the namespaces of these processes that are new to lognet; return those whose
+        last process is gone, no longer watched, for the caller to read out and release()."""
+        members: dict[int, list[int]] = {}
+        for pid in pids:
+            inode = netns_inode(pid)
+            if inode is not None and inode != self.own_inode:
+                members.setdefault(inode, []).append(pid)
+        gone = [self.by_inode.pop(inode) for inode in self.by_inode.keys() - members.keys() - {self.own_inode}]
+        for inode, pids in members.items():
+            if inode in self.by_inode:
+                self.by_inode[inode].pids = pids
+                continue
+            try:
+                self.by_inode[inode] = self._open(inode, pids)
+            except OSError:
+                pass  # its processes moved on as lognet came: the next poll sees what is left
+        self._index()
+        return gone
+
+    def release(self, gone: Iterable[Namespace]) -> None:
+        """Close what watched namespaces now gone, keeping the count of their lost events."""
+        for ns in gone:
+            ns.close()
+            self.lost_before.setdefault(ns.inode, Counter()).update(ns.lost)
+
+    def read_questions(self, ns: Namespace) -> int:
+        """How many DNS questions one namespace sent: a connection is likely to follow each."""
+        asked = ns.tap.questions_sent()
+        if asked:
+            self.sent_questions.add(ns)  # the asking socket lives until its answer comes
+        return asked
+
+    def heard_closes(self, ns: Namespace) -> None:
+        """The namespace sent close events: its sockets are closing, and more may open."""
+        self.sent_closes.add(ns)
+
+    def with_new_sockets(self) -> list[Namespace]:
+        """The namespaces where sockets may have opened since the watcher last looked.
+        Another namespace is looked at only when a TCP socket was made somewhere (the one
+        count for all namespaces moved), or it sent close events or DNS questions, and then
+        by its counts of sockets in use, the cheapest to read, with a close or a question
+        enough to dump it: reading every namespace's open counters at every look would cost
+        CPU for each container, also with nothing changing."""
+        own = self.own
+        activity = own.counters.activity()
+        if activity == self.activity and not self.sent_closes and not self.sent_questions:
+            return []  # no TCP socket made anywhere, and none of lognet's namespace hashed or closed
+        self.activity = activity
+        allocated = KernelCounters.tcp_allocated(activity)
+        anywhere, self.allocated = allocated != self.allocated, allocated
+        moved = []
+        for ns in self.by_inode.values() if anywhere else {own, *self.sent_closes, *self.sent_questions}:
+            if ns.diag is None:
+                continue
+            counted = ns.counters.read() if ns is own else ns.counters.in_use()
+            if counted != ns.counted or ns in self.sent_questions or (ns in self.sent_closes and ns is not own):
+                ns.counted = counted
+                moved.append(ns)
+        self.sent_closes, self.sent_questions = set(), set()
+        return moved
+
+    def lost_closes(self) -> dict[int, dict[str, int]]:
+        """The close events the kernel dropped since the start, by netns and protocol."""
+        lost = {inode: Counter(counts) for inode, counts in self.lost_before.items()}
+        for inode, ns in self.by_inode.items():
+            lost.setdefault(inode, Counter()).update(ns.events_lost())
+        return {inode: {PROTOCOLS[SOCKET_TYPES[protocol]].lower(): count for protocol, count in counts.items()}
+                for inode, counts in lost.items() if counts}
+
+    def _index(self) -> None:
+        """Index the close-event sockets and the DNS questions' taps by fd, once a poll rather
+        than at every look."""
+        self.readers = {
+            sock.fileno(): (ns, role) for ns in self.by_inode.values()
+            for role, sock in [*(("events", events.sock) for events in ns.events.values()),
+                               ("questions", ns.tap and ns.tap.questions)]
+            if sock is not None}
+
+    def _event_sockets(self) -> dict[int, SockDiag]:
+        """A socket for each protocol's close events, made in the calling thread's namespace."""
+        events: dict[int, SockDiag] = {}
+        try:
+            for protocol in sorted({protocol for _, protocol in self.pairs}):
+                events[protocol] = SockDiag()
+        except OSError:
+            for diag in events.values():
+                diag.close()
+            raise
+        return events
+
+    def _tap(self) -> DnsTap | None:
+        return self.names.open_tap() if self.names is not None else None
+
+    def _open(self, inode: int, pids: list[int]) -> Namespace:
+        """What watches a namespace new to lognet: sockets made inside it, or its text tables."""
+        sockets = None
+        if self.joins:
+            try:
+                sockets = made_inside(pids[0], inode, lambda: (SockDiag(), self._event_sockets(), self._tap()))
+            except PermissionError as exc:
+                self.joins = False
+                warn(f"other network namespaces are read from /proc/<pid>/net, about 10 ms each per poll, "
+                     f"without close events or the watcher: joining them needs CAP_SYS_ADMIN ({exc.strerror})")
+        return Namespace(inode, self.pairs, pids, sockets, self.program)
+
+    def close(self) -> None:
+        for ns in self.by_inode.values():
+            ns.close()
+
+##############################################################################
+# Sources: the Linux engine. Names: the DNS answers each namespace receives
+##############################################################################
 
 DNS_PORT = 53
 DNS_HEADER = struct.Struct("!HHHHHH")  # id, flags, questions, answers, authority, additional
@@ -1060,7 +1586,6 @@ DNS_CNAME = 5
 DNS_NAME_MAX = 255  # bytes, as the wire writes a name (RFC 1035 3.1)
 ETH_P_ALL, ETH_P_IP, ETH_P_IPV6 = 0x0003, 0x0800, 0x86DD
 PACKET_OUTGOING = 4  # a packet this host sends: on lo each answer is also seen coming in
-SO_ATTACH_FILTER = 26
 # A tap's packets come through a ring shared with the kernel (PACKET_RX_RING, TPACKET_V2):
 # reading one costs no system call. Frames of 2048 bytes hold an answer of up to 1,984 bytes
 # (resolvers now send EDNS answers of 1,232 at the most). Answers are read at each poll, and
@@ -1071,34 +1596,11 @@ TP_STATUS_USER = 1
 TPACKET2_HEADER = struct.Struct("=IIIHH")  # tp_status, tp_len, tp_snaplen, tp_mac, tp_net
 ANSWER_FRAMES, QUESTION_FRAMES = (2048, 512), (256, 256)  # (bytes each, how many)
 SKF_AD_PROTOCOL, SKF_AD_PKTTYPE = 0xFFFFF000, 0xFFFFF004  # classic BPF's loads of skb->protocol, pkt_type
-
-# Classic BPF (linux/filter.h), the opcodes used here.
-BPF_LD_W_ABS, BPF_LD_H_ABS, BPF_LD_B_ABS, BPF_LD_H_IND, BPF_LD_B_IND = 0x20, 0x28, 0x30, 0x48, 0x50
-BPF_LD_MEM, BPF_ST, BPF_LDX_IMM, BPF_LDX_B_MSH = 0x60, 0x02, 0x01, 0xB1
-BPF_JEQ_K, BPF_JSET_K, BPF_RET_K = 0x15, 0x45, 0x06
-BPF_LD_W_LEN, BPF_JGE_K, BPF_AND_K = 0x80, 0x35, 0x54
 QUERY_SNAP = 96  # bytes of a query kept: its IP and UDP headers, which name the socket that asks
-
-
-def bpf_program(steps: list[tuple]) -> bytes:
-    """Classic BPF code from (opcode, k, label if true, label if false) steps and
-    label strings: jumps named by label, not counted by hand. The kernel's struct
-    sock_filter is (u16 code, u8 jt, u8 jf, u32 k)."""
-    labels, at = {}, 0
-    for step in steps:
-        if isinstance(step, str):
-            labels[step] = at
-        else:
-            at += 1
-    code, at = [], 0
-    for step in steps:
-        if isinstance(step, str):
-            continue
-        opcode, k, *targets = step
-        jt, jf = (labels[target] - at - 1 if target else 0 for target in (targets + [None, None])[:2])
-        code.append(struct.pack("=HBBI", opcode, jt, jf, k))
-        at += 1
-    return b"".join(code)
+# Names for remote addresses (rhost) are kept for their answer's TTL and at least
+# NAME_TTL_FLOOR seconds, NAMES_KEPT of them at the most.
+NAME_TTL_FLOOR = 600.0
+NAMES_KEPT = 16_384
 
 
 def dns_filter(questions: bool) -> bytes:
@@ -1129,47 +1631,6 @@ def dns_filter(questions: bool) -> bytes:
         "drop", (BPF_RET_K, 0),
     ])
 
-
-# Where a close event's fields are, from the start of its netlink message: the family, the
-# remote port, the remote address (an IPv4 address in its first 4 bytes).
-EVENT_FAMILY, EVENT_DPORT, EVENT_DST = NLMSG_HEADER.size, NLMSG_HEADER.size + 6, NLMSG_HEADER.size + 24
-
-
-def close_filter(config: Config) -> bytes | None:
-    """The filters that a close event's remote address can judge (--omit-self-conns,
-    --omit-privnet-conns, --omit-loopback-conns), as a classic BPF program for the
-    close-event sockets: what they leave out never reaches Python. It keeps what
-    build_filter() keeps, and more only for messages too short to judge. None: no such filter."""
-    if not (config.omit_self_conns or config.omit_privnet_conns or config.omit_loopback_conns):
-        return None
-    no_peer, private, loopback = ("drop" if omit else "keep" for omit in (
-        config.omit_self_conns, config.omit_privnet_conns, config.omit_loopback_conns))
-    return bpf_program([
-        (BPF_LD_W_LEN, 0), (BPF_JGE_K, EVENT_DST + 16, None, "keep"),
-        (BPF_LD_H_ABS, EVENT_DPORT), (BPF_JEQ_K, 0, no_peer, None),  # port 0: no remote address
-        (BPF_LDX_IMM, 0),  # X: where the IPv4 address is, after EVENT_DST
-        (BPF_LD_B_ABS, EVENT_FAMILY), (BPF_JEQ_K, socket.AF_INET, "ipv4", None),
-        (BPF_JEQ_K, socket.AF_INET6, None, "keep"),
-        (BPF_LD_W_ABS, EVENT_DST), (BPF_JEQ_K, 0, None, "keep"),
-        (BPF_LD_W_ABS, EVENT_DST + 4), (BPF_JEQ_K, 0, None, "keep"),
-        (BPF_LD_W_ABS, EVENT_DST + 8), (BPF_JEQ_K, 0xFFFF, "mapped", None), (BPF_JEQ_K, 0, None, "keep"),
-        (BPF_LD_W_ABS, EVENT_DST + 12), (BPF_JEQ_K, 1, loopback, "keep"),  # ::1
-        "mapped", (BPF_LDX_IMM, 12),  # ::ffff:a.b.c.d
-        "ipv4",
-        (BPF_LD_B_IND, EVENT_DST), (BPF_JEQ_K, 127, loopback, None), (BPF_JEQ_K, 10, private, None),
-        (BPF_JEQ_K, 172, "172", None), (BPF_JEQ_K, 192, None, "keep"),
-        (BPF_LD_B_IND, EVENT_DST + 1), (BPF_JEQ_K, 168, private, "keep"),
-        "172", (BPF_LD_B_IND, EVENT_DST + 1), (BPF_AND_K, 0xF0), (BPF_JEQ_K, 16, private, "keep"),
-        "keep", (BPF_RET_K, 0xFFFFFFFF),
-        "drop", (BPF_RET_K, 0),
-    ])
-
-
-def attach_filter(sock: socket.socket, program: bytes) -> None:
-    """Attach a classic BPF program (SO_ATTACH_FILTER): the kernel copies it at once."""
-    import ctypes
-    code = ctypes.create_string_buffer(program, len(program))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("@HP", len(program) // 8, ctypes.addressof(code)))
 
 
 def dns_label(label: bytes) -> str:
@@ -1403,617 +1864,77 @@ class DnsTap:
                 sock.close()
 
 
-class Namespace:
-    """A network namespace the Linux engine watches: a sock_diag socket for its dumps, one
-    for each protocol that hears its closes (so that the kernel's drops are counted per
-    protocol, and a flood of one never drops the other's), a tap for its DNS answers and
-    questions (where names are logged), and its kernel counters, all made for it. Each
-    keeps the namespace alive, so they are closed (close()) once its last process is gone.
-
-    Without the privilege to join it (setns), diag is None: its tables are read as text
-    from /proc/<pid>/net at each poll, with no close events and no watcher."""
-
-    def __init__(self, inode: int, pairs: list[tuple[int, int]], pids: list[int] | None = None,
-                 sockets: tuple[SockDiag, dict[int, SockDiag], DnsTap | None] | None = None,
-                 program: bytes | None = None):
-        self.inode = inode
-        self.pids = pids or []  # processes in it; none for lognet's own
-        self.counted: list[int] = []  # its counters when the watcher last dumped it
-        self.lost: dict[int, int] = {}  # protocol -> its lost close events, kept when its sockets are closed
-        self.diag, self.events, self.tap = sockets or (None, {}, None)  # events: protocol -> its close events
-        self.counters: KernelCounters | None = None
-        try:
-            self.counters = KernelCounters(pairs, f"/proc/{self.pids[0]}/net" if self.pids else "/proc/self/net")
-        except OSError:
-            self.close()
-            raise
-        try:
-            for protocol, events in self.events.items():
-                if program:  # before the events come: none is let through unfiltered
-                    attach_filter(events.sock, program)
-                events.subscribe(DESTROY_GROUPS[pair] for pair in pairs if pair[1] == protocol)
-        except OSError as exc:
-            for events in self.events.values():
-                events.close()
-            self.events = {}
-            self.refusal = exc.strerror
-        self.settle()  # just joined: no event of ours is in flight
-
-    refusal: str | None = None  # why the close events could not be joined
-    paused = False  # whether TCP's close events are paused
-    # TCP's closes are counted twice over: by the kernel's counters (the opens less the change
-    # in use) and by the close events heard (decoded or counted). Their difference holds still
-    # while every close is heard, once the kernel's work queue has sent its events: `calm`, as
-    # last read when no flood was on. While the events are paused, the closes unheard are what
-    # the difference gains, read at the next calm moment (or at exit): a pause that is joined
-    # or left while events are in flight then miscounts none of them.
-    heard = 0  # its TCP close events read, decoded or counted
-    calm: int | None = None
-    settling = False  # paused since the last calm reading: its unheard closes are still to count
-
-    def pause(self) -> None:
-        """Leave TCP's close events; their closes are counted later (see settle())."""
-        if socket.IPPROTO_TCP in self.events and not self.paused:
-            self.events[socket.IPPROTO_TCP].membership(self.tcp_groups(), False)
-            self.paused = self.settling = True
-
-    def resume(self) -> None:
-        """Join TCP's close events again."""
-        if self.paused:
-            self.events[socket.IPPROTO_TCP].membership(self.tcp_groups(), True)
-            self.paused = False
-
-    def tcp_groups(self) -> list[int]:
-        return [DESTROY_GROUPS[pair] for pair in self.counters.pairs if pair[1] == socket.IPPROTO_TCP]
-
-    def settle(self) -> int:
-        """At a calm moment (no flood on, so no close event in flight) or at the end: the TCP
-        sockets closed and never heard since the last, by the kernel's counters; a new calm
-        reading. The counters, not the events: a socket closed without ever connecting or
-        listening is not in them, and a listener opened meanwhile counts one less."""
-        if socket.IPPROTO_TCP not in self.events:
-            return 0
-        opens, in_use = self.counters.tcp_counts()
-        drift = opens - in_use - self.heard
-        unheard = max(0, drift - self.calm) if self.settling and self.calm is not None else 0
-        self.calm, self.settling = drift, self.paused
-        return unheard
-
-    def text_records(self, pairs: list[tuple[int, int]]) -> dict[tuple, Connection]:
-        """Its sockets, read from the text tables of one of its processes, by key."""
-        for pid in self.pids:
-            try:
-                records = {}
-                for family, protocol in pairs:
-                    with open(f"/proc/{pid}/net/{PROC_NET_FILES[family, protocol]}") as f:
-                        for conn in parse_proc_net(f.read(), family, protocol, self.inode):
-                            records[("text", conn.inode, *conn[1:6])] = conn
-                if netns_inode(pid) == self.inode:  # still there after the read: the tables were its
-                    return records
-            except OSError:
-                pass  # that process exited: the next one is read
-        return {}
-
-    def events_lost(self) -> dict[int, int]:
-        """Its close events that the kernel dropped, by protocol, since it was watched: the
-        kernel's exact count, once any was (ENOBUFS)."""
-        lost = dict(self.lost)
-        for protocol, events in self.events.items():
-            if events.lost:
-                lost[protocol] = lost.get(protocol, 0) + self._drops(events)
-        return lost
-
-    def _drops(self, events: SockDiag) -> int:
-        for proc_net in [f"/proc/{pid}/net" for pid in self.pids] or ["/proc/self/net"]:
-            drops = events.drops(proc_net)
-            if drops is not None:
-                return max(drops, events.lost)
-        return events.lost
-
-    def close(self) -> None:
-        self.lost = self.events_lost()
-        for diag in (self.diag, *self.events.values()):
-            if diag is not None:
-                diag.close()
-        self.diag, self.events = None, {}
-        if self.tap is not None:
-            self.tap.close()
-            self.tap = None
-        if self.counters is not None:
-            self.counters.close()
-            self.counters = None
 
 
-class NetlinkSource(Source):
-    """The Linux engine: sock_diag dumps of every network namespace that has a process,
-    owners from /proc/<pid>/fd for sockets not met before, the sockets the watcher finds
-    between polls, and the kernel's close events."""
+class NameCache:
+    """The names that DNS answers gave for remote addresses, by network namespace: the
+    one each process asked for, where the asking socket's owner was known, and the most
+    recent for each address. A name lives for its answer's TTL, and at least
+    NAME_TTL_FLOOR: clients keep answers longer than that (and a connection made just
+    after expiry still finds its name). The NAMES_KEPT latest of each stay: memory stays flat.
 
-    has_close_events = True
+    An address is kept with its answer, undecoded: the name is read from it the first time
+    a line asks for it (decode_dns_answer), and kept in its place."""
 
-    def __init__(self, kind: str = "inet", clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], float] = time.time, namespaces: bool = True, names: bool = False,
-                 program: bytes | None = None, keeps: Callable[[Connection], bool] | None = None,
-                 budget: CpuBudget | None = None):
-        super().__init__(clock, budget)
-        self.pairs = kind_sockets(kind)
-        self.program = program  # the close events' filter (close_filter()), if any
-        # What the filters keep (build_filter()): the watcher looks for no owner of a socket
-        # whose line they would drop (under a flood they filter out, most of its work), but
-        # for one that asks DNS questions, whose owner names the answers.
-        self.keeps = keeps or (lambda conn: True)
+    def __init__(self, kept: int = NAMES_KEPT, floor: float = NAME_TTL_FLOOR):
+        self.kept = kept
+        self.floor = floor
+        # (netns, pid, address) -> (name, or the answer that gives it; until)
+        self.asked: OrderedDict[tuple, tuple[str | bytes, float]] = OrderedDict()
+        self.recent: OrderedDict[tuple, tuple[str | bytes, float]] = OrderedDict()  # (netns, address) -> the same
+
+    def add(self, answer: Answer, pid: int | None, now: float) -> None:
+        """What an answer said; pid is the asking socket's owner, when known."""
+        for address, ttl in answer.addresses:
+            until = now + max(ttl, self.floor)
+            self._put(self.recent, (answer.netns, address), (answer.message, until))
+            if pid is not None:
+                self._put(self.asked, (answer.netns, pid, address), (answer.message, until))
+
+    def name(self, netns: int | None, pid: int | None, address: str, now: float) -> str | None:
+        """The name for a connection of pid to address: the one pid asked for, else the latest."""
+        if address.startswith("::ffff:") and "." in address:  # IPv4-mapped: as the A record wrote it
+            address = address[7:]
+        for table, key in ((self.asked, (netns, pid, address)), (self.recent, (netns, address))):
+            found = table.get(key)
+            if found is None or found[1] < now:
+                continue
+            name, until = found
+            if isinstance(name, bytes):  # not read yet: the answer's name for this address, if any
+                decoded = decode_dns_answer(name)
+                name = decoded[0] if decoded and any(ip == address for ip, _ in decoded[1]) else None
+                if name is None:  # a record off the question's chain names nothing
+                    del table[key]
+                    continue
+                table[key] = (name, until)
+            return name
+        return None
+
+    def _put(self, table: OrderedDict, key: tuple, value: tuple[str | bytes, float]) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        if len(table) > self.kept:
+            table.popitem(last=False)
+
+
+
+class Names:
+    """Names for remote addresses (rhost), from the DNS answers each namespace receives: the
+    name each process asked for, where the asking socket's holder is known (the owner of
+    the UDP socket the answer went to, by its port), and the latest for each address."""
+
+    def __init__(self, now: Callable[[], float]):
         self.now = now
-        self.netns = netns_inode()
-        self.other_namespaces = namespaces  # False: lognet's own namespace only
-        self.names = NameCache() if names else None  # what DNS answers named, when rhost is logged
-        self.tap_refusal: str | None = None  # why a DNS tap could not be made, once said
+        self.cache = NameCache()
         # (netns, local port) of live UDP sockets seen with their owner -> pid: who asks for
         # the DNS answers sent to that port
         self.askers: OrderedDict[tuple, int] = OrderedDict()
-        diag = SockDiag()
-        try:
-            diag.dump(*self.pairs[0], states=1 << 10)  # refused here rather than at the first poll
-            own = Namespace(self.netns, self.pairs, sockets=(diag, self._event_sockets(), self._tap()),
-                            program=program)
-        except OSError:
-            diag.close()
-            raise
-        if not own.events:
-            warn(f"close events are not available ({own.refusal}); closes are seen by polling only")
-            self.has_close_events = False
-        self.namespaces: dict[int, Namespace] = {self.netns: own}
-        # What the watcher waits on and reads, by fd: each namespace's close events and DNS questions.
-        self.listening: dict[int, tuple[Namespace, str]] = {}  # fd -> (namespace, "events" or "questions")
-        self.wakeful: list[int] = []
-        self.closing: set[Namespace] = set()  # those that sent close events since the watcher last read their counters
-        self.asking: set[Namespace] = set()  # those that sent DNS questions since: a socket there waits for an answer
-        self.released: list[tuple] = []  # askers' keys whose UDP sockets closed since: their ports may go to another
-        self._listen()
-        self.joins = True  # whether lognet may join other namespaces (setns); False after the first refusal
-        self.lost_before: dict[int, Counter] = {}  # netns -> protocol -> close events lost, once let go of
-        self.allocated = 0  # the kernel's count of TCP sockets allocated, in all namespaces, at the last look
-        self.activity: tuple[bytes, ...] = ()  # lognet's namespace's KernelCounters.activity() at the last look
-        self.fds = FdTable()
-        self.signatures: dict[int, tuple] = {}  # each namespace's counters when a poll last dumped it
-        self.allowance = WATCH_BURST  # CPU seconds the watcher may spend on dumps now
-        self.allowed_at = self.moved_at = clock()
-        self.records: dict[tuple, Connection] = {}  # the last full dump, by cookie and state
-        self.owned: dict[tuple, list[Connection]] = {}  # each record once per process that holds it
-        self.snapshot: list[Connection] = []  # what connections() returned last
-        self.reported: set[int] | None = None  # cookies the tracker has been given; None before the first poll
-        self.watched: set[tuple] = set()  # keys the watcher decoded since the last poll
-        self.unfound: set[int] = set()  # inodes searched for in vain: another user's, not ours to see
-        self.missing: set[int] = set()  # inodes the last poll's scan did not find
-        self.arrivals: list[tuple[Connection, float]] = []
-        self.departures: list[Closed] = []
-        # Shedding (see CpuBudget): the close events counted, not decoded.
-        self.timewait_hidden_until = 0.0  # new TIME_WAIT sockets are left out of dumps until then
-        self.skipped: dict[tuple, list] = {}  # (netns, group, addresses, port, inbound) -> [count, data, offset]
-        self.known_owners: tuple | None = None  # see _owners(); None when the sockets reported have changed
-        self.event_cost = EVENT_COST  # CPU seconds to count one close event, as last measured
-        self.pauses = 0  # how many times TCP's close events were paused
-        self.opens_seen: deque[tuple[float, int]] = deque()  # while paused: (clock, TCP opens in all namespaces)
-        self.unheard_closes: dict[int, int] = {}  # netns -> TCP closes counted as unheard, not yet taken
-        self.moved: list[Namespace] = []  # the namespaces whose counters moved at the last poll
+        # askers' keys whose UDP sockets closed since: their ports may go to another
+        self.closed_ports: list[tuple] = []
+        self.tap_refusal: str | None = None  # why a DNS tap could not be made, once said
 
-    @property
-    def owners_visible(self) -> bool:
-        """Whether the last scan read every process's fds (see Source.owners_visible)."""
-        return not self.fds.denied
-
-    @property
-    def shed(self) -> int:
-        """The level of shedding in force, as _shedding() last decided it (see SHED_STEPS)."""
-        return self.budget.shed if self.budget is not None else 0
-
-    def connections(self, kind: str) -> list[Connection]:
-        with self.lock:
-            self._shedding()
-            if self.other_namespaces:
-                self._discover()
-            # Where the kernel's counters have not moved since the last dump, neither has any
-            # socket: only the namespaces whose counters moved are dumped. Owners are still
-            # reconciled below.
-            signatures = {inode: ns.counters.signature() for inode, ns in self.namespaces.items()}
-            moved = [ns for inode, ns in self.namespaces.items() if signatures[inode] != self.signatures.get(inode)]
-            self.moved = moved
-            redump = moved or self.signatures.keys() != signatures.keys()
-            records = self._dump(moved, signatures) if redump else self.records
-            self.signatures = signatures
-            gone = self.records.keys() - records.keys()
-            self.fds.forget(self.records[key].inode for key in gone if self.records[key].inode)
-            self.fds.scan()
-            self.watched = set()
-            if records is self.records and not self.fds.changed and not self.missing:
-                return self.snapshot  # no socket and no owner changed: the same list, which the tracker knows
-            inodes = {r.inode for r in records.values() if r.inode}
-            self.unfound &= inodes
-            # What the scan did not find is searched for at the next poll, if it still lives:
-            # most such sockets closed between the dump and the scan.
-            missing = inodes - self.fds.owners.keys() - self.unfound
-            again = missing & self.missing
-            self.fds.search(again, {r.uid for r in records.values() if r.inode in again})
-            given_up = again - self.fds.owners.keys()
-            self.unfound |= given_up
-            self.missing = missing - again
-            changed, self.fds.changed = self.fds.changed, set()
-            owned = self.owned
-            if records is not self.records or changed or given_up:  # else nothing here can have changed
-                for key in owned.keys() - records.keys():
-                    del owned[key]
-                for key, record in records.items():
-                    if key not in owned or record.inode in changed or record.inode in given_up:
-                        owned[key] = self._holders(record, owned.get(key))
-                self.records = records
-                self.reported = {record.cookie for record in records.values()}
-                self.snapshot = [conn for conns in owned.values() for conn in conns]
-                self.known_owners = None
-            return self.snapshot
-
-    def _owners(self) -> tuple[set[bytes], dict[tuple, int], set[tuple[int, bytes]]]:
-        """What counting closes needs to know of the sockets reported, made when it is first
-        needed after they changed, never at a poll that counts nothing: their cookies (as a
-        message holds them, cookie_bytes()), the listeners' owners by (netns, family, laddr),
-        and the (netns, port) the listeners serve, the port as a message holds it."""
-        if self.known_owners is None:
-            conns = self.snapshot + [conn for conn, _ in self.arrivals]
-            self.known_owners = (
-                {cookie_bytes(conn.cookie) for conn in conns if conn.cookie is not None},
-                {(conn.netns, conn.family, conn.laddr): conn.pid for conn in conns
-                 if conn.status == LISTEN and conn.pid is not None},
-                {(r.netns, DIAG_PORTS.pack(r.laddr[1], 0)[:2]) for r in self.records.values() if r.status == LISTEN})
-        return self.known_owners
-
-    def _shedding(self) -> None:
-        """Take the budget's level of shedding (see SHED_STEPS) for what follows; at the last,
-        pause TCP's close events, until their rate would cost little to count."""
-        if self.budget is None:
-            return
-        # What the watcher found and decoded is CPU spent already: the poll writes a line of each.
-        # While TCP's close events are paused the flood goes on, and so does every step before it.
-        paused = self.opens_seen
-        level = self.budget.level(len(self.departures) + len(self.arrivals))
-        now = self._clock()
-        if level == SHED_PAUSE and not paused:
-            self.budget.hold(SHED_PAUSE, floor=SHED_PAUSE)
-            self.pauses += 1
-            for ns in self.namespaces.values():
-                ns.pause()
-            paused.append((now, self._tcp_opens()))
-        elif paused:
-            paused.append((now, self._tcp_opens()))
-            while len(paused) > 2 and paused[1][0] <= now - PAUSE_WINDOW:
-                paused.popleft()
-            (then, before), (_, opens) = paused[0], paused[-1]
-            if now - then >= PAUSE_WINDOW and (opens - before) / (now - then) * self.event_cost < (
-                    self.budget.share * SHED_RESUME):
-                for ns in self.namespaces.values():
-                    ns.resume()
-                paused.clear()
-                self.budget.hold(SHED_CLOSES)  # counted, not decoded, at first
-        if self.shed >= SHED_CLOSES or paused:
-            # The TIME_WAIT sockets that closes made while shedding are never dumped: their
-            # closes were counted, and a minute later (TCP's TIME_WAIT) they are gone.
-            self.timewait_hidden_until = now + TIME_WAIT_SECONDS
-
-    def _tcp_opens(self) -> int:
-        return sum(ns.counters.tcp_counts()[0] for ns in self.namespaces.values() if ns.paused)
-
-    def _count_unheard(self, ns: Namespace, closes: int) -> None:
-        if closes:
-            self.unheard_closes[ns.inode] = self.unheard_closes.get(ns.inode, 0) + closes
-
-    def take_unheard(self, final: bool = False) -> dict[int, int]:
-        with self.lock:
-            if final:  # what is in flight now is never heard
-                for ns in self.namespaces.values():
-                    self._count_unheard(ns, ns.settle())
-            unheard, self.unheard_closes = self.unheard_closes, {}
-            return unheard
-
-    def _settle(self, moved: list[Namespace]) -> None:
-        """At a poll with no flood on: count the closes unheard in the namespaces whose
-        events were paused, and read the calm of those whose sockets moved (see Namespace)."""
-        if self.budget is None or self.budget.flood:
-            return  # no pause without a budget; under a flood, events are in flight
-        for ns in {*moved, *(ns for ns in self.namespaces.values() if ns.settling)}:
-            if ns.counters is not None:
-                self._count_unheard(ns, ns.settle())
-
-    def between_polls(self) -> tuple[list[tuple[Connection, float]], list[Closed]]:
-        with self.lock:
-            self.read_events()  # the watcher's too, now: the poll's dump must not outrun them
-            self._settle(self.moved)  # with every event that came read
-            self._learn(drain=True)  # the poll's lines need every name that has come
-            arrivals, self.arrivals = self.arrivals, []
-            departures, self.departures = self.departures, []
-        return arrivals, departures
-
-    def watch(self, heard: Iterable[int] | None = None) -> None:
-        """The watcher's look between polls: take the close events, and when the kernel's
-        counters of a namespace moved, dump it and find the owners of new sockets while they live.
-        heard: the fds of wakers() that a wait just found readable, if it waited on them."""
-        with self.lock:
-            try:
-                self._look(heard)
-            finally:
-                self._learn(drain=False)  # after the look's dump, which may have found the sockets that asked
-
-    def _look(self, heard: Iterable[int] | None) -> None:
-        now = self._clock()
-        self._shedding()
-        if self.read_events(heard):
-            self.moved_at = now  # sockets are closing, or asking for names: more are likely to open soon
-        if self.reported is None or self.shed >= SHED_WATCHER:
-            return  # before the first poll everything would be new; under a flood, dumps go before details
-        self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_CPU_SHARE)
-        self.allowed_at = now
-        if self.allowance <= 0:
-            return  # under a flood of opens, the dumps wait for their share of CPU
-        moved = self._moved()
-        if not moved:
-            return
-        self.moved_at = now
-        started = time.thread_time()
-        try:
-            self._find_new(moved)
-        finally:
-            self.allowance -= time.thread_time() - started
-
-    def _moved(self) -> list[Namespace]:
-        """The namespaces where sockets may have opened since the watcher last dumped them.
-        Another namespace is looked at only when a TCP socket was made somewhere (the one
-        count for all namespaces moved), or it sent close events or DNS questions, and then
-        by its counts of sockets in use, the cheapest to read, with a close or a question
-        enough to dump it: every look
-        reading every namespace's open counters would cost CPU for each container, also with
-        nothing changing."""
-        own = self.namespaces[self.netns]
-        activity = own.counters.activity()
-        if activity == self.activity and not self.closing and not self.asking:
-            return []  # no TCP socket made anywhere, and none of lognet's namespace hashed or closed
-        self.activity = activity
-        allocated = KernelCounters.tcp_allocated(activity)
-        anywhere, self.allocated = allocated != self.allocated, allocated
-        moved = []
-        for ns in self.namespaces.values() if anywhere else {own, *self.closing, *self.asking}:
-            if ns.diag is None:
-                continue
-            counted = ns.counters.read() if ns is own else ns.counters.in_use()
-            if counted != ns.counted or ns in self.asking or (ns in self.closing and ns is not own):
-                ns.counted = counted
-                moved.append(ns)
-        self.closing, self.asking = set(), set()
-        return moved
-
-    def quiet(self) -> bool:
-        """True after a spell with no socket opened or closed: the watcher may look less often."""
-        return self._clock() - self.moved_at > WATCH_QUIET_AFTER
-
-    def wakers(self) -> list[int]:
-        """The fds whose input ends the watcher's wait early: while quiet, the close events'
-        and the DNS questions'. Not the answers': a flood of them would wake it for each; nor
-        while shedding, when events are read in batches."""
-        return self.wakeful if self.quiet() and self.shed < SHED_WATCHER else []
-
-    def next_look(self, every: float) -> float:
-        """Seconds until the watcher's next look: every, or longer after a spell with no socket
-        opened, or while its share of CPU is spent (each wake-up costs CPU too)."""
-        if self.quiet() or self.shed >= SHED_WATCHER:  # shedding: the events are read in batches, cheaper each
-            return max(every, WATCH_QUIET)
-        return max(every, -self.allowance / WATCH_CPU_SHARE)
-
-    def _find_new(self, namespaces: list[Namespace]) -> None:
-        new = {}
-        for ns in namespaces:
-            for family, protocol in self.pairs:
-                messages = dump_messages(ns.diag.dump(family, protocol, OWNED_STATES))
-                for key in messages.keys() - self.records.keys() - self.watched:
-                    record = decode_socket(*messages[key], protocol, ns.inode)
-                    if record.inode and record.cookie not in self.reported and (
-                            self.keeps(record) or self.names is not None and record.raddr[1:] == (DNS_PORT,)):
-                        new[key] = record
-                    else:
-                        self.watched.add(key)
-        if not new:
-            return
-        seen = self.now()
-        # The search is bounded: a socket whose holder is not found soon is looked for
-        # again at the next look, and the poll's scan reads every process anyway.
-        self.fds.search({r.inode for r in new.values()}, {r.uid for r in new.values()}, most=WATCH_SEARCH_PIDS)
-        found = {key: record for key, record in new.items() if record.inode in self.fds.owners}
-        arrivals = [(conn, seen) for record in found.values() for conn in self._holders(record)]
-        self.known_owners = None
-        self.read_ahead({conn.pid for conn, _ in arrivals})
-        self.arrivals += arrivals
-        self.watched.update(found)
-        self.reported.update(record.cookie for record in found.values())
-
-    def read_events(self, heard: Iterable[int] | None = None) -> int:
-        """Decode the close events that have arrived, in every namespace, and count the DNS
-        questions sent; return how many closes and questions (what predicts more sockets).
-        heard: the fds a wait on wakers() just found readable, when it waited on them all."""
-        with self.lock:
-            listening = self.listening
-            # With many namespaces, one select() finds those with events, rather than a
-            # recv() that finds nothing in each, at every look.
-            if heard is not None:
-                ready = [fd for fd in heard if fd in listening]
-            else:
-                ready = listening.keys() if len(listening) < 2 else select.select(list(listening), [], [], 0)[0]
-            asked = sum(self._asked(listening[fd][0]) for fd in ready if listening[fd][1] == "questions")
-            # a namespace's close events, of each protocol, are read once whichever of its sockets woke
-            closing = dict.fromkeys(listening[fd][0] for fd in ready if listening[fd][1] == "events")
-            closed = [c for ns in closing for c in self._closes(ns)]
-            self.departures += closed
-            return len(closed) + asked
-
-    def _asked(self, ns: Namespace) -> int:
-        """How many DNS questions one namespace sent: a connection is likely to follow each."""
-        asked = ns.tap.questions_sent()
-        if asked:
-            self.asking.add(ns)  # the asking socket lives until its answer comes
-        return asked
-
-    def _learn(self, drain: bool) -> None:
-        """Learn the names that DNS answers gave, each for the process that asked, where known:
-        every answer that has come when drain, else those of taps half full. Only the poll's
-        lines need them, and in bulk each costs less to read."""
-        if self.names is None:
-            return
-        for ns in self.namespaces.values():
-            if ns.tap is not None and (drain or ns.tap.answer_ring.half_full()):
-                self._learn_answers(ns)
-        if drain:  # after every answer that came: a socket closes once its answer has come
-            for key in self.released:
-                self.askers.pop(key, None)
-            self.released = []
-
-    def _learn_answers(self, ns: Namespace) -> None:
-        now = self.now()
-        for answer in ns.tap.answers_received(ns.inode):
-            self.names.add(answer, self.askers.get((answer.netns, answer.port)), now)
-
-    def rhost(self, conn: Connection, pid: int | None) -> str | None:
-        if self.names is None or not conn.raddr:
-            return None
-        with self.lock:
-            return self.names.name(conn.netns, pid, conn.raddr[0], self.now())
-
-    def _closes(self, ns: Namespace) -> list[Closed]:
-        """The close events that have arrived from one namespace."""
-        started, counted = time.thread_time(), self.events_read
-        chunks = [chunk for events in ns.events.values() for chunk in events.events()]
-        if not chunks:
-            return []
-        self.closing.add(ns)
-        if self.shed >= SHED_CLOSES:
-            chunks = self._tally(ns, chunks)
-            if self.events_read - counted >= 100:  # enough to measure the cost of one
-                self.event_cost = (time.thread_time() - started) / (self.events_read - counted)
-        seen = self.now()
-        closed = []
-        for data, group in chunks:
-            protocol = GROUP_SOCKETS[group][1]
-            for kind, start, end in netlink_messages(data):
-                if kind == SOCK_DIAG_BY_FAMILY:
-                    self.events_read += 1
-                    ns.heard += protocol == socket.IPPROTO_TCP
-                    conn = decode_socket(data, start, protocol, ns.inode)
-                    counts = tcp_info_bytes(data, start, end) if protocol == socket.IPPROTO_TCP else None
-                    sent, received, beyond = counts or (None, None, None)
-                    if protocol == socket.IPPROTO_UDP and self.names is not None and conn.laddr:
-                        self.released.append((ns.inode, conn.laddr[1]))
-                    closed.append(Closed(conn._replace(inode=None, uid=None, txbytes=sent), seen, received, beyond))
-        if self.budget is not None:
-            self.budget.count(self.events_read - counted)  # each a socket closed: what tells a flood
-        return closed
-
-    def _tally(self, ns: Namespace, chunks: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
-        """Count close events over the CPU budget without decoding them, by their addresses,
-        what a summary needs; return those of sockets seen alive, to be decoded: a connection
-        whose open was logged has its close line too."""
-        (seen, _, served), skipped, inode = self._owners(), self.skipped, ns.inode
-        known = []
-        for data, group in chunks:
-            # An event is one message in its own datagram: its place is known without a walk.
-            places = [(NLMSG_HEADER.size, len(data))] if data[4:6] == DIAG_MESSAGE_TYPE and NLMSG_LENGTH.unpack_from(
-                data)[0] == len(data) else [(start, end) for kind, start, end in netlink_messages(data)
-                                            if kind == SOCK_DIAG_BY_FAMILY]
-            for start, end in places:
-                if data[start + 44:start + 52] in seen:
-                    known.append((data[start - NLMSG_HEADER.size:end], group))
-                    continue
-                ns.heard += GROUP_SOCKETS[group][1] == socket.IPPROTO_TCP
-                # The port that names the service is kept: the local one where a listener
-                # has it (an incoming connection), else the remote one.
-                inbound = (inode, data[start + 4:start + 6]) in served
-                port = data[start + 4:start + 6] if inbound else data[start + 6:start + 8]
-                key = (inode, group, data[start + 8:start + 40], port, inbound)
-                entry = skipped.get(key)
-                if entry is None:
-                    skipped[key] = [1, data, start]
-                else:
-                    entry[0] += 1
-                self.events_read += 1
-        return known
-
-    def take_skipped(self) -> list[tuple[Connection, int, str | None, bool]]:
-        with self.lock:
-            skipped, self.skipped = self.skipped, {}
-            taken = []
-            for (netns, group, _, _, inbound), (count, data, start) in skipped.items():
-                conn = decode_socket(data, start, GROUP_SOCKETS[group][1], netns)._replace(inode=None, uid=None)
-                pid = None
-                if conn.laddr and conn.raddr:
-                    # Accepted from a listener that lognet knows: its process, as `ss -p` shows it.
-                    wildcard = ("0.0.0.0" if conn.family == socket.AF_INET else "::", conn.laddr[1])
-                    listeners = self._owners()[1]
-                    pid = listeners.get((netns, conn.family, conn.laddr)) or listeners.get(
-                        (netns, conn.family, wildcard))
-                taken.append((conn._replace(pid=pid), count, "listener" if pid is not None else None, inbound))
-            return taken
-
-    def lost_closes(self) -> dict[int, dict[str, int]]:
-        lost = {inode: Counter(counts) for inode, counts in self.lost_before.items()}
-        for inode, ns in self.namespaces.items():
-            lost.setdefault(inode, Counter()).update(ns.events_lost())
-        return {inode: {PROTOCOLS[SOCKET_TYPES[protocol]].lower(): count for protocol, count in counts.items()}
-                for inode, counts in lost.items() if counts}
-
-    def _discover(self) -> None:
-        """Watch every network namespace that has a process lognet may inspect, and let go
-        of those whose last process is gone: what lognet holds open keeps one alive."""
-        members: dict[int, list[int]] = {}
-        for pid in self.fds.pids():
-            inode = netns_inode(pid)
-            if inode is not None and inode != self.netns:
-                members.setdefault(inode, []).append(pid)
-        for inode in self.namespaces.keys() - members.keys() - {self.netns}:
-            ns = self.namespaces.pop(inode)
-            if ns.events:
-                self.departures += self._closes(ns)  # its last closes, before its socket goes
-            self._count_unheard(ns, ns.settle())
-            if ns.tap is not None:
-                self._learn_answers(ns)  # the names its last connections' lines may need
-            ns.close()
-            self.lost_before.setdefault(inode, Counter()).update(ns.lost)
-        for inode, pids in members.items():
-            if inode in self.namespaces:
-                self.namespaces[inode].pids = pids
-                continue
-            try:
-                self.namespaces[inode] = self._open(inode, pids)
-            except OSError:
-                pass  # its processes moved on as lognet came: the next poll sees what is left
-        self._listen()
-
-    def _listen(self) -> None:
-        """Index the close-event sockets and the DNS questions' taps by fd, once a poll rather
-        than at every look."""
-        self.listening = {
-            sock.fileno(): (ns, role) for ns in self.namespaces.values()
-            for role, sock in [*(("events", events.sock) for events in ns.events.values()),
-                               ("questions", ns.tap and ns.tap.questions)]
-            if sock is not None}
-        self.wakeful = list(self.listening)  # see wakers()
-
-    def _event_sockets(self) -> dict[int, SockDiag]:
-        """A socket for each protocol's close events, made in the calling thread's namespace."""
-        events: dict[int, SockDiag] = {}
-        try:
-            for protocol in sorted({protocol for _, protocol in self.pairs}):
-                events[protocol] = SockDiag()
-        except OSError:
-            for diag in events.values():
-                diag.close()
-            raise
-        return events
-
-    def _tap(self) -> DnsTap | None:
-        """A tap for the DNS traffic of the calling thread's namespace, while names are logged."""
-        if self.names is None:
-            return None
+    def open_tap(self) -> DnsTap | None:
+        """A tap for the DNS traffic of the calling thread's namespace; None where refused."""
         try:
             return DnsTap()
         except OSError as exc:
@@ -2023,60 +1944,652 @@ class NetlinkSource(Source):
                      f"({exc.strerror}); rhost is '-' for every connection")
             return None
 
-    def _open(self, inode: int, pids: list[int]) -> Namespace:
-        """What watches a namespace new to lognet: sockets made inside it, or its text tables."""
-        sockets = None
-        if self.joins:
-            try:
-                sockets = made_inside(pids[0], inode, lambda: (SockDiag(), self._event_sockets(), self._tap()))
-            except PermissionError as exc:
-                self.joins = False
-                warn(f"other network namespaces are read from /proc/<pid>/net, about 10 ms each per poll, "
-                     f"without close events or the watcher: joining them needs CAP_SYS_ADMIN ({exc.strerror})")
-        return Namespace(inode, self.pairs, pids, sockets, self.program)
+    def note_holder(self, record: Connection, pid: int) -> None:
+        """Who holds a UDP socket may be who asks for the DNS answers sent to its port."""
+        if record.type != socket.SOCK_DGRAM or not record.laddr:
+            return
+        key = (record.netns, record.laddr[1])
+        self.askers[key] = pid
+        self.askers.move_to_end(key)
+        if len(self.askers) > NAMES_KEPT:  # bounded as the names are
+            self.askers.popitem(last=False)
 
-    def _dump(self, namespaces: list[Namespace], signatures: dict[int, tuple]) -> dict[tuple, Connection]:
-        """Every socket of the kinds asked for, by key: those of these namespaces dumped
-        afresh (the kinds they hold, by their signatures), the others' as the last dump
-        found them (none of a namespace let go of). The records of sockets met before are reused."""
-        known, dumped = self.records, {ns.inode for ns in namespaces}
-        records = {key: r for key, r in known.items() if r.netns in self.namespaces and r.netns not in dumped}
-        states = ALL_STATES
-        if self._clock() < self.timewait_hidden_until:  # see _shedding(): those known before stay
-            states &= ~TIME_WAIT_STATE
-            records.update((key, r) for key, r in known.items() if r.netns in dumped and r.status == TIME_WAIT)
+    def note_closed(self, closed: Connection) -> None:
+        """A UDP socket closed: its port may ask for another process, once the answers that came are read."""
+        if closed.type == socket.SOCK_DGRAM and closed.laddr:
+            self.closed_ports.append((closed.netns, closed.laddr[1]))
+
+    def learn(self, namespaces: Iterable[Namespace], drain: bool) -> None:
+        """Learn the names that DNS answers gave, each for the process that asked, where known:
+        every answer that has come when drain, else those of taps half full. Only the poll's
+        lines need them, and in bulk each costs less to read."""
         for ns in namespaces:
-            if ns.diag is None:
-                records.update((key, known.get(key, record)) for key, record in ns.text_records(self.pairs).items())
-                continue
-            held = KernelCounters.held(signatures[ns.inode])
-            for family, protocol in (pair for pair in self.pairs if pair in held):
-                for key, place in dump_messages(ns.diag.dump(family, protocol, states)).items():
-                    records[key] = known.get(key) or decode_socket(*place, protocol, ns.inode)
+            if ns.tap is not None and (drain or ns.tap.answer_ring.half_full()):
+                self.learn_from(ns)
+        if drain:  # after every answer that came: a socket closes once its answer has come
+            for key in self.closed_ports:
+                self.askers.pop(key, None)
+            self.closed_ports = []
+
+    def learn_from(self, ns: Namespace) -> None:
+        """The answers one namespace's tap holds."""
+        if ns.tap is None:
+            return
+        now = self.now()
+        for answer in ns.tap.answers_received(ns.inode):
+            self.cache.add(answer, self.askers.get((answer.netns, answer.port)), now)
+
+    def rhost(self, conn: Connection, pid: int | None) -> str | None:
+        """The name the host resolved to conn's remote address (for pid, where it asked), if known."""
+        return self.cache.name(conn.netns, pid, conn.raddr[0], self.now()) if conn.raddr else None
+
+##############################################################################
+# Sources: the Linux engine. Close events (the sock_diag destroy groups)
+##############################################################################
+
+# A close event is counted, not decoded, over the CPU budget: at EVENT_COST CPU seconds each until measured.
+EVENT_COST = 3e-6
+
+
+class CloseEvents:
+    """The kernel's close events, read a namespace at a time: decoded into Closed records;
+    or over the CPU budget counted by their peers without being decoded, but for sockets
+    seen alive (a connection whose open was logged has its close line too); and the TCP
+    closes never heard while the events were paused, which the kernel's counters count."""
+
+    def __init__(self, names: Names | None, now: Callable[[], float], budget: CpuBudget | None):
+        self.names = names  # told of UDP sockets closed: their ports may ask for another process
+        self.now = now
+        self.budget = budget
+        self.departures: list[Closed] = []  # decoded since the last poll
+        # Counted since the last poll: (netns, group, addresses, service port, inbound) -> [count, data, offset]
+        self.counted: dict[tuple, list] = {}
+        self.read = 0  # events that reached lognet, decoded or counted
+        self.cost = EVENT_COST  # CPU seconds to count one, as last measured
+        self.unheard: dict[int, int] = {}  # netns -> TCP closes counted as unheard, not yet taken
+
+    def take_from(self, ns: Namespace, known: Callable[[], KnownSockets] | None = None) -> int:
+        """Read the events that have arrived from one namespace: counted when known (what is
+        known of the sockets reported) is given, else decoded. Return how many were read."""
+        started, before = time.thread_time(), self.read
+        chunks = [chunk for events in ns.events.values() for chunk in events.events()]
+        if not chunks:
+            return 0
+        if known is not None:
+            chunks = self.count(ns, chunks, known())
+            if self.read - before >= 100:  # enough to measure the cost of one
+                self.cost = (time.thread_time() - started) / (self.read - before)
+        self.departures += self.decode(ns, chunks)
         if self.budget is not None:
-            self.budget.count(len(records.keys() - known.keys()))  # sockets opened (or moved on) since
+            self.budget.count(self.read - before)  # each a socket closed: what tells a flood
+        return self.read - before
+
+    def decode(self, ns: Namespace, chunks: list[tuple[bytes, int]]) -> list[Closed]:
+        """The close events of these chunks (data, group mask), as Closed records."""
+        seen = self.now()
+        closed = []
+        for data, group in chunks:
+            protocol = GROUP_SOCKETS[group][1]
+            for kind, start, end in netlink_messages(data):
+                if kind != SOCK_DIAG_BY_FAMILY:
+                    continue
+                self.read += 1
+                ns.heard += protocol == socket.IPPROTO_TCP
+                conn = decode_socket(data, start, protocol, ns.inode)
+                counts = tcp_info_bytes(data, start, end) if protocol == socket.IPPROTO_TCP else None
+                sent, received, beyond = counts or (None, None, None)
+                if self.names is not None:
+                    self.names.note_closed(conn)
+                closed.append(Closed(conn._replace(inode=None, uid=None, txbytes=sent), seen, received, beyond))
+        return closed
+
+    def count(self, ns: Namespace, chunks: list[tuple[bytes, int]], known: KnownSockets) -> list[tuple[bytes, int]]:
+        """Count close events without decoding them, by their peers, what a summary needs;
+        return those of sockets seen alive, to be decoded."""
+        counted, inode, alive = self.counted, ns.inode, []
+        for data, group in chunks:
+            tcp = GROUP_SOCKETS[group][1] == socket.IPPROTO_TCP
+            for kind, start, end in netlink_messages(data):
+                if kind != SOCK_DIAG_BY_FAMILY:
+                    continue
+                if data[start + DIAG_COOKIE:start + DIAG_COOKIE_END] in known.cookies:
+                    alive.append((data[start - NLMSG_HEADER.size:end], group))
+                    continue
+                ns.heard += tcp
+                # The port that names the service is kept: the local one where a listener
+                # has it (an incoming connection), else the remote one.
+                local = data[start + DIAG_SPORT:start + DIAG_DPORT]
+                inbound = (inode, local) in known.served
+                port = local if inbound else data[start + DIAG_DPORT:start + DIAG_SRC]
+                key = (inode, group, data[start + DIAG_SRC:start + DIAG_IF], port, inbound)
+                entry = counted.get(key)
+                if entry is None:
+                    counted[key] = [1, data, start]
+                else:
+                    entry[0] += 1
+                self.read += 1
+        return alive
+
+    def take_departures(self) -> list[Closed]:
+        departures, self.departures = self.departures, []
+        return departures
+
+    def take_skipped(self, listeners: dict[tuple, int]) -> list[SkippedCloses]:
+        """The closes counted since the last call, a group to each peer, service port and
+        owner; listeners: the pid of each listener known, by (netns, family, laddr)."""
+        counted, self.counted = self.counted, {}
+        taken = []
+        for (netns, group, _, _, inbound), (count, data, start) in counted.items():
+            conn = decode_socket(data, start, GROUP_SOCKETS[group][1], netns)._replace(inode=None, uid=None)
+            pid = None
+            if conn.laddr and conn.raddr:
+                # Accepted from a listener that lognet knows: its process, as `ss -p` shows it.
+                wildcard = ("0.0.0.0" if conn.family == socket.AF_INET else "::", conn.laddr[1])
+                pid = listeners.get((netns, conn.family, conn.laddr)) or listeners.get((netns, conn.family, wildcard))
+            taken.append(SkippedCloses(conn._replace(pid=pid), count, "listener" if pid is not None else None, inbound))
+        return taken
+
+    def count_unheard(self, ns: Namespace) -> None:
+        """Count the closes of one namespace unheard since its last calm reading (see Namespace.settle())."""
+        closes = ns.settle()
+        if closes:
+            self.unheard[ns.inode] = self.unheard.get(ns.inode, 0) + closes
+
+    def take_unheard(self) -> dict[int, int]:
+        unheard, self.unheard = self.unheard, {}
+        return unheard
+
+
+##############################################################################
+# Sources: the Linux engine. Shedding, the engine's steps of the CPU budget
+##############################################################################
+
+# While TCP's close events are paused (the last step of shedding), they resume once the TCP
+# opens (a close event each, later) would cost under SHED_RESUME of the budget to count, at
+# the cost measured per event; the rate is read over PAUSE_WINDOW.
+PAUSE_WINDOW = 1.0
+
+
+class Shedding:
+    """The Linux engine's side of the CPU budget: it takes the budget's level (SHED_STEPS)
+    before each poll and look, and at the last step pauses TCP's close events in every
+    namespace, until their rate would cost little to count. The closes never heard
+    meanwhile are counted by the kernel's counters, at calm polls (settle())."""
+
+    def __init__(self, budget: CpuBudget | None, clock: Callable[[], float]):
+        self.budget = budget
+        self.clock = clock
+        self.pauses = 0  # how many times TCP's close events were paused
+        self.opens_seen: deque[tuple[float, int]] = deque()  # while paused: (clock, TCP opens in those paused)
+        self.timewait_hidden_until = 0.0  # new TIME_WAIT sockets are left out of dumps until then
+
+    @property
+    def level(self) -> int:
+        """The level of shedding in force, as take_level() last decided it (see SHED_STEPS)."""
+        return self.budget.shed if self.budget is not None else 0
+
+    def take_level(self, pending: int, namespaces: Namespaces, event_cost: float) -> None:
+        """Take the budget's level for what follows; pending: the lines the watcher's finds
+        and the close events read will make, CPU spent already. At the last level, pause
+        TCP's close events; while paused the flood goes on, and so does every step before it."""
+        if self.budget is None:
+            return
+        paused = self.opens_seen
+        level = self.budget.level(pending)
+        now = self.clock()
+        if level == SHED_PAUSE and not paused:
+            self.budget.hold(SHED_PAUSE, floor=SHED_PAUSE)
+            self.pauses += 1
+            for ns in namespaces:
+                ns.pause()
+            paused.append((now, self._tcp_opens(namespaces)))
+        elif paused:
+            paused.append((now, self._tcp_opens(namespaces)))
+            while len(paused) > 2 and paused[1][0] <= now - PAUSE_WINDOW:
+                paused.popleft()
+            (then, before), (_, opens) = paused[0], paused[-1]
+            if now - then >= PAUSE_WINDOW and (opens - before) / (now - then) * event_cost < (
+                    self.budget.share * SHED_RESUME):
+                for ns in namespaces:
+                    ns.resume()
+                paused.clear()
+                self.budget.hold(SHED_CLOSES)  # counted, not decoded, at first
+        if self.level >= SHED_CLOSES or paused:
+            # The TIME_WAIT sockets that closes made while shedding are never dumped: their
+            # closes were counted, and a minute later (TCP's TIME_WAIT) they are gone.
+            self.timewait_hidden_until = now + TIME_WAIT_SECONDS
+
+    def hides_timewait(self) -> bool:
+        """Whether a dump leaves out the TIME_WAIT sockets (those known before stay)."""
+        return self.clock() < self.timewait_hidden_until
+
+    @staticmethod
+    def _tcp_opens(namespaces: Namespaces) -> int:
+        return sum(ns.counters.tcp_counts()[0] for ns in namespaces if ns.paused)
+
+    def settle(self, dumped: list[Namespace], namespaces: Namespaces, close_events: CloseEvents) -> None:
+        """At a poll with no flood on: count the closes unheard in the namespaces whose
+        events were paused, and read the calm of those the poll dumped (see Namespace)."""
+        if self.budget is None or self.budget.flood:
+            return  # no pause without a budget; under a flood, events are in flight
+        for ns in {*dumped, *(ns for ns in namespaces if ns.settling)}:
+            if ns.counters is not None:
+                close_events.count_unheard(ns)
+
+##############################################################################
+# Sources: the Linux engine. The sockets, their holders, and the engine's front
+##############################################################################
+
+WATCH_SEARCH_PIDS = 64  # processes the watcher reads, beyond new and recent ones, before it leaves a socket to the poll
+
+
+class SocketTable:
+    """The sockets of each watched namespace, as the dumps found them, and who holds each.
+
+    A poll (take()) dumps only the namespaces whose counters moved, decodes only the sockets
+    not met before, and looks for the holders of new sockets only; the watcher's look
+    (find_new()) adds those that opened since, with their holders, while they live."""
+
+    def __init__(self, pairs: list[tuple[int, int]], fds: FdTable, names: Names | None,
+                 keeps: Callable[[Connection], bool], now: Callable[[], float], budget: CpuBudget | None):
+        self.pairs = pairs
+        self.fds = fds
+        self.names = names  # told who holds each UDP socket: the asker of the answers to its port
+        # What the filters keep (build_filter()): the watcher looks for no holder of a socket
+        # whose line they would drop (under a flood they filter out, most of its work), but
+        # for one that asks DNS questions, whose owner names the answers.
+        self.keeps = keeps
+        self.now = now
+        self.budget = budget
+        # netns -> its sockets by socket_key() (Namespace.text_records()'s key where read as text)
+        self.records: dict[int, dict[tuple, Connection]] = {}
+        self.holders_of: dict[int, dict[tuple, list[Connection]]] = {}  # the same, once for each holder
+        self.snapshot: list[Connection] = []  # what the last poll returned
+        self.signatures: dict[int, tuple] = {}  # each namespace's counters when a poll last dumped it
+        self.cookies_reported: set[int] | None = None  # what the tracker was given; None before the first poll
+        self.decoded_keys: set[tuple] = set()  # the keys the watcher decoded since the last poll
+        self.hidden_inodes: set[int] = set()  # searched for in vain: another user's, not ours to see
+        self.unfound_inodes: set[int] = set()  # the last poll's scan did not find their holders
+        self.arrivals: list[tuple[Connection, float]] = []  # what the watcher found since the last poll
+        self._known: KnownSockets | None = None  # see known(); None when the sockets reported changed
+
+    def take(self, namespaces: Namespaces, hide_timewait: bool) -> list[Namespace]:
+        """Bring the table up to date for a poll; return the namespaces dumped. Where the
+        kernel's counters did not move since the last dump, neither did any socket: only the
+        namespaces whose counters moved are dumped. Holders are still reconciled."""
+        signatures = {ns.inode: ns.counters.signature() for ns in namespaces}
+        moved = [ns for ns in namespaces if signatures[ns.inode] != self.signatures.get(ns.inode)]
+        redump = moved or self.signatures.keys() != signatures.keys()
+        records = self._dump(moved, signatures, hide_timewait) if redump else self.records
+        self.signatures = signatures
+        for inode, table in self.records.items():
+            now = records.get(inode, {})
+            if now is not table:
+                self.fds.forget(table[key].inode for key in table.keys() - now.keys() if table[key].inode)
+        self.fds.scan()
+        self.decoded_keys = set()
+        if records is not self.records or self.fds.changed or self.unfound_inodes:
+            self._match(records)
+        return moved
+
+    def _match(self, records: dict[int, dict[tuple, Connection]]) -> None:
+        """Find the holders of the sockets new to the table, or whose holders changed. What
+        the scan did not find is searched for at the next poll, if it still lives: most such
+        sockets closed between the dump and the scan."""
+        inodes = {r.inode for table in records.values() for r in table.values() if r.inode}
+        self.hidden_inodes &= inodes
+        unfound = inodes - self.fds.owners.keys() - self.hidden_inodes
+        again = unfound & self.unfound_inodes
+        self.fds.search(again, {r.uid for table in records.values() for r in table.values() if r.inode in again})
+        given_up = again - self.fds.owners.keys()
+        self.hidden_inodes |= given_up
+        self.unfound_inodes = unfound - again
+        changed, self.fds.changed = self.fds.changed, set()
+        if records is self.records and not changed and not given_up:
+            return  # nothing here can have changed: the same snapshot, which the tracker knows
+        holders_of = {inode: self.holders_of.get(inode, {}) for inode in records}
+        for inode, table in records.items():
+            held = holders_of[inode]
+            for key in held.keys() - table.keys():
+                del held[key]
+            for key, record in table.items():
+                if key not in held or record.inode in changed or record.inode in given_up:
+                    held[key] = self.holders(record, held.get(key))
+        self.records, self.holders_of = records, holders_of
+        self.cookies_reported = {record.cookie for table in records.values() for record in table.values()}
+        self.snapshot = [conn for held in holders_of.values() for conns in held.values() for conn in conns]
+        self._known = None
+
+    def _dump(self, namespaces: list[Namespace], signatures: dict[int, tuple],
+              hide_timewait: bool) -> dict[int, dict[tuple, Connection]]:
+        """Every socket of the kinds asked for, by namespace: those of these namespaces dumped
+        afresh (the kinds they hold, by their signatures), the others' as the last dump found
+        them. The records of sockets met before are reused."""
+        known = self.records
+        records = {inode: known.get(inode, {}) for inode in signatures}
+        states = ALL_STATES & ~TIME_WAIT_STATE if hide_timewait else ALL_STATES
+        for ns in namespaces:
+            before = known.get(ns.inode, {})
+            # See Shedding: while TIME_WAIT is left out, those known before stay.
+            table = records[ns.inode] = {key: r for key, r in before.items() if r.status == TIME_WAIT} \
+                if hide_timewait else {}
+            if ns.diag is None:
+                table.update((key, before.get(key, record)) for key, record in ns.text_records(self.pairs).items())
+            else:
+                kinds = KernelCounters.kinds_in_use(signatures[ns.inode])
+                for family, protocol in (pair for pair in self.pairs if pair in kinds):
+                    for key, place in dump_messages(ns.diag.dump(family, protocol, states)).items():
+                        table[key] = before.get(key) or decode_socket(*place, protocol, ns.inode)
+            if self.budget is not None:
+                self.budget.count(len(table.keys() - before.keys()))  # sockets opened (or moved on) since
         return records
 
-    def _holders(self, record: Connection, before: list[Connection] | None = None) -> list[Connection]:
+    def holders(self, record: Connection, before: list[Connection] | None = None) -> list[Connection]:
         """The record once per process that holds it, ownerless when none is known (as psutil
         lists it). A socket that had owners (before) loses them only when the kernel says it
         has no file, or once searched for in vain: one closed between the dump and the fd
         scan still had them when the dump saw it."""
         holders = self.fds.owners.get(record.inode, ()) if record.inode else ()
-        if not holders and before and before[0].pid is not None and record.inode not in self.unfound:
+        if not holders and before and before[0].pid is not None and record.inode not in self.hidden_inodes:
             return before
-        if holders and self.names is not None and record.type == socket.SOCK_DGRAM and record.laddr:
-            # Who holds a UDP socket may be who asks for the DNS answers sent to its port.
-            key = (record.netns, record.laddr[1])
-            self.askers[key] = holders[0][0]
-            self.askers.move_to_end(key)
-            if len(self.askers) > NAMES_KEPT:  # bounded as the names are
-                self.askers.popitem(last=False)
+        if holders and self.names is not None:
+            self.names.note_holder(record, holders[0][0])
         return [record._replace(pid=pid, fd=fd) for pid, fd in holders] or [record]
 
+    def find_new(self, namespaces: list[Namespace]) -> list[tuple[Connection, float]]:
+        """The watcher's look: the sockets these namespaces hold now that the table has not
+        met, with their holders and when they were seen, for the next poll (take_arrivals())."""
+        new = {}
+        for ns in namespaces:
+            known = self.records.get(ns.inode, {})
+            for family, protocol in self.pairs:
+                messages = dump_messages(ns.diag.dump(family, protocol, OWNED_STATES))
+                for key in messages.keys() - known.keys() - self.decoded_keys:
+                    record = decode_socket(*messages[key], protocol, ns.inode)
+                    if record.inode and record.cookie not in self.cookies_reported and (
+                            self.keeps(record) or self.names is not None and record.raddr[1:] == (DNS_PORT,)):
+                        new[key] = record
+                    else:
+                        self.decoded_keys.add(key)
+        if not new:
+            return []
+        seen = self.now()
+        # The search is bounded: a socket whose holder is not found soon is looked for
+        # again at the next look, and the poll's scan reads every process anyway.
+        self.fds.search({r.inode for r in new.values()}, {r.uid for r in new.values()}, most=WATCH_SEARCH_PIDS)
+        found = {key: record for key, record in new.items() if record.inode in self.fds.owners}
+        arrivals = [(conn, seen) for record in found.values() for conn in self.holders(record)]
+        self._known = None
+        self.arrivals += arrivals
+        self.decoded_keys.update(found)
+        self.cookies_reported.update(record.cookie for record in found.values())
+        return arrivals
+
+    def take_arrivals(self) -> list[tuple[Connection, float]]:
+        arrivals, self.arrivals = self.arrivals, []
+        return arrivals
+
+    def known(self) -> KnownSockets:
+        """What counting close events needs to know of the sockets reported, made when it is
+        first needed after they changed, never at a poll that counts nothing."""
+        if self._known is None:
+            conns = self.snapshot + [conn for conn, _ in self.arrivals]
+            self._known = KnownSockets(
+                {cookie_bytes(conn.cookie) for conn in conns if conn.cookie is not None},
+                {(conn.netns, conn.family, conn.laddr): conn.pid for conn in conns
+                 if conn.status == LISTEN and conn.pid is not None},
+                {(r.netns, DIAG_PORTS.pack(r.laddr[1], 0)[:2]) for table in self.records.values()
+                 for r in table.values() if r.status == LISTEN})
+        return self._known
+
+
+class NetlinkSource(Source):
+    """The Linux engine: sock_diag dumps of every network namespace that has a process,
+    owners from /proc/<pid>/fd for sockets not met before, the sockets the watcher finds
+    between polls, and the kernel's close events.
+
+    A front for its parts, each the one owner of its state: Namespaces, SocketTable,
+    CloseEvents, Shedding and Names. The poll's thread and the watcher's come in through
+    this front only, and each of its entries holds Source.lock: that one lock guards every part."""
+
+    has_close_events = True
+    watches = True
+
+    def __init__(self, kind: str = "inet", clock: Callable[[], float] = time.monotonic,
+                 now: Callable[[], float] = time.time, namespaces: bool = True, names: bool = False,
+                 program: bytes | None = None, keeps: Callable[[Connection], bool] | None = None,
+                 budget: CpuBudget | None = None):
+        super().__init__(clock, budget)
+        self.pairs = kind_sockets(kind)
+        self.names = Names(now) if names else None
+        self.fds = FdTable()
+        self.namespaces = Namespaces(self.pairs, namespaces, program, self.names)
+        self.table = SocketTable(self.pairs, self.fds, self.names, keeps or (lambda conn: True), now, budget)
+        self.close_events = CloseEvents(self.names, now, budget)
+        self.shedding = Shedding(budget, clock)
+        self.dumped: list[Namespace] = []  # the namespaces the last poll dumped
+        if not self.namespaces.own.events:
+            warn(f"close events are not available ({self.namespaces.own.refusal}); closes are seen by polling only")
+            self.has_close_events = False
+
+    @property
+    def netns(self) -> int:
+        """lognet's own network namespace."""
+        return self.namespaces.own_inode
+
+    @property
+    def owners_visible(self) -> bool:
+        """Whether the last scan read every process's fds (see Source.owners_visible)."""
+        return not self.fds.denied
+
+    @property
+    def shed(self) -> int:
+        return self.shedding.level
+
+    @property
+    def events_read(self) -> int:
+        return self.close_events.read
+
+    @property
+    def pauses(self) -> int:
+        return self.shedding.pauses
+
+    def connections(self) -> list[Connection]:
+        with self.lock:
+            self._take_level()
+            if self.namespaces.everywhere:
+                self._let_go(self.namespaces.discover(self.fds.pids()))
+            self.dumped = self.table.take(self.namespaces, self.shedding.hides_timewait())
+            return self.table.snapshot
+
+    def _take_level(self) -> None:
+        # What the watcher found and the close events read is CPU spent already: the poll writes a line of each.
+        self.shedding.take_level(len(self.close_events.departures) + len(self.table.arrivals), self.namespaces,
+                                 self.close_events.cost)
+
+    def _let_go(self, gone: list[Namespace]) -> None:
+        """Read out the namespaces no longer watched (their last closes and names), then close them."""
+        for ns in gone:
+            if ns.events:
+                self._take_closes(ns)
+            self.close_events.count_unheard(ns)
+            if self.names is not None:
+                self.names.learn_from(ns)  # the names its last connections' lines may need
+        self.namespaces.release(gone)
+
+    def between_polls(self) -> tuple[list[tuple[Connection, float]], list[Closed]]:
+        with self.lock:
+            self.read_events()  # the watcher's too, now: the poll's dump must not outrun them
+            self.shedding.settle(self.dumped, self.namespaces, self.close_events)  # with every event read
+            if self.names is not None:
+                self.names.learn(self.namespaces, drain=True)  # the poll's lines need every name that has come
+            return self.table.take_arrivals(), self.close_events.take_departures()
+
+    def watch(self, heard: Iterable[int] | None = None, dumps: bool = True) -> Look:
+        with self.lock:
+            try:
+                self._take_level()
+                read = self.read_events(heard)
+                if not dumps or self.table.cookies_reported is None or self.shed >= SHED_WATCHER:
+                    # Before the first poll everything would be new; under a flood, dumps go before details.
+                    return Look(read > 0, 0.0)
+                namespaces = self.namespaces.with_new_sockets()
+                if not namespaces:
+                    return Look(read > 0, 0.0)
+                started = time.thread_time()
+                arrivals = self.table.find_new(namespaces)
+                self.read_ahead({conn.pid for conn, _ in arrivals})
+                return Look(True, time.thread_time() - started)
+            finally:
+                if self.names is not None:  # after the look's dump, which may have found the sockets that asked
+                    self.names.learn(self.namespaces, drain=False)
+
+    def wakers(self) -> list[int]:
+        return list(self.namespaces.readers)
+
+    def read_events(self, heard: Iterable[int] | None = None) -> int:
+        """Read the close events that have arrived, in every namespace, and count the DNS
+        questions sent; return how many of both (what predicts more sockets).
+        heard: the fds a wait on wakers() just found readable, when it waited on them all."""
+        with self.lock:
+            readers = self.namespaces.readers
+            # With many namespaces, one select() finds those with events, rather than a
+            # recv() that finds nothing in each, at every look.
+            if heard is not None:
+                ready = [fd for fd in heard if fd in readers]
+            else:
+                ready = readers.keys() if len(readers) < 2 else select.select(list(readers), [], [], 0)[0]
+            asked = sum(self.namespaces.read_questions(readers[fd][0]) for fd in ready if readers[fd][1] == "questions")
+            # a namespace's close events, of each protocol, are read once whichever of its sockets woke
+            closing = dict.fromkeys(readers[fd][0] for fd in ready if readers[fd][1] == "events")
+            return sum(self._take_closes(ns) for ns in closing) + asked
+
+    def _take_closes(self, ns: Namespace) -> int:
+        read = self.close_events.take_from(ns, self.table.known if self.shed >= SHED_CLOSES else None)
+        if read:
+            self.namespaces.heard_closes(ns)
+        return read
+
+    def take_skipped(self) -> list[SkippedCloses]:
+        with self.lock:
+            return self.close_events.take_skipped(self.table.known().listeners)
+
+    def take_unheard(self, final: bool = False) -> dict[int, int]:
+        with self.lock:
+            if final:  # what is in flight now is never heard
+                for ns in self.namespaces:
+                    self.close_events.count_unheard(ns)
+            return self.close_events.take_unheard()
+
+    def lost_closes(self) -> dict[int, dict[str, int]]:
+        with self.lock:
+            return self.namespaces.lost_closes()
+
+    def rhost(self, conn: Connection, pid: int | None) -> str | None:
+        if self.names is None:
+            return None
+        with self.lock:
+            return self.names.rhost(conn, pid)
+
     def close(self) -> None:
-        for ns in self.namespaces.values():
-            ns.close()
+        self.namespaces.close()
+
+
+##############################################################################
+# Sources: the watcher between polls
+##############################################################################
+
+# The watcher's dumps take at most this share of one core, over time, with bursts up to
+# WATCH_BURST CPU seconds: a flood of opens slows them, and never the polls.
+WATCH_CPU_SHARE = 0.03
+WATCH_BURST = 0.1
+# After WATCH_QUIET_AFTER seconds with no socket opened or closed, the watcher looks every
+# WATCH_QUIET seconds, since each wake-up costs CPU; a close event wakes it at once, and
+# the first open or close seen brings back --watch.
+WATCH_QUIET_AFTER = 1.0
+WATCH_QUIET = 0.1
+
+
+class Watcher:
+    """Calls source.watch() between polls, in a thread of its own, so that a slow log or
+    syslog write never holds it up; and paces it. Its pacing is its own thread's alone:
+    the poll's thread never reads it."""
+
+    def __init__(self, source: Source, every: float, budget: CpuBudget | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.source = source
+        self.every = every
+        self.budget = budget
+        self.clock = clock
+        self.allowance = WATCH_BURST  # CPU seconds the looks' dumps may spend now
+        self.allowed_at = self.moved_at = clock()  # when the allowance was last topped up; when sockets last moved
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self.thread = threading.Thread(target=self._run, name="lognet-watcher", daemon=True)
+        self.failure: str | None = None
+
+    def quiet(self) -> bool:
+        """True after a spell with no socket opened or closed: the watcher may look less often."""
+        return self.clock() - self.moved_at > WATCH_QUIET_AFTER
+
+    def _shedding(self) -> bool:
+        return self.budget is not None and self.budget.shed >= SHED_WATCHER
+
+    def wakers(self) -> list[int]:
+        """The fds whose input ends the wait for the next look early: while quiet, the close
+        events' and the DNS questions'. Not the answers': a flood of them would wake it for
+        each; nor while shedding, when events are read in batches."""
+        return self.source.wakers() if self.quiet() and not self._shedding() else []
+
+    def next_look(self) -> float:
+        """Seconds until the next look: every, or longer after a spell with no socket opened,
+        or while its share of CPU is spent (each wake-up costs CPU too)."""
+        if self.quiet() or self._shedding():  # shedding: the events are read in batches, cheaper each
+            return max(self.every, WATCH_QUIET)
+        return max(self.every, -self.allowance / WATCH_CPU_SHARE)
+
+    def look(self, heard: Iterable[int] | None = None) -> None:
+        """One look: the source's watch(), with dumps while the share of CPU allows them.
+        heard: the fds of wakers() that a wait just found readable, if it waited on them."""
+        now = self.clock()
+        self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_CPU_SHARE)
+        self.allowed_at = now
+        look = self.source.watch(heard, dumps=self.allowance > 0)  # under a flood of opens, dumps wait
+        if look.moved:
+            self.moved_at = now  # sockets are opening or closing: more are likely to soon
+        self.allowance -= look.dump_seconds
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """End the thread, once; a second call does nothing."""
+        if self._stop_w is not None:
+            os.write(self._stop_w, b"x")
+            if self.thread.ident is not None:  # started
+                self.thread.join(timeout=5)
+            os.close(self._stop_w)
+            self._stop_w = None
+
+    def _run(self) -> None:
+        while True:
+            # After a failed look, only the clock wakes it: an fd left unread would wake it at once, forever.
+            wakers = [] if self.failure else self.wakers()
+            try:
+                ready = select.select([self._stop_r, *wakers], [], [], self.next_look())[0]
+            except OSError:  # a namespace's socket closed by the poll while we waited on it
+                ready, wakers = [], []
+            if self._stop_r in ready:
+                os.close(self._stop_r)
+                return
+            try:
+                # Having waited on every close-event and question socket, it knows which have input.
+                self.look(ready if wakers else None)
+            except Exception as exc:  # noqa: BLE001
+                # Whatever failed, a look is lost, not the watcher: the next poll reconciles
+                # what it missed. Said once for each kind of failure, never silently.
+                if repr(exc) != self.failure:
+                    self.failure = repr(exc)
+                    warn(f"the watcher's look between polls failed: {exc!r}")
 
 
 def logs_names(config: Config) -> bool:
@@ -2088,10 +2601,8 @@ ENGINES: dict[str, Callable[[Config, CpuBudget | None], Source]] = {
     "netlink": lambda config, budget: NetlinkSource(
         config.kind, namespaces=config.netns == "all", names=logs_names(config), program=close_filter(config),
         keeps=build_filter(config), budget=budget),
-    "psutil": lambda config, budget: PsutilSource(names=logs_names(config), budget=budget),
+    "psutil": lambda config, budget: PsutilSource(config.kind, names=logs_names(config), budget=budget),
 }
-
-
 def open_source(config: Config, budget: CpuBudget | None = None) -> Source:
     """The engine the configuration names, the one place an engine is made, with the CPU
     budget it sheds by. 'auto' is netlink on Linux, and psutil with one warning where
@@ -2165,60 +2676,40 @@ def build_filter(config: Config) -> Callable[[Connection], bool]:
     return lambda conn: all(keep(conn) for keep in predicates)
 
 
+def close_filter(config: Config) -> bytes | None:
+    """The filters that a close event's remote address can judge (--omit-self-conns,
+    --omit-privnet-conns, --omit-loopback-conns), as a classic BPF program for the
+    close-event sockets: what they leave out never reaches Python. It keeps what
+    build_filter() keeps, and more only for messages too short to judge. None: no such filter.
+    The offsets are a close event's (EVENT_FAMILY, EVENT_DPORT, EVENT_DST)."""
+    if not (config.omit_self_conns or config.omit_privnet_conns or config.omit_loopback_conns):
+        return None
+    no_peer, private, loopback = ("drop" if omit else "keep" for omit in (
+        config.omit_self_conns, config.omit_privnet_conns, config.omit_loopback_conns))
+    return bpf_program([
+        (BPF_LD_W_LEN, 0), (BPF_JGE_K, EVENT_DST + 16, None, "keep"),
+        (BPF_LD_H_ABS, EVENT_DPORT), (BPF_JEQ_K, 0, no_peer, None),  # port 0: no remote address
+        (BPF_LDX_IMM, 0),  # X: where the IPv4 address is, after EVENT_DST
+        (BPF_LD_B_ABS, EVENT_FAMILY), (BPF_JEQ_K, socket.AF_INET, "ipv4", None),
+        (BPF_JEQ_K, socket.AF_INET6, None, "keep"),
+        (BPF_LD_W_ABS, EVENT_DST), (BPF_JEQ_K, 0, None, "keep"),
+        (BPF_LD_W_ABS, EVENT_DST + 4), (BPF_JEQ_K, 0, None, "keep"),
+        (BPF_LD_W_ABS, EVENT_DST + 8), (BPF_JEQ_K, 0xFFFF, "mapped", None), (BPF_JEQ_K, 0, None, "keep"),
+        (BPF_LD_W_ABS, EVENT_DST + 12), (BPF_JEQ_K, 1, loopback, "keep"),  # ::1
+        "mapped", (BPF_LDX_IMM, 12),  # ::ffff:a.b.c.d
+        "ipv4",
+        (BPF_LD_B_IND, EVENT_DST), (BPF_JEQ_K, 127, loopback, None), (BPF_JEQ_K, 10, private, None),
+        (BPF_JEQ_K, 172, "172", None), (BPF_JEQ_K, 192, None, "keep"),
+        (BPF_LD_B_IND, EVENT_DST + 1), (BPF_JEQ_K, 168, private, "keep"),
+        "172", (BPF_LD_B_IND, EVENT_DST + 1), (BPF_AND_K, 0xF0), (BPF_JEQ_K, 16, private, "keep"),
+        "keep", (BPF_RET_K, 0xFFFFFFFF),
+        "drop", (BPF_RET_K, 0),
+    ])
+
+
 ##############################################################################
 # Tracker: what opened, changed and closed since the last poll
 ##############################################################################
-
-class NameCache:
-    """The names that DNS answers gave for remote addresses, by network namespace: the
-    one each process asked for, where the asking socket's owner was known, and the most
-    recent for each address. A name lives for its answer's TTL, and at least
-    NAME_TTL_FLOOR: clients keep answers longer than that (and a connection made just
-    after expiry still finds its name). The NAMES_KEPT latest of each stay: memory stays flat.
-
-    An address is kept with its answer, undecoded: the name is read from it the first time
-    a line asks for it (decode_dns_answer), and kept in its place."""
-
-    def __init__(self, kept: int = NAMES_KEPT, floor: float = NAME_TTL_FLOOR):
-        self.kept = kept
-        self.floor = floor
-        # (netns, pid, address) -> (name, or the answer that gives it; until)
-        self.asked: OrderedDict[tuple, tuple[str | bytes, float]] = OrderedDict()
-        self.recent: OrderedDict[tuple, tuple[str | bytes, float]] = OrderedDict()  # (netns, address) -> the same
-
-    def add(self, answer: Answer, pid: int | None, now: float) -> None:
-        """What an answer said; pid is the asking socket's owner, when known."""
-        for address, ttl in answer.addresses:
-            until = now + max(ttl, self.floor)
-            self._put(self.recent, (answer.netns, address), (answer.message, until))
-            if pid is not None:
-                self._put(self.asked, (answer.netns, pid, address), (answer.message, until))
-
-    def name(self, netns: int | None, pid: int | None, address: str, now: float) -> str | None:
-        """The name for a connection of pid to address: the one pid asked for, else the latest."""
-        if address.startswith("::ffff:") and "." in address:  # IPv4-mapped: as the A record wrote it
-            address = address[7:]
-        for table, key in ((self.asked, (netns, pid, address)), (self.recent, (netns, address))):
-            found = table.get(key)
-            if found is None or found[1] < now:
-                continue
-            name, until = found
-            if isinstance(name, bytes):  # not read yet: the answer's name for this address, if any
-                decoded = decode_dns_answer(name)
-                name = decoded[0] if decoded and any(ip == address for ip, _ in decoded[1]) else None
-                if name is None:  # a record off the question's chain names nothing
-                    del table[key]
-                    continue
-                table[key] = (name, until)
-            return name
-        return None
-
-    def _put(self, table: OrderedDict, key: tuple, value: tuple[str | bytes, float]) -> None:
-        table[key] = value
-        table.move_to_end(key)
-        if len(table) > self.kept:
-            table.popitem(last=False)
-
 
 class Sighting:
     """What the tracker remembers of one live connection."""
@@ -2247,6 +2738,55 @@ class Sighting:
         return connection_id(self.record)
 
 
+class Listeners:
+    """The live listening sockets' addresses, by (netns, family, laddr), with how many
+    sockets share each: what tells a connection served here (direction 'in')."""
+
+    def __init__(self):
+        self.sharing: dict[tuple, int] = {}  # (netns, family, laddr) -> how many listeners share it
+
+    def count(self, conns: Iterable[Connection], step: int) -> None:
+        """Count the listeners among conns in (step 1) or out (step -1)."""
+        for conn in conns:
+            if conn.status == LISTEN:
+                address = (conn.netns, conn.family, conn.laddr)
+                sharing = self.sharing.get(address, 0) + step
+                if sharing:
+                    self.sharing[address] = sharing
+                else:
+                    del self.sharing[address]
+
+    def serve(self, netns: int | None, family: int, laddr: tuple) -> bool:
+        """Whether a listener of this namespace has laddr, or its port on every address."""
+        wildcard = ("0.0.0.0" if family == socket.AF_INET else "::", laddr[1])
+        return (netns, family, laddr) in self.sharing or (netns, family, wildcard) in self.sharing
+
+
+class Payloads:
+    """The payload each TCP socket the kernel closed had sent, over the last two updates: a
+    connection's two ends may close an update apart."""
+
+    def __init__(self):
+        self.sent: dict[tuple, int] = {}  # (netns, laddr, raddr) -> payload sent
+        self._before: dict[tuple, int] = {}  # those of the last update's closes alone
+
+    def note(self, departures: list[Closed]) -> None:
+        sent = {(c.conn.netns, c.conn.laddr, c.conn.raddr): c.conn.txbytes for c in departures
+                if c.conn.txbytes is not None and c.conn.raddr}
+        self.sent, self._before = {**self._before, **sent}, sent
+
+    def received(self, conn: Connection, closed: Closed, peer_fin: bool | None, direction: str | None) -> int | None:
+        """The payload a closed TCP socket received. When the other end is on this host too,
+        that is exactly what it sent; else tcp_info's bytes_received, less the peer's FIN
+        when it came before the close."""
+        peer = self.sent.get((conn.netns, conn.raddr, conn.laddr)) if conn.raddr else None
+        if peer is not None or closed.received is None:
+            return peer
+        if peer_fin is None:
+            peer_fin = received_fin(closed, direction)
+        return closed.received - 1 if peer_fin and closed.received > 0 else closed.received
+
+
 PEER_CLOSED_STATES = frozenset(("CLOSE_WAIT", "LAST_ACK", "CLOSING"))
 ENDED_STATES = frozenset(("TIME_WAIT", "FIN_WAIT2"))  # what an active close leaves behind, ownerless
 
@@ -2259,7 +2799,7 @@ class Tracker:
     memory follows the live set, never the history.
     """
 
-    def __init__(self, awaits_kernel_closes: bool = False, owners_visible: bool = False,
+    def __init__(self, awaits_kernel_closes: bool = False, owners_visible: Callable[[], bool] = lambda: False,
                  timewait_lines: bool = True):
         # The kernel reports a close a moment after the socket leaves its tables, so with
         # close events a connection gone from a snapshot waits one update for its event.
@@ -2272,15 +2812,14 @@ class Tracker:
         self.closed_lately: dict[int, tuple[Sighting, int]] = {}  # cookie -> a sighting told closed, at which update
         # When lognet may read every process's fds, a socket without an owner has none: an
         # orphan. Otherwise its owner may be hidden from lognet, unless the kernel says the
-        # socket has no file. The poller keeps this up to date.
+        # socket has no file. The source tells, as it learns (Source.owners_visible).
         self.owners_visible = owners_visible
         self.waiting: list[Sighting] = []
         self.live: frozenset[Connection] = frozenset()
         self.sightings: dict[tuple, Sighting] = {}  # by connection_id
         self.cookies: dict[int, list[Sighting]] = {}  # the kernel's socket cookie -> its sightings (one per holder)
-        self.listening: dict[tuple, int] = {}  # (netns, family, laddr) of live listeners: how many share it
-        self.peer_sent: dict[tuple, int] = {}  # (netns, laddr, raddr) -> payload sent, of the last two updates' closes
-        self._sent_before: dict[tuple, int] = {}
+        self.listeners = Listeners()
+        self.payloads = Payloads()
         self.updates = 0
         self.snapshot: Iterable[Connection] | None = None  # the list the last update diffed, as given
         self.previous_time = 0.0  # when the latest snapshot was taken
@@ -2303,9 +2842,7 @@ class Tracker:
         arrivals = list(arrivals)
         events = self._admit(arrivals)
         departures = list(departures)
-        sent = {(c.conn.netns, c.conn.laddr, c.conn.raddr): c.conn.txbytes for c in departures
-                if c.conn.txbytes is not None and c.conn.raddr}
-        self.peer_sent, self._sent_before = {**self._sent_before, **sent}, sent
+        self.payloads.note(departures)
         closing, unseen = self._note_closes(departures)
         if connections is self.snapshot and not (events or departures or self.waiting):
             return []  # the very list of the last update (an engine's way to say nothing changed)
@@ -2327,9 +2864,9 @@ class Tracker:
             # What a record may continue, by the socket's cookie and by its TCP addresses.
             by_socket = {key: conn for conn in gone.values() for key in (
                 [conn.cookie] if conn.cookie is not None else []) + ([connection_address(conn)] if conn.raddr else [])}
-            self._count_listeners(added, +1)  # before directions: a listener seen in this poll counts
+            self.listeners.count(added, +1)  # before directions: a listener seen in this poll counts
             events += [e for e in (self._arrive(conn, gone, by_socket, now) for conn in added) if e is not None]
-            self._count_listeners(gone.values(), -1)
+            self.listeners.count(gone.values(), -1)
             for key in gone:
                 sighting = self.sightings.pop(key)
                 if sighting.told:
@@ -2370,7 +2907,7 @@ class Tracker:
         if not new:
             return []
         self.live = self.live.union(new)
-        self._count_listeners(new, +1)
+        self.listeners.count(new, +1)
         return [self._event("open", conn, self._start(conn, seen), seen, seen) for conn, seen in new.items()]
 
     def _note_closes(self, departures: Iterable[Closed]) -> tuple[list[Sighting], list[Closed]]:
@@ -2399,7 +2936,7 @@ class Tracker:
         self.closed_lately[record.cookie] = (sighting, self.updates)  # its TIME_WAIT may show at the next dump
         del self.sightings[sighting.key]
         self.live = self.live - {sighting.record}
-        self._count_listeners([sighting.record], -1)
+        self.listeners.count([sighting.record], -1)
         return True
 
     def _arrive(self, conn: Connection, gone: dict[tuple, Connection], by_socket: dict, now: float) -> ConnectionEvent:
@@ -2466,43 +3003,18 @@ class Tracker:
         if sighting.told and conn.pid is None:
             conn = conn._replace(pid=sighting.held_by)  # its owner held it until this close: say whose it was
         conn = conn._replace(txbytes=closed.conn.txbytes,
-                             rxbytes=self._received(conn, closed, sighting.peer_fin, sighting.direction))
+                             rxbytes=self.payloads.received(conn, closed, sighting.peer_fin, sighting.direction))
         return self._event("close", conn, sighting, max(closed.time, sighting.first_seen), closed.time,
                            kernel_close=True)
 
     def _unseen(self, closed: Closed, ended: dict[tuple, str]) -> ConnectionEvent:
         """The close of a socket lognet never saw alive: its addresses, bytes and time, no owner."""
         conn = closed.conn
-        direction = "in" if conn.laddr and self._is_listening(conn.netns, conn.family, conn.laddr) else None
+        direction = "in" if conn.laddr and self.listeners.serve(conn.netns, conn.family, conn.laddr) else None
         left = ended.get(connection_address(conn))
         peer_fin = None if left is None else ended_after_peer_fin(left)
-        conn = conn._replace(rxbytes=self._received(conn, closed, peer_fin, direction))
+        conn = conn._replace(rxbytes=self.payloads.received(conn, closed, peer_fin, direction))
         return ConnectionEvent("close", conn, None, closed.time, closed.time, direction, "unseen", closed.time, True)
-
-    def _received(self, conn: Connection, closed: Closed, peer_fin: bool | None, direction: str | None) -> int | None:
-        """The payload a closed TCP socket received. When the other end is on this host too,
-        that is exactly what it sent; else tcp_info's bytes_received, less the peer's FIN
-        when it came before the close."""
-        peer = self.peer_sent.get((conn.netns, conn.raddr, conn.laddr)) if conn.raddr else None
-        if peer is not None or closed.received is None:
-            return peer
-        if peer_fin is None:
-            peer_fin = received_fin(closed, direction)
-        return closed.received - 1 if peer_fin and closed.received > 0 else closed.received
-
-    def _count_listeners(self, conns: Iterable[Connection], step: int) -> None:
-        for conn in conns:
-            if conn.status == LISTEN:
-                address = (conn.netns, conn.family, conn.laddr)
-                count = self.listening.get(address, 0) + step
-                if count:
-                    self.listening[address] = count
-                else:
-                    del self.listening[address]
-
-    def _is_listening(self, netns: int | None, family: int, laddr: tuple) -> bool:
-        wildcard = ("0.0.0.0" if family == socket.AF_INET else "::", laddr[1])
-        return (netns, family, laddr) in self.listening or (netns, family, wildcard) in self.listening
 
     def _event(self, event: str, conn: Connection, sighting: Sighting, seen: float, time: float,
                kernel_close: bool = False) -> ConnectionEvent:
@@ -2510,7 +3022,7 @@ class Tracker:
             process, attrib = sighting.process, "pid"
         else:
             process = sighting.process if sighting.orphaned else None
-            orphan = sighting.orphaned or conn.status == TIME_WAIT or has_no_file(conn) or self.owners_visible
+            orphan = sighting.orphaned or conn.status == TIME_WAIT or has_no_file(conn) or self.owners_visible()
             attrib = "orphan" if orphan else "hidden"
         return ConnectionEvent(event, conn, process, sighting.first_seen, seen, sighting.direction, attrib, time,
                                kernel_close)
@@ -2521,7 +3033,7 @@ class Tracker:
             return "listen"
         if not conn.raddr:
             return None  # an unconnected UDP socket
-        if self._is_listening(conn.netns, conn.family, conn.laddr):
+        if self.listeners.serve(conn.netns, conn.family, conn.laddr):
             return "in"
         if conn.type == socket.SOCK_DGRAM or conn.status == SYN_SENT or self.updates > 1:
             return "out"
@@ -2565,6 +3077,39 @@ def connection_order(conn: Connection) -> tuple:
 ##############################################################################
 # Formatters: pure functions from records to lines
 ##############################################################################
+
+CLOSES_UNLOGGED = ("skipped", "unheard", "lost")  # the kernel's closes without a line, named when there are any
+
+
+class Format(Protocol):
+    """What a log format writes, each line from a record. One instance serves one log, with
+    that log's fields; FORMATS lists the formats, and --format takes its choices there."""
+
+    name: str
+    first_byte: bytes  # what a log of this format starts with: how the format of a log found is told
+    host_netns: int | None  # lognet's own netns, where lines carry theirs
+
+    def timestamp(self, epoch: float) -> str:
+        """The time as this format writes it."""
+
+    def header(self, epoch: float) -> list[str]:
+        """The lines that open a log (or a log reopened)."""
+
+    def connection(self, event: ConnectionEvent) -> str:
+        """One connection line."""
+
+    def process(self, process: ProcessInfo, timestamp: str) -> str:
+        """One processes.log line."""
+
+    def remark(self, text: str, epoch: float) -> str:
+        """A line that says something of lognet itself."""
+
+    def stats(self, stats: Stats, epoch: float) -> str:
+        """The coverage and health line."""
+
+    def summary(self, summary: Summary, process: ProcessInfo | None, epoch: float) -> str:
+        """A line for a group of closes that have no line of their own."""
+
 
 _PLAIN = frozenset("\\ |")  # ASCII characters that always need an escape in a field
 
@@ -2683,6 +3228,7 @@ class W3CFormat:
     chosen fields, or processes.log's three)."""
 
     name = "w3c"
+    first_byte = b"#"
 
     def __init__(self, fields: tuple[str, ...] = CONNECTION_FIELDS, utc: bool = False,
                  interval: float = DEFAULT_INTERVAL, host_netns: int | None = None):
@@ -2722,37 +3268,34 @@ class W3CFormat:
     def remark(self, text: str, epoch: float) -> str:
         return f"#Remark: {text}"
 
-    def stats(self, stats: dict, epoch: float) -> str:
-        coverage = stats["coverage"]
-        if isinstance(coverage, dict):  # the kernel's closes, per protocol
-            text = self._coverage(coverage) or "- (closed 0)"
-            by_netns = stats.get("coverage_netns", {})
-            text += "".join(f"; netns {netns}: {self._coverage(c)}" for netns, c in by_netns.items())
-            text += f"; over the CPU budget {stats['shed_spells']} times" if stats.get("shed_spells") else ""
-            text += f"; close events paused {stats['pauses']} times" if stats["pauses"] else ""
+    def stats(self, stats: Stats, epoch: float) -> str:
+        if stats.closes is not None:  # the kernel's closes, per protocol
+            text = self._coverage(stats.closes) or "- (closed 0)"
+            text += "".join(f"; netns {netns}: {self._coverage(c)}" for netns, c in stats.closes_by_netns.items())
+            text += f"; over the CPU budget {stats.shed_spells} times" if stats.shed_spells else ""
+            text += f"; close events paused {stats.pauses} times" if stats.pauses else ""
         else:
             # from the counts, not the ratio rounded for JSON: rounded twice, 8/42 would read 0.191
-            ratio = "-" if coverage is None else f"{stats['tcp_seen'] / stats['tcp_opens']:.3f}"
-            opens = "-" if stats["tcp_opens"] is None else stats["tcp_opens"]
-            text = f"{ratio} (kernel TCP opens {opens}, seen {stats['tcp_seen']})"
-        return self.remark(f"coverage {text}; polls {stats['polls']}; average poll {stats['avg_poll_ms']:.1f} ms; "
-                           f"late lines {stats['late']}; dropped lines {stats['dropped']}", epoch)
+            ratio = f"{stats.tcp_seen / stats.tcp_opens:.3f}" if stats.tcp_opens else "-"
+            opens = "-" if stats.tcp_opens is None else stats.tcp_opens
+            text = f"{ratio} (kernel TCP opens {opens}, seen {stats.tcp_seen})"
+        return self.remark(f"coverage {text}; polls {stats.polls}; average poll {stats.avg_poll_ms:.1f} ms; "
+                           f"late lines {stats.late}; dropped lines {stats.dropped}", epoch)
 
     @staticmethod
-    def _coverage(coverage: dict[str, dict]) -> str:
-        return "; ".join(f"{protocol} {c['with_process'] / max(1, c['closed']):.3f} (closed {c['closed']}, "
-                         f"with process {c['with_process']}, "
-                         f"without {c['without']}" + "".join(f", {name} {c[name]}" for name in CLOSES_UNLOGGED
-                                                             if c[name]) + ")"
-                         for protocol, c in coverage.items())
+    def _coverage(closes: dict[str, CloseCounts]) -> str:
+        return "; ".join(f"{protocol} {c.with_process / max(1, c.closed):.3f} (closed {c.closed}, "
+                         f"with process {c.with_process}, without {c.without}"
+                         + "".join(f", {name} {getattr(c, name)}" for name in CLOSES_UNLOGGED if getattr(c, name))
+                         + ")" for protocol, c in closes.items())
 
-    def summary(self, summary: dict, epoch: float) -> str:
-        """A group of closes skipped for the CPU budget, as name-value pairs (see Poller.summaries())."""
-        values = {"count": summary["count"], "prot": summary["prot"], "direction": summary["direction"],
-                  "raddr": summary["raddr"], "rport": summary["rport"], "lport": summary["lport"],
-                  "netns": summary["netns"], "attrib": summary["attrib"]}
+    def summary(self, summary: Summary, process: ProcessInfo | None, epoch: float) -> str:
+        """A group of closes without lines of their own, as name-value pairs (see Poller.summaries())."""
+        values = {"count": summary.count, "prot": summary.prot, "direction": summary.direction,
+                  "raddr": summary.raddr, "rport": summary.rport, "lport": summary.lport,
+                  "netns": summary.netns, "attrib": summary.attrib}
         return self.remark(f"skipped {' '.join(f'{name} {format_field(value)}' for name, value in values.items())} "
-                           f"upid {format_upid(summary['process'])}", epoch)
+                           f"upid {format_upid(process)}", epoch)
 
 
 class JsonLinesFormat:
@@ -2761,6 +3304,7 @@ class JsonLinesFormat:
     ASCII only, so every byte a process supplied survives as an escape."""
 
     name = "jsonl"
+    first_byte = b"{"
 
     def __init__(self, fields: tuple[str, ...] = CONNECTION_FIELDS, utc: bool = False,
                  interval: float = DEFAULT_INTERVAL, host_netns: int | None = None):
@@ -2801,13 +3345,11 @@ class JsonLinesFormat:
     def remark(self, text: str, epoch: float) -> str:
         return self._line({"ts": self.timestamp(epoch), "event": "remark", "remark": text})
 
-    def stats(self, stats: dict, epoch: float) -> str:
-        return self._line({"ts": self.timestamp(epoch), "event": "stats", **stats})
+    def stats(self, stats: Stats, epoch: float) -> str:
+        return self._line({"ts": self.timestamp(epoch), "event": "stats", **stats_object(stats)})
 
-    def summary(self, summary: dict, epoch: float) -> str:
-        process = summary["process"]
-        return self._line({"ts": self.timestamp(epoch), "event": "summary",
-                           **{name: value for name, value in summary.items() if name != "process"},
+    def summary(self, summary: Summary, process: ProcessInfo | None, epoch: float) -> str:
+        return self._line({"ts": self.timestamp(epoch), "event": "summary", **summary._asdict(),
                            "upid": format_upid(process) if process else None})
 
     @staticmethod
@@ -2815,7 +3357,33 @@ class JsonLinesFormat:
         return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
 
 
-FORMATS = {"w3c": W3CFormat, "jsonl": JsonLinesFormat}
+FORMATS: dict[str, Callable[..., Format]] = {"w3c": W3CFormat, "jsonl": JsonLinesFormat}
+
+
+def stats_object(stats: Stats) -> dict:
+    """Stats as a JSON stats object holds them: coverage by protocol (and by namespace,
+    when more than one) where the kernel reports closes, else the share of the kernel's TCP
+    opens seen opening; then the budget's state, where there is one; then health."""
+    if stats.closes is not None:
+        fields = {"coverage": close_coverage(stats.closes), "lost_events": sum(c.lost for c in stats.closes.values()),
+                  "close_events_read": stats.close_events_read, "pauses": stats.pauses}
+        if stats.closes_by_netns:
+            fields["coverage_netns"] = {str(netns): close_coverage(closes)
+                                        for netns, closes in stats.closes_by_netns.items()}
+    else:
+        fields = {"coverage": round(stats.tcp_seen / stats.tcp_opens, 4) if stats.tcp_opens else None,
+                  "tcp_opens": stats.tcp_opens, "tcp_seen": stats.tcp_seen}
+    if stats.max_cpu is not None:
+        fields.update(max_cpu=stats.max_cpu, shed_spells=stats.shed_spells, shedding=stats.shedding)
+    return {**fields, "polls": stats.polls, "avg_poll_ms": stats.avg_poll_ms, "late": stats.late,
+            "dropped": stats.dropped, "held": stats.held}
+
+
+def close_coverage(closes: dict[str, CloseCounts]) -> dict[str, dict]:
+    """Coverage per protocol: of the sockets the kernel closed, the share logged with their
+    process, and what became of each (CloseCounts)."""
+    return {protocol: {"ratio": round(c.with_process / max(1, c.closed), 4), "closed": c.closed, **c._asdict()}
+            for protocol, c in sorted(closes.items())}
 
 
 def host_remark(fmt: Format, epoch: float) -> list[str]:
@@ -2825,12 +3393,25 @@ def host_remark(fmt: Format, epoch: float) -> list[str]:
     return [fmt.remark(f"host netns {fmt.host_netns} (lognet's own network namespace)", epoch)]
 
 
-Format = Union[W3CFormat, JsonLinesFormat]
-
-
 ##############################################################################
 # Sinks: the only code that owns file handles
 ##############################################################################
+
+SYSLOG_FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
+    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, **{f"local{n}": 16 + n for n in range(8)},
+}
+SYSLOG_INFO = 6  # every event has severity "informational"
+SYSLOG_TIMEOUT = 5.0  # seconds a syslog connect or send may take, in the sender's own thread
+SYSLOG_EXIT_SECONDS = 0.5  # at exit, how long the sender may go on with what is queued
+SYSLOG_BACKOFF_MIN, SYSLOG_BACKOFF_MAX = 0.5, 30.0  # pause after a failed send, doubling up to the most
+SYSLOG_UDP_MAX = 65507  # the largest UDP payload over IPv4 (IPv6 allows a little more)
+SYSLOG_UNIX_OVERHEAD = 64  # a local datagram socket carries its send buffer less this (measured: 32)
+SYSLOG_SMALL_DATAGRAM = 1024  # what any datagram transport carries (RFC 3164's limit)
+SYSLOG_CUT_MARK = b"[cut to %d of %d bytes] "  # before a line cut to fit one datagram
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+MAX_PENDING_LINES = 100_000  # per log, held while the log cannot be written
 
 class OutputClosed(Exception):
     """The reader of standard output went away (lognet -clog - | head): end quietly."""
@@ -3332,12 +3913,15 @@ def log_format(path: str) -> str | None:
             first = f.read(1) if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else b""
     except OSError:
         return None  # write-only, or standard output: nothing to read, nothing to mix up
-    return {b"#": "w3c", b"{": "jsonl"}.get(first)
+    return next((name for name, fmt in FORMATS.items() if first and fmt.first_byte == first), None)
 
 
 ##############################################################################
 # The loop
 ##############################################################################
+
+STATUS_SECONDS = 1.0  # the status line is redrawn at most this often
+GC_SECONDS = 60.0  # how often lognet runs Python's cycle collector itself (see run())
 
 class Signals:
     """Turns SIGTERM/SIGINT into a stop, SIGHUP into a reopen and SIGWINCH into a redraw,
@@ -3397,16 +3981,15 @@ class Poller:
         # With only the original fields, lognet writes what it always wrote: no close lines,
         # no owner carried into TIME_WAIT, no statistics unless asked for.
         self.lifecycle_fields = config.format == "jsonl" or not set(config.fields) <= set(CONNECTION_FIELDS)
-        self.tracker = Tracker(awaits_kernel_closes=source.has_close_events, timewait_lines=not self.lifecycle_fields)
+        self.tracker = Tracker(awaits_kernel_closes=source.has_close_events, timewait_lines=not self.lifecycle_fields,
+                               owners_visible=lambda: source.owners_visible)
         self.logs_closes = config.format == "jsonl" or "event" in config.fields
         self.logs_names = logs_names(config)
         self.stats_every = config.stats_interval or (DEFAULT_STATS_INTERVAL if self.lifecycle_fields else None)
         self.next_stats = clock() + (self.stats_every or 0)
         self.tcp_opens_at_start: int | None = None
         self.tcp_seen = 0  # TCP connections first seen after the first poll
-        # netns -> protocol -> the kernel's closes: [logged with process, logged without, skipped for the
-        # budget, unheard (counted by the kernel's counters while close events were paused)]
-        self.closes: dict[int | None, dict[str, list[int]]] = {}
+        self.closes: dict[int | None, dict[str, CloseCounts]] = {}  # netns -> protocol -> the kernel's closes
         self.polls = 0
         self.written_until = 0.0  # the time of the latest connection line
         self.lines = 0  # lines given to the logs, both streams
@@ -3423,9 +4006,8 @@ class Poller:
             if self.tcp_opens_at_start is None:
                 warn(f"coverage is not available on this system (no TCP counters in {SNMP})")
         now = self.now()
-        snapshot = self.source.connections(self.config.kind)
+        snapshot = self.source.connections()
         arrivals, departures = self.source.between_polls()  # after the dump: a close it missed is here
-        self.tracker.owners_visible = self.source.owners_visible
         started_cpu = time.thread_time()
         events, new_processes = self.logged_events(self.tracker.update(snapshot, now, arrivals, departures))
         self.write(events, new_processes, now)
@@ -3486,15 +4068,19 @@ class Poller:
         for e in events:
             if e.kernel_close:
                 without = e.process is None or e.attrib == "unseen"
-                self._close_counts(e.conn)[without] += 1
+                self.count_closes(e.conn.netns, e.conn.type, CloseCounts(without=1) if without else
+                                  CloseCounts(with_process=1))
         if self.polls > 0:  # the first poll finds what was open before the kernel counters were read
             self.tcp_seen += sum(1 for e in events if e.event == "open" and e.conn.type == socket.SOCK_STREAM
                                  and e.conn.raddr)
 
-    def _close_counts(self, conn: Connection) -> list[int]:
-        return self.closes.setdefault(conn.netns, {}).setdefault(PROTOCOLS[conn.type].lower(), [0, 0, 0, 0])
+    def count_closes(self, netns: int | None, kind: int, counts: CloseCounts) -> None:
+        """Add to the count of the kernel's closes of a namespace and socket type."""
+        protocols = self.closes.setdefault(netns, {})
+        protocol = PROTOCOLS[kind].lower()
+        protocols[protocol] = protocols.get(protocol, CloseCounts()).plus(counts)
 
-    def summaries(self, skipped: list[tuple[Connection, int, str | None, bool]]) -> list[dict]:
+    def summaries(self, skipped: list[SkippedCloses]) -> list[Summary]:
         """The closes skipped for the CPU budget that the filters keep, counted as skipped, and
         grouped by process, protocol, direction and peer: the remote address, and the remote
         port of an outgoing connection or the local port of an incoming one."""
@@ -3502,34 +4088,31 @@ class Poller:
         for conn, count, how, served in skipped:
             if not self.keep(conn):
                 continue
-            self._close_counts(conn)[2] += count
+            self.count_closes(conn.netns, conn.type, CloseCounts(skipped=count))
             direction = "in" if served and conn.raddr else self.tracker.direction(conn)
             inbound = served or not conn.raddr
             key = (conn.netns, conn.pid, how, PROTOCOLS[conn.type], direction, conn.raddr[0] if conn.raddr else None,
                    None if inbound else conn.raddr[1], conn.laddr[1] if inbound and conn.laddr else None)
             groups[key] = groups.get(key, 0) + count
-        return [{"count": count, "netns": netns, "pid": pid, "attrib": how, "prot": prot, "direction": direction,
-                 "raddr": raddr, "rport": rport, "lport": lport}
+        return [Summary(count, netns, pid, how, prot, direction, raddr, rport, lport)
                 for (netns, pid, how, prot, direction, raddr, rport, lport), count in sorted(
                     groups.items(), key=lambda item: -item[1])]
 
-    def write_summaries(self, skipped: list[tuple[Connection, int, str | None, bool]], unheard: dict[int, int],
-                        now: float) -> None:
+    def write_summaries(self, skipped: list[SkippedCloses], unheard: dict[int, int], now: float) -> None:
         """One line for each group of the closes skipped since the last poll (see summaries()),
         after the processes they name, and one for each namespace's closes while its close
         events were paused: nothing happens that the log does not at least count."""
         summaries = self.summaries(skipped)
         for netns, count in unheard.items():
-            self.closes.setdefault(netns, {}).setdefault("tcp", [0, 0, 0, 0])[3] += count
-            summaries.append({"count": count, "netns": netns, "pid": None, "attrib": "unheard", "prot": "TCP",
-                              "direction": None, "raddr": None, "rport": None, "lport": None})
+            self.count_closes(netns, socket.SOCK_STREAM, CloseCounts(unheard=count))
+            summaries.append(Summary(count, netns, None, "unheard", "TCP", None, None, None, None))
         if not summaries:
             return
-        owners, new_processes = self.source.processes({s["pid"] for s in summaries if s["pid"] is not None})
+        owners, new_processes = self.source.processes({s.pid for s in summaries if s.pid is not None})
         summary = self.outputs.connections.format.summary
-        self.write_lines([summary({**s, "process": owners.get(s["pid"])}, now) for s in summaries], new_processes, now)
+        self.write_lines([summary(s, owners.get(s.pid), now) for s in summaries], new_processes, now)
 
-    def stretch(self) -> int:
+    def intervals_to_next_poll(self) -> int:
         """How many intervals until the next poll: more than one at the last step of shedding."""
         return POLL_STRETCH if self.budget is not None and self.budget.shed >= SHED_POLLS else 1
 
@@ -3547,38 +4130,30 @@ class Poller:
         connections.write(connection_lines)
         self.lines += len(process_lines) + len(connection_lines)
 
-    def stats(self) -> dict:
-        """Coverage and health since the start. Coverage is exact where the kernel reports
-        closes: of the sockets it closed, those logged with their process. Elsewhere it is
-        the kernel's TCP open counter against the connections seen opening."""
+    def stats(self) -> Stats:
+        """Coverage and health since the start (see Stats)."""
+        closes, by_netns, tcp_opens = None, {}, None
         if self.source.has_close_events:
-            # what the kernel dropped, beside what reached lognet: [..., lost]
-            by_netns = {netns: {protocol: [*counts, 0] for protocol, counts in closes.items()}
-                        for netns, closes in self.closes.items()}
-            for netns, lost in self.source.lost_closes().items():
+            by_netns = {netns: dict(protocols) for netns, protocols in self.closes.items()}
+            for netns, lost in self.source.lost_closes().items():  # what the kernel dropped, beside what came
                 for protocol, count in lost.items():
-                    by_netns.setdefault(netns, {}).setdefault(protocol, [0] * 5)[4] += count
-            total: dict[str, list[int]] = {}
-            for closes in by_netns.values():
-                for protocol, counts in closes.items():
-                    total[protocol] = [a + b for a, b in zip(total.get(protocol, [0] * 5), counts)]
-            coverage = {"coverage": close_coverage(total), "lost_events": sum(c[4] for c in total.values()),
-                        "close_events_read": self.source.events_read, "pauses": self.source.pauses}
-            if len(by_netns) > 1:  # containers too: each namespace's own
-                coverage["coverage_netns"] = {str(netns): close_coverage(closes)
-                                              for netns, closes in sorted(by_netns.items())}
+                    protocols = by_netns.setdefault(netns, {})
+                    protocols[protocol] = protocols.get(protocol, CloseCounts()).plus(CloseCounts(lost=count))
+            closes = {}
+            for protocols in by_netns.values():
+                for protocol, counts in protocols.items():
+                    closes[protocol] = closes.get(protocol, CloseCounts()).plus(counts)
+            by_netns = dict(sorted(by_netns.items())) if len(by_netns) > 1 else {}  # containers too: each one's own
         else:
             opens = self.source.tcp_opens()
-            kernel = None if opens is None or self.tcp_opens_at_start is None else opens - self.tcp_opens_at_start
-            coverage = {"coverage": round(self.tcp_seen / kernel, 4) if kernel else None, "tcp_opens": kernel,
-                        "tcp_seen": self.tcp_seen}
-        if self.budget is not None:
-            coverage.update(max_cpu=round(self.budget.share * 100, 3), shed_spells=self.budget.spells,
-                            shedding=SHED_STEPS[self.budget.shed] or None)
-        late = sum(sink.total_late for sink in self.outputs.all())
-        dropped = sum(sink.total_dropped + sink.dropped for sink in self.outputs.all())
-        return {**coverage, "polls": self.polls, "avg_poll_ms": round(self.poll_seconds / max(1, self.polls) * 1e3, 3),
-                "late": late, "dropped": dropped, "held": sum(len(sink.pending) for sink in self.outputs.all())}
+            tcp_opens = None if opens is None or self.tcp_opens_at_start is None else opens - self.tcp_opens_at_start
+        budget = self.budget
+        sinks = self.outputs.all()
+        return Stats(closes, by_netns, self.source.events_read, self.source.pauses, tcp_opens, self.tcp_seen,
+                     round(budget.share * 100, 3) if budget else None, budget.spells if budget else 0,
+                     SHED_STEPS[budget.shed] or None if budget else None, self.polls,
+                     round(self.poll_seconds / max(1, self.polls) * 1e3, 3), sum(sink.total_late for sink in sinks),
+                     sum(sink.total_dropped + sink.dropped for sink in sinks), sum(len(sink.pending) for sink in sinks))
 
     def write_stats(self) -> None:
         """The statistics remark, to every connections output."""
@@ -3614,153 +4189,6 @@ class Poller:
     def lost(self) -> dict[str, int]:
         """Each output's lines that never reached it, where there are any."""
         return {sink.name: sink.lost() for sink in self.outputs.all() if sink.lost()}
-
-
-def close_coverage(closes: dict[str, list[int]]) -> dict[str, dict]:
-    """Coverage per protocol from counts of the kernel's closes [logged with process, logged
-    without, skipped for the CPU budget, unheard (counted by the kernel's counters while the
-    close events were paused), lost (events the kernel dropped)]: of those closed, the
-    share logged with their process."""
-    return {protocol: {"ratio": round(with_process / max(1, sum(counts)), 4), "closed": sum(counts),
-                       "with_process": with_process, "without": without, "skipped": skipped, "unheard": unheard,
-                       "lost": lost}
-            for protocol, counts in sorted(closes.items())
-            for with_process, without, skipped, unheard, lost in [counts]}
-
-
-class CpuBudget:
-    """lognet's own CPU time, as a share of one core, against --max-cpu, and the rate of new
-    sockets: a flood is both. level() says how much work to shed, an index of SHED_STEPS:
-    one step more every SHED_STEP seconds over the budget under a flood, one less every
-    SHED_STEP seconds under SHED_RESUME of it or once the flood is over (so that what was
-    shed, taken back, does not put it over at once), never below the floor it is held at.
-
-    Over the budget means over it in the last CPU_WINDOW seconds, and in the last `window`
-    (a poll interval) too unless twice over: a full poll's burst, spread over its interval,
-    is not a flood. Nor is lognet's own cost at the interval the user chose: a flood is at
-    least FLOOD_RATE sockets a second, opened or closed, over FLOOD_WINDOW seconds, as the
-    source counts them (count()). The process's CPU time counts both threads; one lock
-    guards the level, which the source alone decides."""
-
-    def __init__(self, percent: float, window: float = CPU_WINDOW, cpu: Callable[[], float] = time.process_time,
-                 clock: Callable[[], float] = time.monotonic):
-        self.share = percent / 100
-        self.cpu, self.clock = cpu, clock
-        # (clock, cpu) samples, the oldest of each just over its window ago
-        self.windows = [(CPU_WINDOW, deque()), (max(CPU_WINDOW, window), deque())]
-        self.sockets = 0  # sockets opened or closed since the start, as the source counted them
-        self.flood = False  # whether they came at a flood's rate, when level() last looked
-        self.churn: deque[tuple[float, int]] = deque()  # (clock, sockets), the oldest just over FLOOD_WINDOW ago
-        self.shed = 0
-        self.floor = 0  # the level it may not take back below (see hold())
-        self.changed_at = clock()
-        self.spells = 0  # how many times lognet began to shed
-        self.line_cost = LINE_COST  # CPU seconds a poll takes for each line, as last measured
-        self.lock = threading.Lock()
-
-    def restart(self) -> None:
-        """Forget the CPU used so far (the first poll's), and the sockets it met."""
-        with self.lock:
-            for _, samples in self.windows:
-                samples.clear()
-            self.churn.clear()
-
-    def count(self, sockets: int) -> None:
-        """Sockets the source met opened or closed: their rate tells a flood."""
-        with self.lock:
-            self.sockets += sockets
-
-    def used(self, pending: float = 0.0) -> list[float]:
-        """The share of one core that lognet used over about the last second, and the last
-        window; pending: CPU seconds it is bound to spend, counted as spent."""
-        now, cpu = self.clock(), self.cpu()
-        shares = []
-        for window, samples in self.windows:
-            samples.append((now, cpu))
-            while len(samples) > 2 and samples[1][0] <= now - window:
-                samples.popleft()
-            then, before = samples[0]
-            shares.append((cpu + pending - before) / max(now - then, window))
-        return shares
-
-    def flooding(self) -> bool:
-        """Whether sockets open or close at FLOOD_RATE a second or more, over FLOOD_WINDOW."""
-        now, churn = self.clock(), self.churn
-        churn.append((now, self.sockets))
-        while len(churn) > 2 and churn[1][0] <= now - FLOOD_WINDOW:
-            churn.popleft()
-        return self.sockets - churn[0][1] >= FLOOD_RATE * FLOOD_WINDOW
-
-    def hold(self, level: int, floor: int = 0) -> int:
-        """Shed this much from now, whatever the CPU used, and never less than floor until held
-        again: taking work back starts from here."""
-        with self.lock:
-            self.shed, self.floor, self.changed_at = level, floor, self.clock()
-            return level
-
-    def level(self, pending: int = 0) -> int:
-        """The level of shedding now; pending: the lines that the next poll will write, whose
-        CPU (line_cost each, as the last polls measured) counts as spent already."""
-        with self.lock:
-            (second, window), now = self.used(pending * self.line_cost), self.clock()
-            flooding = self.flood = self.flooding()
-            due = now - self.changed_at >= SHED_STEP
-            over = flooding and second > self.share and (window > self.share or second > 2 * self.share)
-            if over and self.shed < SHED_PAUSE and due:
-                self.spells += self.shed == 0
-                self.shed += 1
-                if self.shed == SHED_POLLS and second > 2 * self.share:
-                    # Far over: stretching polls alone saves too little, and only at the next poll.
-                    self.shed = SHED_WATCHER
-                self.changed_at = now
-            elif due and (second < self.share * SHED_RESUME or not flooding) and self.shed > self.floor:
-                self.shed, self.changed_at = self.shed - 1, now
-            return self.shed
-
-
-class Watcher:
-    """Calls source.watch() every `every` seconds in a thread of its own, between polls,
-    so that a slow log or syslog write never holds it up."""
-
-    def __init__(self, source: NetlinkSource, every: float):
-        self.source = source
-        self.every = every
-        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
-        self.thread = threading.Thread(target=self._run, name="lognet-watcher", daemon=True)
-        self.failure: str | None = None
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        """End the thread, once; a second call does nothing."""
-        if self._stop_w is not None:
-            os.write(self._stop_w, b"x")
-            if self.thread.ident is not None:  # started
-                self.thread.join(timeout=5)
-            os.close(self._stop_w)
-            self._stop_w = None
-
-    def _run(self) -> None:
-        while True:
-            # After a failed look, only the clock wakes it: an fd left unread would wake it at once, forever.
-            wakers = [] if self.failure else self.source.wakers()
-            try:
-                ready = select.select([self._stop_r, *wakers], [], [], self.source.next_look(self.every))[0]
-            except OSError:  # a namespace's socket closed by the poll while we waited on it
-                ready, wakers = [], []
-            if self._stop_r in ready:
-                os.close(self._stop_r)
-                return
-            try:
-                # Having waited on every close-event and question socket, it knows which have input.
-                self.source.watch(ready if wakers else None)
-            except Exception as exc:  # noqa: BLE001
-                # Whatever failed, a look is lost, not the watcher: the next poll reconciles
-                # what it missed. Said once for each kind of failure, never silently.
-                if repr(exc) != self.failure:
-                    self.failure = repr(exc)
-                    warn(f"the watcher's look between polls failed: {exc!r}")
 
 
 class StatusLine:
@@ -3848,7 +4276,7 @@ def run(config: Config, poller: Poller, *, signals: Signals | None = None, statu
     gc.disable()
     try:
         while not signals.stop:
-            attend(signals, poller, status)
+            act_on_signals(signals, poller, status)
             poller.poll()
             polls += 1
             if status:
@@ -3858,19 +4286,19 @@ def run(config: Config, poller: Poller, *, signals: Signals | None = None, statu
             if clock() >= next_gc:
                 gc.collect()
                 next_gc = clock() + GC_SECONDS
-            deadline += config.interval * poller.stretch()
+            deadline += config.interval * poller.intervals_to_next_poll()
             if clock() > deadline:
                 deadline = clock()  # a poll overran the interval: start the schedule afresh, skip no sleep debt
             while not signals.stop and (remaining := deadline - clock()) > 0:
                 sleep(remaining)
-                attend(signals, poller, status)  # a signal ends the sleep: SIGHUP reopens now
+                act_on_signals(signals, poller, status)  # a signal ends the sleep: SIGHUP reopens now
     finally:
         if collecting:
             gc.enable()
     return polls
 
 
-def attend(signals: Signals, poller: Poller, status: StatusLine | None) -> None:
+def act_on_signals(signals: Signals, poller: Poller, status: StatusLine | None) -> None:
     """Act on SIGHUP (reopen the logs) and SIGWINCH (fit the status line) that came since the last look."""
     if signals.reopen:
         signals.reopen = False
@@ -3997,6 +4425,26 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of how sockets are found, and of the work that costs."""
+    parser.add_argument("--engine", choices=("auto", *ENGINES), default="auto",
+                        help="how sockets are found: netlink (Linux's sock_diag, with a watcher between polls and "
+                             "the kernel's close events), psutil (net_connections(), polls only, everywhere); "
+                             "auto: netlink on Linux, else psutil (default)")
+    parser.add_argument("--watch", type=non_negative_seconds, default=DEFAULT_WATCH, metavar="SECONDS",
+                        help=f"netlink engine: look for new sockets and their owners this often between polls "
+                             f"(default {DEFAULT_WATCH:g}; 0: no watcher, polls only)")
+    parser.add_argument("--netns", choices=("all", "own"), default="all",
+                        help="netlink engine: which network namespaces to watch: all that have a process "
+                             "(containers too; default), or lognet's own only (as the psutil engine sees)")
+    parser.add_argument("--max-cpu", type=cpu_percent, default=DEFAULT_MAX_CPU, metavar="PERCENT",
+                        help=f"CPU budget, in percent of one core (default {DEFAULT_MAX_CPU:g}): over it under a "
+                             f"flood (sockets opening or closing at {FLOOD_RATE} a second or more), lognet sheds "
+                             "work: full polls first, which loses nothing, then the watcher's dumps, then decoding "
+                             "close events, which are counted and summarized, then TCP's close events, whose closes "
+                             "the kernel's counters count; 100: never")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; the original's short options keep their spelling."""
     parser = ArgumentParser(
@@ -4021,22 +4469,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="omits connections to private networks (RFC 1918, also IPv4-mapped IPv6)")
     parser.add_argument("--omit-loopback-conns", action="store_true",
                         help="omits connections to loopback addresses (127.0.0.0/8, ::1, ::ffff:127.x)")
-    parser.add_argument("--engine", choices=("auto", "netlink", "psutil"), default="auto",
-                        help="how sockets are found: netlink (Linux's sock_diag, with a watcher between polls and "
-                             "the kernel's close events), psutil (net_connections(), polls only, everywhere); "
-                             "auto: netlink on Linux, else psutil (default)")
-    parser.add_argument("--watch", type=non_negative_seconds, default=DEFAULT_WATCH, metavar="SECONDS",
-                        help=f"netlink engine: look for new sockets and their owners this often between polls "
-                             f"(default {DEFAULT_WATCH:g}; 0: no watcher, polls only)")
-    parser.add_argument("--netns", choices=("all", "own"), default="all",
-                        help="netlink engine: which network namespaces to watch: all that have a process "
-                             "(containers too; default), or lognet's own only (as the psutil engine sees)")
-    parser.add_argument("--max-cpu", type=cpu_percent, default=DEFAULT_MAX_CPU, metavar="PERCENT",
-                        help=f"CPU budget, in percent of one core (default {DEFAULT_MAX_CPU:g}): over it under a "
-                             f"flood (sockets opening or closing at {FLOOD_RATE} a second or more), lognet sheds "
-                             "work: full polls first, which loses nothing, then the watcher's dumps, then decoding "
-                             "close events, which are counted and summarized, then TCP's close events, whose closes "
-                             "the kernel's counters count; 100: never")
+    add_engine_arguments(parser)
     parser.add_argument("-n", "--count", type=positive_int, metavar="N",
                         help="stop after N polls and exit: 0, or 1 when lines could not be written "
                              "(default: run until stopped)")
@@ -4104,7 +4537,7 @@ def main(argv: list[str] | None = None) -> int:
         budget = CpuBudget(config.max_cpu, config.interval) if config.max_cpu < 100 else None
         source = open_source(config, budget)
         poller = Poller(config, source, outputs, budget=budget)
-        watcher = Watcher(source, config.watch) if config.watch and isinstance(source, NetlinkSource) else None
+        watcher = Watcher(source, config.watch, budget) if config.watch and source.watches else None
         status = StatusLine(sys.stderr, outputs) if sys.stderr.isatty() and not config.quiet else None
         try:
             if watcher:
@@ -4133,3 +4566,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -13,6 +13,7 @@ runs are interleaved (A B A B ...) so that machine noise falls on both.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -273,6 +274,30 @@ def idle_cpu(tmp: Path, seconds: float, rounds: int) -> dict:
     return {label: statistics.median(values) for label, values in shares.items()}
 
 
+# The in-process measures read the engine's parts; with --lognet they may be another
+# version's, laid out before or after the engine was split into its parts (1.1).
+def poll(source) -> list:
+    """One poll's sockets, however this version of the engine is asked."""
+    return source.connections() if hasattr(source, "table") else source.connections("inet")
+
+
+def dump_everything_next(source) -> None:
+    """Make the next poll dump every namespace, also where the kernel's counters stood still."""
+    getattr(source, "table", source).signatures = {}
+
+
+def sockets_dumped(source) -> int:
+    if hasattr(source, "table"):
+        return sum(map(len, source.table.records.values()))
+    return len(source.records)
+
+
+def other_namespace(source) -> tuple:
+    """A namespace the engine watches beside its own: (inode, what watches it)."""
+    namespaces = source.namespaces.by_inode if hasattr(source, "table") else source.namespaces
+    return next((inode, ns) for inode, ns in namespaces.items() if inode != source.netns)
+
+
 def poll_cost(rounds: int) -> dict:
     """CPU of one full poll of the netlink engine (dump, owners, records), made to dump even
     where the kernel's counters stood still, against one psutil.net_connections() call,
@@ -280,17 +305,17 @@ def poll_cost(rounds: int) -> dict:
     source = lognet.NetlinkSource("inet")
     tracker = lognet.Tracker(awaits_kernel_closes=True)
     try:
-        tracker.update(source.connections("inet"))
+        tracker.update(poll(source))
         a, b = [], []
         for _ in range(rounds):
             t = time.process_time()
             psutil.net_connections("inet")
             a.append(time.process_time() - t)
-            source.signatures = {}  # a full poll: the dump is not skipped for counters that stood still
+            dump_everything_next(source)  # a full poll: the dump is not skipped for counters that stood still
             t = time.process_time()
-            tracker.update(source.connections("inet"), 0.0, *source.between_polls())
+            tracker.update(poll(source), 0.0, *source.between_polls())
             b.append(time.process_time() - t)
-        connections = len(source.records)
+        connections = sockets_dumped(source)
     finally:
         source.close()
     psutil_ms, netlink_ms = statistics.median(a) * 1e3, statistics.median(b) * 1e3
@@ -312,16 +337,16 @@ def namespaces_cost(tmp: Path, count: int, pairs: int, rounds: int, idle_seconds
         times: dict[str, list[float]] = {"all": [], "own": []}
         try:
             for source in sources.values():
-                source.connections("inet")
+                poll(source)
             for _ in range(rounds):
                 for which, source in sources.items():
-                    source.signatures = {}  # a full poll: every namespace dumped
+                    dump_everything_next(source)  # a full poll: every namespace dumped
                     t = time.process_time()
-                    source.connections("inet")
+                    poll(source)
                     times[which].append(time.process_time() - t)
-            counted = {which: (len(source.namespaces), len(source.records)) for which, source in sources.items()}
+            counted = {which: (len(source.namespaces), sockets_dumped(source)) for which, source in sources.items()}
             # one of them read as text, as where joining it is refused (no CAP_SYS_ADMIN)
-            inode, joined = next((i, ns) for i, ns in sources["all"].namespaces.items() if i != sources["all"].netns)
+            inode, joined = other_namespace(sources["all"])
             text = lognet.Namespace(inode, sources["all"].pairs, joined.pids)
             try:
                 text_times = []
@@ -411,7 +436,8 @@ def tcp_opens() -> int:
     """The kernel's TCP opens in lognet's namespace (ActiveOpens + PassiveOpens): a TCP socket
     connected or accepted; every one of them is closed, and reported closed, once."""
     with open("/proc/net/snmp") as f:
-        return lognet.KernelCounters._tcp_opens(f.read().encode())
+        return sum(int(count) for name, count in zip(*(line.split() for line in f if line.startswith("Tcp:")))
+                   if name in ("ActiveOpens", "PassiveOpens"))
 
 
 def ab(port: int, requests: int) -> dict:
@@ -909,8 +935,11 @@ def main() -> int:
     if args.watch is not None:
         WATCH[:] = ["--watch", str(args.watch)]
     if args.lognet:
-        global LOGNET
+        global LOGNET, lognet
         LOGNET = args.lognet.resolve()
+        spec = importlib.util.spec_from_file_location("lognet", LOGNET)  # the in-process measures' too
+        lognet = sys.modules["lognet"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(lognet)
     if args.part == "trust":
         report = {}
         with tempfile.TemporaryDirectory(prefix="lognet-bench-") as name:

@@ -352,7 +352,7 @@ class ScriptedSource(lognet.Source):
         self.snapshots = list(snapshots)
         self.known = dict(processes)
         self.clock, self.cost = clock, cost
-        self.kinds = []
+        self.calls = 0  # connections() calls: the polls so far
         self.looked_up = []
         self.seen = set()
         self.opens = []  # the kernel's TCP open counter, one reading per call
@@ -364,15 +364,15 @@ class ScriptedSource(lognet.Source):
     owners_visible = False  # as for a user who is not root: an ownerless socket may be another user's
 
     def between_polls(self):
-        return self.arrivals.get(len(self.kinds) - 1, []), []
+        return self.arrivals.get(self.calls - 1, []), []
 
-    def connections(self, kind):
+    def connections(self):
         if self.budget is not None:
             self.budget.level()  # the level is the source's to decide, as an engine's
-        replaced = self.reuse.get(len(self.kinds))
+        replaced = self.reuse.get(self.calls)
         if replaced is not None:
             self.known[replaced.pid] = replaced
-        self.kinds.append(kind)
+        self.calls += 1
         if self.clock:
             self.clock.now += self.cost
         return self.snapshots.pop(0)
@@ -386,7 +386,7 @@ class ScriptedSource(lognet.Source):
     def is_running(self, process):
         if process is None:
             return False
-        alive = self.known if self.running_by_poll is None else self.running_by_poll[len(self.kinds) - 1]
+        alive = self.known if self.running_by_poll is None else self.running_by_poll[self.calls - 1]
         return process.pid in alive and self.known.get(process.pid) == process
 
     def processes(self, pids):

@@ -10,30 +10,34 @@ import pytest
 import lognet
 from conftest import LOGNET, run_lognet
 
+# Each bad command line (its arguments split on spaces, '' an empty one) => what lognet says after "lognet: error: ".
+BAD_ARGUMENTS = """
+-i 0 => argument -i/--interval: must be above 0: '0'
+-i -1 => argument -i/--interval: must be above 0: '-1'
+-i x => argument -i/--interval: not a number: 'x'
+-i nan => argument -i/--interval: must be above 0: 'nan'
+-i inf => argument -i/--interval: must be above 0: 'inf'
+-ipv 5 => argument -ipv/--ip-version: invalid choice: 5 (choose from 4, 6)
+-ipv x => argument -ipv/--ip-version: invalid int value: 'x'
+-p icmp => argument -p/--protocol: invalid choice: 'icmp' (choose from 'udp', 'tcp')
+-n 0 => argument -n/--count: must be 1 or more: '0'
+-n 1.5 => argument -n/--count: not a whole number: '1.5'
+--interval => argument -i/--interval: expected one argument
+--bogus => unrecognized arguments: --bogus
+--engine x => argument --engine: invalid choice: 'x' (choose from 'auto', 'netlink', 'psutil')
+--watch -1 => argument --watch: must be 0 or more: '-1'
+--watch x => argument --watch: not a number: 'x'
+--netns none => argument --netns: invalid choice: 'none' (choose from 'all', 'own')
+-clog '' => argument -clog/--connections-log: an empty path: give a file, or - for standard output
+-plog '' => argument -plog/--processes-log: an empty path: give a file, or - for standard output
+--fields +event,,duration => argument --fields: an empty field name: '+event,,duration'
+--format jsonl --fields +event => argument --fields: only for --format w3c (a JSON Lines object always has every field)
+"""
+
 
 @pytest.mark.parametrize("argv, message", [
-    (["-i", "0"], "argument -i/--interval: must be above 0: '0'"),
-    (["-i", "-1"], "argument -i/--interval: must be above 0: '-1'"),
-    (["-i", "x"], "argument -i/--interval: not a number: 'x'"),
-    (["-i", "nan"], "argument -i/--interval: must be above 0: 'nan'"),
-    (["-i", "inf"], "argument -i/--interval: must be above 0: 'inf'"),
-    (["-ipv", "5"], "argument -ipv/--ip-version: invalid choice: 5 (choose from 4, 6)"),
-    (["-ipv", "x"], "argument -ipv/--ip-version: invalid int value: 'x'"),
-    (["-p", "icmp"], "argument -p/--protocol: invalid choice: 'icmp' (choose from 'udp', 'tcp')"),
-    (["-n", "0"], "argument -n/--count: must be 1 or more: '0'"),
-    (["-n", "1.5"], "argument -n/--count: not a whole number: '1.5'"),
-    (["--interval"], "argument -i/--interval: expected one argument"),
-    (["--bogus"], "unrecognized arguments: --bogus"),
-    (["--engine", "x"], "argument --engine: invalid choice: 'x' (choose from 'auto', 'netlink', 'psutil')"),
-    (["--watch", "-1"], "argument --watch: must be 0 or more: '-1'"),
-    (["--watch", "x"], "argument --watch: not a number: 'x'"),
-    (["--netns", "none"], "argument --netns: invalid choice: 'none' (choose from 'all', 'own')"),
-    (["-clog", ""], "argument -clog/--connections-log: an empty path: give a file, or - for standard output"),
-    (["-plog", ""], "argument -plog/--processes-log: an empty path: give a file, or - for standard output"),
-    (["--fields", "+event,,duration"], "argument --fields: an empty field name: '+event,,duration'"),
-    (["--format", "jsonl", "--fields", "+event"],
-     "argument --fields: only for --format w3c (a JSON Lines object always has every field)"),
-])
+    ([word.replace("''", "") for word in line.split(" => ")[0].split()], line.split(" => ")[1])
+    for line in BAD_ARGUMENTS.strip().splitlines()])
 def test_bad_value_is_one_line_and_exit_2(argv, message):
     result = run_lognet("-clog", "/nonexistent/c.log", "-plog", "/nonexistent/p.log", *argv)
     assert result.returncode == 2

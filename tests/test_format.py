@@ -112,23 +112,26 @@ def test_format_timestamp_utc():
 def test_a_summary_is_a_remark_of_names_and_values_escaped_like_fields():
     fmt = lognet.W3CFormat()
     process = lognet.ProcessInfo(4242, "ngi nx\n", 1795763232.73, ("nginx",))
-    summary = {"count": 9812, "netns": 4026531840, "pid": 4242, "attrib": "listener", "prot": "TCP",
-               "direction": "in", "raddr": "127.0.0.1", "rport": None, "lport": 8080, "process": process}
-    assert fmt.summary(summary, 0.0) == (
+    summary = lognet.Summary(count=9812, netns=4026531840, pid=4242, attrib="listener", prot="TCP", direction="in",
+                             raddr="127.0.0.1", rport=None, lport=8080)
+    assert fmt.summary(summary, process, 0.0) == (
         "#Remark: skipped count 9812 prot TCP direction in raddr 127.0.0.1 rport - lport 8080 netns 4026531840 "
         "attrib listener upid ngi\\x20nx\\x0a|4242|1795763232.73")
-    line = json.loads(lognet.JsonLinesFormat().summary(summary, 0.0))
-    assert (line["event"], line["count"], line["upid"], line["rport"], line["lport"]) == (
-        "summary", 9812, "ngi\\x20nx\\x0a|4242|1795763232.73", None, 8080)
+    line = json.loads(lognet.JsonLinesFormat().summary(summary, process, 0.0))
+    assert line == {"ts": line["ts"], "event": "summary", "count": 9812, "netns": 4026531840, "pid": 4242,
+                    "attrib": "listener", "prot": "TCP", "direction": "in", "raddr": "127.0.0.1", "rport": None,
+                    "lport": 8080, "upid": "ngi\\x20nx\\x0a|4242|1795763232.73"}
 
 
 def test_a_coverage_ratio_is_rounded_once():
     # 8 of 42 is 0.1905 to four decimals (JSON's), which would read 0.191 rounded again to three
     fmt = lognet.W3CFormat()
-    stats = {"coverage": round(8 / 42, 4), "tcp_opens": 42, "tcp_seen": 8, "polls": 1, "avg_poll_ms": 1.0,
-             "late": 0, "dropped": 0}
+    stats = lognet.Stats(closes=None, closes_by_netns={}, close_events_read=0, pauses=0, tcp_opens=42, tcp_seen=8,
+                         max_cpu=None, shed_spells=0, shedding=None, polls=1, avg_poll_ms=1.0, late=0, dropped=0,
+                         held=0)
     assert fmt.stats(stats, 0.0).startswith("#Remark: coverage 0.190 (kernel TCP opens 42, seen 8); ")
-    closes = lognet.close_coverage({"tcp": [8, 34, 0, 0, 0]})
-    assert closes["tcp"]["ratio"] == 0.1905
-    remark = fmt.stats({"coverage": closes, "pauses": 0, "polls": 1, "avg_poll_ms": 1.0, "late": 0, "dropped": 0}, 0.0)
+    assert lognet.stats_object(stats)["coverage"] == 0.1905
+    closes = {"tcp": lognet.CloseCounts(with_process=8, without=34)}
+    assert lognet.close_coverage(closes)["tcp"]["ratio"] == 0.1905
+    remark = fmt.stats(stats._replace(closes=closes), 0.0)
     assert remark.startswith("#Remark: coverage tcp 0.190 (closed 42, with process 8, without 34); ")

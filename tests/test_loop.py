@@ -96,7 +96,13 @@ def test_filters_apply_to_logged_lines(tmp_path):
     lines = data_lines(tmp_path / "c.log")
     assert [line.split(" ")[1:] for line in lines] == [
         ["TCP", "127.0.0.1", "80", "127.0.0.1", "5000", "ESTABLISHED", "srv|10|1000.00"]]
-    assert source.kinds == ["tcp4"]
+    # the engines the configuration makes list that kind, and no other
+    assert lognet.ENGINES["psutil"](config, None).kind == "tcp4"
+    netlink = lognet.ENGINES["netlink"](config, None)
+    try:
+        assert netlink.pairs == [(socket.AF_INET, socket.IPPROTO_TCP)]
+    finally:
+        netlink.close()
 
 
 def test_stop_signal_ends_after_the_current_poll(tmp_path):
@@ -111,7 +117,7 @@ def test_stop_signal_ends_after_the_current_poll(tmp_path):
             signals.stop = True
 
     assert lognet.run(config, poller, signals=signals, clock=clock, sleep=sleep) == 2
-    assert len(source.kinds) == 2
+    assert source.calls == 2
 
 
 def test_udp_lines(tmp_path):

@@ -95,7 +95,7 @@ def watched_namespace(holder):
     inside = holder("--name", "lnnswatched", prefix=PRIVATE_NETNS)
     source = lognet.NetlinkSource("tcp")
     try:
-        source.connections("tcp")
+        source.connections()
         yield inside, source
     finally:
         source.close()
@@ -108,7 +108,7 @@ def test_a_close_in_another_namespace_makes_the_watcher_dump_it(watched_namespac
     # a pair closes and another opens between two looks: the namespace's counts of
     # sockets in use stand still, and so does the kernel's count of TCP sockets made
     inside.send("open")
-    source.connections("tcp")
+    source.connections()
     source.watch()
     source.between_polls()
     assert inside.send("drop") == "dropped"
@@ -206,26 +206,6 @@ def test_container_comes_from_a_cgroup_named_like_dockers(tmp_path, holder):
     assert all(o["container"] is None for o in others)
 
 
-@pytest.mark.parametrize("cgroup, container", [
-    (f"0::/system.slice/docker-{DOCKER_ID}.scope\n", DOCKER_ID[:12]),  # Docker, systemd driver
-    (f"12:pids:/docker/{DOCKER_ID}\n11:memory:/docker/{DOCKER_ID}\n0::/\n", DOCKER_ID[:12]),  # cgroupfs driver
-    (f"0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{DOCKER_ID}.scope/container\n",
-     DOCKER_ID[:12]),  # rootless Podman
-    (f"0::/machine.slice/libpod-conmon-{DOCKER_ID}.scope\n", None),  # Podman's monitor, outside the container
-    (f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_5f60.slice/"
-     f"cri-containerd-{DOCKER_ID}.scope\n", DOCKER_ID[:12]),  # containerd under Kubernetes
-    (f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod9a8b.slice/crio-{DOCKER_ID}.scope\n",
-     DOCKER_ID[:12]),  # CRI-O
-    (f"11:memory:/kubepods/burstable/pod0f3b9c2e-1234-4abc-9def-0123456789ab/{DOCKER_ID}\n",
-     DOCKER_ID[:12]),  # Kubernetes, cgroupfs driver
-    ("0::/system.slice/docker.service\n", None),  # the daemon itself
-    ("0::/user.slice/user-0.slice/session-4.scope\n", None),
-    (f"0::/system.slice/docker-{DOCKER_ID[:40]}.scope\n", None),  # not a whole id
-])
-def test_container_id_from_each_runtimes_cgroup_path(cgroup, container):
-    assert lognet.container_id(cgroup) == container
-
-
 def test_proc_net_tables_are_read_as_the_kernel_writes_them():
     tcp = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout "
            "inode\n"
@@ -263,4 +243,4 @@ UDP4, UDP6 = (socket.AF_INET, socket.IPPROTO_UDP), (socket.AF_INET6, socket.IPPR
 ])
 def test_only_the_kinds_a_namespace_holds_are_dumped(counts, held):
     signature = (b"Tcp: ...\n", SOCKSTAT.format(**counts).encode(), SOCKSTAT6.format(**counts).encode())
-    assert lognet.KernelCounters.held(signature) == held
+    assert lognet.KernelCounters.kinds_in_use(signature) == held

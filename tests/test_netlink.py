@@ -7,6 +7,7 @@ import errno
 import os
 import select
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -326,7 +327,7 @@ def test_a_search_finds_a_new_process_that_had_no_socket_at_the_last_look():
             server, _ = listener.accept()
             with server:
                 port, peer = listener.getsockname()[1], server.getpeername()[1]
-                inode = next(c.inode for c in lognet.NetlinkSource("tcp").connections("tcp")
+                inode = next(c.inode for c in lognet.NetlinkSource("tcp").connections()
                              if c.raddr and c.raddr[1] == port and c.laddr[1] == peer)
                 table.search({inode}, most=0)  # only the processes new since the scan: ours among them
                 assert [pid for pid, _ in table.owners[inode]] == [client.pid]
@@ -344,7 +345,7 @@ def test_the_watcher_finds_a_socket_made_before_one_look_and_connected_after_it(
     client = socket.socket()  # made, not bound: in no dump
     client.setblocking(False)
     try:
-        source.connections("tcp")
+        source.connections()
         source.watch()  # the counters as they are now
         source.watch()
         assert source.between_polls()[0] == []
@@ -370,7 +371,7 @@ def test_the_watcher_looks_for_no_owner_of_a_socket_whose_line_the_filters_drop(
     held = [listener]
     try:
         for source in sources.values():
-            source.connections("inet")
+            source.connections()
             source.watch()
         held.append(socket.create_connection(listener.getsockname()))
         held.append(listener.accept()[0])
@@ -393,14 +394,15 @@ def test_the_watcher_looks_for_no_owner_of_a_socket_whose_line_the_filters_drop(
 
 def test_the_watcher_waits_for_its_share_of_cpu_before_it_wakes_again():
     source = lognet.NetlinkSource("tcp")
+    watcher = lognet.Watcher(source, 0.02)
     try:
-        source.moved_at = time.monotonic()  # sockets are opening: not quiet
-        source.allowance = 0.05
-        assert source.next_look(0.02) == 0.02
-        source.allowance = -0.006  # a look cost 6 ms more than the share had saved
-        assert source.next_look(0.02) == pytest.approx(0.006 / lognet.WATCH_CPU_SHARE)
-        source.moved_at = time.monotonic() - lognet.WATCH_QUIET_AFTER - 1
-        assert source.next_look(0.02) == lognet.WATCH_QUIET
+        watcher.moved_at = time.monotonic()  # sockets are opening: not quiet
+        watcher.allowance = 0.05
+        assert watcher.next_look() == 0.02
+        watcher.allowance = -0.006  # a look cost 6 ms more than the share had saved
+        assert watcher.next_look() == pytest.approx(0.006 / lognet.WATCH_CPU_SHARE)
+        watcher.moved_at = time.monotonic() - lognet.WATCH_QUIET_AFTER - 1
+        assert watcher.next_look() == lognet.WATCH_QUIET
     finally:
         source.close()
 
@@ -411,19 +413,20 @@ def test_a_close_event_wakes_a_quiet_watcher_and_brings_back_its_pace():
     try:
         client = socket.create_connection(listener.getsockname())
         server, _ = listener.accept()
-        source.connections("tcp")
-        source.watch()  # the open is counted: only the close is new below
-        source.moved_at = time.monotonic() - lognet.WATCH_QUIET_AFTER - 1  # a spell with nothing opened or closed
-        assert source.next_look(0.02) == lognet.WATCH_QUIET
-        wakers = source.wakers()
+        watcher = lognet.Watcher(source, 0.02)
+        source.connections()
+        watcher.look()  # the open is counted: only the close is new below
+        watcher.moved_at = time.monotonic() - lognet.WATCH_QUIET_AFTER - 1  # a spell with nothing opened or closed
+        assert watcher.next_look() == lognet.WATCH_QUIET
+        wakers = watcher.wakers()
         assert wakers and not select.select(wakers, [], [], 0)[0]
         client.close()
         server.close()
         heard = select.select(wakers, [], [], 5)[0]
         assert heard  # the close event ends the wait
-        source.watch(heard)  # as the watcher calls it after such a wait
-        assert not source.quiet() and source.next_look(0.02) == 0.02
-        assert source.wakers() == []
+        watcher.look(heard)  # as the watcher's thread calls it after such a wait
+        assert not watcher.quiet() and watcher.next_look() == 0.02
+        assert watcher.wakers() == []
     finally:
         listener.close()
         source.close()
@@ -497,7 +500,7 @@ def test_close_event_bytes_from_a_real_kernel_close():
     """The Closed record decoded from the kernel's event matches what went through the socket."""
     source = lognet.NetlinkSource("tcp4")
     try:
-        source.connections("tcp4")
+        source.connections()
         listener = socket.create_server(("127.0.0.1", 0))
         client = socket.create_connection(listener.getsockname())
         server, _ = listener.accept()
@@ -510,7 +513,7 @@ def test_close_event_bytes_from_a_real_kernel_close():
 
         def ours():
             source.read_events()
-            return [c for c in source.departures if c.conn.laddr and c.conn.laddr[1] == port]
+            return [c for c in source.close_events.departures if c.conn.laddr and c.conn.laddr[1] == port]
         closed = wait_for(ours)[0]
     finally:
         source.close()
@@ -540,3 +543,79 @@ def test_nobody_without_capabilities_gets_dumps_and_close_events(tmp_path, holde
     # root's sockets: seen, owner not ours to know; the kernel's close with its bytes all the same
     assert by_key[(port, "-", "open")]["attrib"] == "hidden" and by_key[(port, "-", "open")]["upid"] == "-"
     assert by_key[(port, client, "close")]["txbytes"] == "0"
+
+
+# ---------------------------------------------------------------- the wire, built by hand
+
+def diag_message(family: int, state: int, src: str, sport: int, dst: str, dport: int, cookie: int, uid: int,
+                 inode: int, attributes: bytes = b"") -> bytes:
+    """One inet_diag_msg in its nlmsghdr, laid out member by member as linux/inet_diag.h declares it."""
+    src, dst = (socket.inet_pton(family, ip).ljust(16, b"\0") for ip in (src, dst))
+    body = (struct.pack("=BBBB", family, state, 0, 0)  # idiag_family, state, timer, retrans
+            + struct.pack("!HH", sport, dport) + src + dst  # id: sport, dport, src, dst
+            + struct.pack("=I", 0) + struct.pack("=II", cookie & 0xFFFFFFFF, cookie >> 32)  # id: if, cookie[2]
+            + struct.pack("=IIIII", 0, 0, 0, uid, inode)  # expires, rqueue, wqueue, uid, inode
+            + attributes)
+    return struct.pack("=IHHII", 16 + len(body), 20, 2, 1, 0) + body  # SOCK_DIAG_BY_FAMILY, NLM_F_MULTI
+
+
+def done_message(error: int = 0) -> bytes:
+    return struct.pack("=IHHIIi", 20, 3, 2, 1, 0, -error)  # NLMSG_DONE, and the error that cut the dump short
+
+
+HAND_BUILT = [
+    (socket.AF_INET, 1, "127.0.0.1", 40000, "127.0.0.1", 8080, 0x1_0000_0002, 1000, 777),
+    (socket.AF_INET, 10, "0.0.0.0", 8080, "0.0.0.0", 0, 3, 0, 778),
+    (socket.AF_INET6, 6, "::1", 40001, "2001:db8::1", 443, 0xFFFF_FFFF_0000_0004, 0, 0),
+]
+
+
+def expected(family, state, src, sport, dst, dport, cookie, uid, inode) -> lognet.Connection:
+    return lognet.Connection(-1, family, socket.SOCK_STREAM, (src, sport) if sport else (),
+                             (dst, dport) if dport else (), lognet.TCP_STATES[state], None, inode or None, cookie,
+                             uid, 4026531840)
+
+
+def decoded(found: dict) -> dict:
+    return {key: lognet.decode_socket(data, start, socket.IPPROTO_TCP, 4026531840)
+            for key, (data, start) in found.items()}
+
+
+@pytest.mark.parametrize("attributes", [b"", struct.pack("=HH", 8, 1) + b"\x01\x02\x03\x04"])
+def test_a_dump_built_by_hand_decodes_member_by_member(attributes):
+    """One chunk of three sockets and NLMSG_DONE: all messages of one length (read by
+    stride) or, with an attribute on the first, not (read by the walker)."""
+    messages = [diag_message(*HAND_BUILT[0], attributes=attributes)] + [diag_message(*m) for m in HAND_BUILT[1:]]
+    chunk = b"".join(messages) + done_message()
+    found = decoded(lognet.dump_messages([chunk]))
+    assert found == {(m[6] & 0xFFFFFFFF, m[6] >> 32, m[1]): expected(*m) for m in HAND_BUILT}  # by cookie and state
+    assert lognet.dump_done(chunk) == 0 and lognet.dump_done(b"".join(messages)) is None
+    kinds = [(kind, end - start) for kind, start, end in lognet.netlink_messages(chunk)]
+    assert kinds == [(20, len(m) - 16) for m in messages] + [(3, 4)]
+
+
+def test_the_walker_raises_the_error_a_reply_carries_and_a_dump_cut_short_says_why():
+    refused = struct.pack("=IHHIIi", 36, 2, 0, 1, 0, -errno.EPERM) + bytes(16)  # NLMSG_ERROR, and the request
+    with pytest.raises(PermissionError):
+        lognet.netlink_messages(refused)
+    assert lognet.netlink_messages(struct.pack("=IHHIIi", 36, 2, 0, 1, 0, 0) + bytes(16)) == [(2, 16, 36)]  # an ack
+    assert lognet.dump_done(diag_message(*HAND_BUILT[0]) + done_message(errno.EINTR)) == errno.EINTR
+    # a length shorter than a header: nothing after it can be trusted
+    assert lognet.netlink_messages(diag_message(*HAND_BUILT[0]) + struct.pack("=IHHII", 8, 20, 0, 0, 0)) == [
+        (20, 16, 88)]
+
+
+def test_a_real_dump_reads_the_same_by_stride_as_by_the_walker(tcp_pair):
+    diag = lognet.SockDiag()
+    try:
+        chunks = diag.dump(socket.AF_INET, socket.IPPROTO_TCP)
+    finally:
+        diag.close()
+    walked = {lognet.socket_key(data, start): (data, start) for data in chunks
+              for kind, start, _ in lognet.netlink_messages(data) if kind == lognet.SOCK_DIAG_BY_FAMILY}
+    found = lognet.dump_messages(chunks)
+    assert found.keys() == walked.keys() and decoded(found) == decoded(walked)
+    listener, client, _ = tcp_pair
+    ours = [conn for conn in decoded(found).values() if conn.laddr == client.getsockname()]
+    assert [(conn.raddr, conn.status, conn.inode) for conn in ours] == [
+        (listener.getsockname(), "ESTABLISHED", os.fstat(client.fileno()).st_ino)]

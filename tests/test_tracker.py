@@ -124,7 +124,7 @@ def test_an_ownerless_socket_is_hidden_only_when_an_owner_could_be_hidden():
     for owners_visible, conn, attrib in ((False, fin_wait, "hidden"), (True, fin_wait, "orphan"),
                                          (False, no_file, "orphan"), (False, has_file, "hidden"),
                                          (True, has_file, "orphan")):
-        tracker = lognet.Tracker(owners_visible=owners_visible)
+        tracker = lognet.Tracker(owners_visible=lambda visible=owners_visible: visible)
         assert [e.attrib for e in tracker.update([conn])] == [attrib], (owners_visible, conn)
 
 
@@ -152,9 +152,9 @@ def test_a_socket_found_after_the_snapshot_began_that_it_shows_in_another_state_
 def test_listeners_are_forgotten_when_they_close():
     tracker = lognet.Tracker()
     tracker.update([LISTEN])
-    assert tracker.listening == {(None, socket.AF_INET, ("127.0.0.1", 80)): 1}
+    assert tracker.listeners.sharing == {(None, socket.AF_INET, ("127.0.0.1", 80)): 1}
     tracker.update([])
-    assert tracker.listening == {}
+    assert tracker.listeners.sharing == {}
     late = tracker.update([ESTAB._replace(fd=9)])
     assert late[0].direction == "out"  # no listener any more: nothing says the peer connected in
 
