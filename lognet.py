@@ -2038,7 +2038,7 @@ class CloseEvents:
                 conn = decode_socket(data, start, protocol, ns.inode)
                 counts = tcp_info_bytes(data, start, end) if protocol == socket.IPPROTO_TCP else None
                 sent, received, beyond = counts or (None, None, None)
-                if self.names is not None:
+                if protocol == socket.IPPROTO_UDP and self.names is not None:
                     self.names.note_closed(conn)
                 closed.append(Closed(conn._replace(inode=None, uid=None, txbytes=sent), seen, received, beyond))
         return closed
@@ -2814,6 +2814,7 @@ class Tracker:
         # orphan. Otherwise its owner may be hidden from lognet, unless the kernel says the
         # socket has no file. The source tells, as it learns (Source.owners_visible).
         self.owners_visible = owners_visible
+        self.all_owners_visible = False  # what owners_visible() said at the last update
         self.waiting: list[Sighting] = []
         self.live: frozenset[Connection] = frozenset()
         self.sightings: dict[tuple, Sighting] = {}  # by connection_id
@@ -2835,6 +2836,7 @@ class Tracker:
         for a new connection); the poller fills in the owners it looks up, through
         remember_owner()."""
         self.updates += 1
+        self.all_owners_visible = self.owners_visible()
         self.last_sighting, self.previous_time = self.previous_time, now
         for cookie, (_, told_at) in list(self.closed_lately.items()):
             if told_at < self.updates - 2:  # its TIME_WAIT would have shown in the dump after its close
@@ -3022,7 +3024,7 @@ class Tracker:
             process, attrib = sighting.process, "pid"
         else:
             process = sighting.process if sighting.orphaned else None
-            orphan = sighting.orphaned or conn.status == TIME_WAIT or has_no_file(conn) or self.owners_visible()
+            orphan = sighting.orphaned or conn.status == TIME_WAIT or has_no_file(conn) or self.all_owners_visible
             attrib = "orphan" if orphan else "hidden"
         return ConnectionEvent(event, conn, process, sighting.first_seen, seen, sighting.direction, attrib, time,
                                kernel_close)
@@ -4065,11 +4067,10 @@ class Poller:
     def count_seen(self, events: list[ConnectionEvent]) -> None:
         """Count, for coverage, the TCP connections seen opening (against the kernel's open
         counter), and the kernel's closes logged with and without their process."""
-        for e in events:
-            if e.kernel_close:
-                without = e.process is None or e.attrib == "unseen"
-                self.count_closes(e.conn.netns, e.conn.type, CloseCounts(without=1) if without else
-                                  CloseCounts(with_process=1))
+        closes = Counter((e.conn.netns, e.conn.type, e.process is None or e.attrib == "unseen") for e in events
+                         if e.kernel_close)  # a flood's thousands a poll: counted in C, then added once each
+        for (netns, kind, without), count in closes.items():
+            self.count_closes(netns, kind, CloseCounts(without=count) if without else CloseCounts(with_process=count))
         if self.polls > 0:  # the first poll finds what was open before the kernel counters were read
             self.tcp_seen += sum(1 for e in events if e.event == "open" and e.conn.type == socket.SOCK_STREAM
                                  and e.conn.raddr)

@@ -40,6 +40,7 @@ from load import Load  # noqa: E402
 import lognet  # noqa: E402
 
 LOGNET = HERE.parent / "lognet.py"
+AGAINST: Path | None = None  # another lognet.py, run beside this one in the flood's rounds (--against)
 CLI_POLLS = 40
 RAW = "import psutil, sys\nfor _ in range(int(sys.argv[2])): psutil.net_connections(sys.argv[1])\n"
 
@@ -480,14 +481,19 @@ def flood_cost(tmp: Path, requests: int, rounds: int) -> dict:
     try:
         time.sleep(1)
         ab(port, 1000)  # nginx is up and warm
-        for turn in range(2 * rounds):
-            drain_time_wait()
-            # without, with; with, without; ...: a drift of the machine's speed falls on both
-            if turn % 4 in (0, 3):
-                runs.append({"lognet": False, **ab(port, requests)})
-            else:
-                runs.append(lognet_under_ab(tmp, port, requests, lognet_argv(tmp, "--stats-interval", "3600",
-                                                                             engine="netlink")))
+        # without, with; with, without; ...: a drift of the machine's speed falls on each alike.
+        # With --against, each round runs that lognet too, beside this one.
+        versions = [LOGNET] + ([AGAINST] if AGAINST else [])
+        for turn in range(rounds):
+            order = [None, *versions] if turn % 2 == 0 else [*reversed(versions), None]
+            for version in order:
+                drain_time_wait()
+                if version is None:
+                    runs.append({"lognet": False, **ab(port, requests)})
+                    continue
+                argv = lognet_argv(tmp, "--stats-interval", "3600", engine="netlink")
+                runs.append({**lognet_under_ab(tmp, port, requests, [argv[0], str(version), *argv[2:]]),
+                             "version": str(version)})
         # The close events' filter in the kernel against the same filter in Python only, both
         # leaving out loopback: how many events reach Python, and what they cost.
         unfiltered = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import lognet; "
@@ -501,10 +507,16 @@ def flood_cost(tmp: Path, requests: int, rounds: int) -> dict:
         nginx.terminate()
         nginx.wait(timeout=30)
     without = statistics.median(r["rps"] for r in runs if not r["lognet"])
-    with_lognet = statistics.median(r["rps"] for r in runs if r["lognet"])
-    return {"requests": requests, "runs": runs, "rps_without": without, "rps_with": with_lognet,
-            "ratio": with_lognet / without, "cpu_share": statistics.median(r["cpu_share"] for r in runs if r["lognet"]),
-            "max_cpu": lognet.DEFAULT_MAX_CPU, "filters": filters}
+    mine = [r for r in runs if r.get("version") == str(LOGNET)]
+    with_lognet = statistics.median(r["rps"] for r in mine)
+    report = {"requests": requests, "runs": runs, "rps_without": without, "rps_with": with_lognet,
+              "ratio": with_lognet / without, "cpu_share": statistics.median(r["cpu_share"] for r in mine),
+              "max_cpu": lognet.DEFAULT_MAX_CPU, "filters": filters}
+    if AGAINST:
+        theirs = [r for r in runs if r.get("version") == str(AGAINST)]
+        report["against"] = {"lognet": str(AGAINST), "rps_with": statistics.median(r["rps"] for r in theirs),
+                             "cpu_share": statistics.median(r["cpu_share"] for r in theirs)}
+    return report
 
 
 def lognet_under_ab(tmp: Path, port: int, requests: int, argv: list[str]) -> dict:
@@ -887,12 +899,17 @@ def print_netlink_report(r: dict) -> None:
             if not run["lognet"]:
                 print(f"| without lognet | {run['rps']:,.0f} | | | |")
             else:
-                print(f"| lognet at its defaults (--max-cpu {f['max_cpu']:g}) | {run['rps']:,.0f} | "
+                which = "" if run.get("version", str(LOGNET)) == str(LOGNET) else f", {run['version']}"
+                print(f"| lognet at its defaults (--max-cpu {f['max_cpu']:g}{which}) | {run['rps']:,.0f} | "
                       f"{run['cpu_share']:.1%} | {run['kernel_tcp_opens']:,} | {run['closed']:,} "
                       f"({run['with_process']:,}, {run['without']:,}, {run['skipped']:,}, {run['unheard']:,}, "
                       f"{run['lost']:,}) |")
         print(f"medians: {f['rps_without']:,.0f} requests/s without, {f['rps_with']:,.0f} with "
               f"({f['ratio']:.1%}); lognet's CPU {f['cpu_share']:.1%} of one core")
+        if "against" in f:
+            other = f["against"]
+            print(f"medians of {other['lognet']}, in the same rounds: {other['rps_with']:,.0f} requests/s with it "
+                  f"({other['rps_with'] / f['rps_without']:.1%}); its CPU {other['cpu_share']:.1%} of one core")
         print()
         print("| `--omit-loopback-conns`, the same flood | ab requests/s | lognet CPU | close events read by lognet |")
         print("|---|---:|---:|---:|")
@@ -922,6 +939,8 @@ def main() -> int:
                              "host, and client close lines (on its own, without the held load but where it says)")
     parser.add_argument("--lognet", type=Path, help="the lognet.py to measure (default: this checkout's), "
                         "for the same figures of another version side by side")
+    parser.add_argument("--against", type=Path, help="the flood: run this other lognet.py too, in the same "
+                        "rounds, for its figures side by side with this one's (the commit before, say)")
     parser.add_argument("--idle-seconds", type=float, default=30, help="length of each idle CPU run (default 30)")
     parser.add_argument("--idle-rounds", type=int, default=3, help="interleaved idle runs per engine (default 3)")
     parser.add_argument("--per-lifetime", type=int, default=50, help="connections per lifetime (default 50)")
@@ -934,6 +953,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.watch is not None:
         WATCH[:] = ["--watch", str(args.watch)]
+    if args.against:
+        global AGAINST
+        AGAINST = args.against.resolve()
     if args.lognet:
         global LOGNET, lognet
         LOGNET = args.lognet.resolve()
