@@ -1866,6 +1866,14 @@ class DnsTap:
 
 
 
+def put_latest(table: OrderedDict, key, value, kept: int) -> None:
+    """Keep value at key as the latest of table, which holds the `kept` latest at the most."""
+    table[key] = value
+    table.move_to_end(key)
+    if len(table) > kept:
+        table.popitem(last=False)
+
+
 class NameCache:
     """The names that DNS answers gave for remote addresses, by network namespace: the
     one each process asked for, where the asking socket's owner was known, and the most
@@ -1887,9 +1895,9 @@ class NameCache:
         """What an answer said; pid is the asking socket's owner, when known."""
         for address, ttl in answer.addresses:
             until = now + max(ttl, self.floor)
-            self._put(self.recent, (answer.netns, address), (answer.message, until))
+            put_latest(self.recent, (answer.netns, address), (answer.message, until), self.kept)
             if pid is not None:
-                self._put(self.asked, (answer.netns, pid, address), (answer.message, until))
+                put_latest(self.asked, (answer.netns, pid, address), (answer.message, until), self.kept)
 
     def name(self, netns: int | None, pid: int | None, address: str, now: float) -> str | None:
         """The name for a connection of pid to address: the one pid asked for, else the latest."""
@@ -1910,11 +1918,6 @@ class NameCache:
             return name
         return None
 
-    def _put(self, table: OrderedDict, key: tuple, value: tuple[str | bytes, float]) -> None:
-        table[key] = value
-        table.move_to_end(key)
-        if len(table) > self.kept:
-            table.popitem(last=False)
 
 
 
@@ -1948,11 +1951,7 @@ class Names:
         """Who holds a UDP socket may be who asks for the DNS answers sent to its port."""
         if record.type != socket.SOCK_DGRAM or not record.laddr:
             return
-        key = (record.netns, record.laddr[1])
-        self.askers[key] = pid
-        self.askers.move_to_end(key)
-        if len(self.askers) > NAMES_KEPT:  # bounded as the names are
-            self.askers.popitem(last=False)
+        put_latest(self.askers, (record.netns, record.laddr[1]), pid, NAMES_KEPT)  # bounded as the names are
 
     def note_closed(self, closed: Connection) -> None:
         """A UDP socket closed: its port may ask for another process, once the answers that came are read."""
@@ -2175,6 +2174,293 @@ class Shedding:
         for ns in {*dumped, *(ns for ns in namespaces if ns.settling)}:
             if ns.counters is not None:
                 close_events.count_unheard(ns)
+
+##############################################################################
+# Sources: the Linux engine. Kernel events (tracepoints, through perf_event_open)
+##############################################################################
+
+# A tracepoint sample reaches lognet in the context of the process that did what it
+# describes (a connect, a close): its pid is that process's. The ids and field offsets of
+# the tracepoints are read from tracefs (TRACEFS/events/<group>/<event>/format), never
+# written here; where tracefs is not mounted, a child process mounts it in a mount
+# namespace of its own to read them, and the host's mounts stay as they were. The engine
+# does not read these events yet.
+TRACEFS = "/sys/kernel/tracing"
+CLONE_NEWNS = 0x00020000
+MS_REC, MS_PRIVATE = 1 << 14, 1 << 18
+PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}  # the syscall's number (asm/unistd_64.h), by machine
+# struct perf_event_attr (linux/perf_event.h), its first members: type, size, config (the
+# tracepoint's id), sample_period, sample_type, read_format, the flag bits, wakeup_events;
+# the rest zeros, to PERF_ATTR_SIZE.
+PERF_ATTR = struct.Struct("=IIQQQQQI")
+PERF_ATTR_SIZE = 128
+PERF_TYPE_TRACEPOINT = 2
+PERF_SAMPLE_TID, PERF_SAMPLE_TIME, PERF_SAMPLE_RAW = 1 << 1, 1 << 2, 1 << 10
+PERF_ATTR_DISABLED = 1  # flag bit 0: made disabled, enabled once every CPU's event is open
+PERF_FLAG_FD_CLOEXEC = 8
+PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_DISABLE, PERF_EVENT_IOC_SET_FILTER = 0x2400, 0x2401, 0x40082406
+# struct perf_event_mmap_page, the ring's first page: data_head, which the kernel moves, and
+# data_tail, which the reader writes back; the records follow, from the second page, round a
+# ring of a power of two pages.
+RING_HEAD, RING_TAIL = 1024, 1032
+RING_U64 = struct.Struct("=Q")
+RING_PAGES = 16
+PERF_HEADER = struct.Struct("=IHH")  # struct perf_event_header: type, misc, size
+PERF_RECORD_LOST, PERF_RECORD_SAMPLE = 2, 9
+PERF_LOST = struct.Struct("=QQ")  # after the header: id, how many samples were lost
+# A sample of PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_RAW, after its header: pid,
+# tid, time, the size of the raw record; then the raw record (the tracepoint's fields).
+SAMPLE_HEAD = struct.Struct("=IIQI")
+
+
+class Tracepoint(NamedTuple):
+    """A tracepoint's id, and where its fields are in a raw record, as its format file says."""
+
+    name: str  # 'sock/inet_sock_set_state'
+    id: int
+    fields: dict[str, tuple[int, int]]  # field name -> (offset, size)
+
+
+def parse_tracepoint_format(name: str, text: str) -> Tracepoint:
+    """A Tracepoint from the text of its tracefs format file:
+    'ID: 2287' and '\\tfield:const void * skaddr;\\toffset:8;\\tsize:8;\\tsigned:0;' ->
+    Tracepoint(name, 2287, {'skaddr': (8, 8), ...}). ValueError for text that is no format."""
+    tracepoint_id, fields = None, {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("ID:"):
+            tracepoint_id = int(line[3:])
+        elif line.startswith("field:"):
+            parts = dict(part.strip().split(":", 1) for part in line.split(";") if ":" in part)
+            fields[parts["field"].split()[-1].split("[")[0]] = (int(parts["offset"]), int(parts["size"]))
+    if tracepoint_id is None or not fields:
+        raise ValueError(f"{name}: not a tracepoint's format")
+    return Tracepoint(name, tracepoint_id, fields)
+
+
+def tracepoints(names: Iterable[str], tracefs: str = TRACEFS) -> dict[str, Tracepoint]:
+    """Each tracepoint ('group/event') as tracefs describes it. OSError where it cannot be
+    read: not root (mounting tracefs needs CAP_SYS_ADMIN), or no such tracepoint."""
+    paths = {name: f"events/{name}/format" for name in names}
+    texts = read_tracefs(list(paths.values()), tracefs)
+    return {name: parse_tracepoint_format(name, texts[path]) for name, path in paths.items()}
+
+
+def read_tracefs(paths: list[str], tracefs: str = TRACEFS) -> dict[str, str]:
+    """The text of these files of tracefs: read in place where it is mounted, else by a child
+    that mounts it in a mount namespace of its own (made private first, so that nothing it
+    mounts reaches the host's) and sends them back through a pipe."""
+    if os.path.isdir(f"{tracefs}/events"):
+        texts = {}
+        for path in paths:
+            with open(f"{tracefs}/{path}") as f:
+                texts[path] = f.read()
+        return texts
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    readable, writable = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: mount, read, send, and exit without returning to the caller
+        status = 1
+        try:
+            os.close(readable)
+            for call in (lambda: libc.unshare(CLONE_NEWNS),
+                         lambda: libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None),
+                         lambda: libc.mount(b"tracefs", tracefs.encode(), b"tracefs", ctypes.c_ulong(0), None)):
+                if call() != 0:
+                    reply = {"errno": ctypes.get_errno()}
+                    break
+            else:
+                reply = {"texts": read_tracefs(paths, tracefs)}
+        except OSError as exc:
+            reply = {"errno": exc.errno or errno.EIO}
+        try:
+            data = json.dumps(reply).encode()
+            while data:
+                data = data[os.write(writable, data):]
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(writable)
+    with os.fdopen(readable, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(child, 0)
+    reply = json.loads(data or b'{"errno": 5}')
+    if "errno" in reply:
+        raise OSError(reply["errno"], f"tracefs: {os.strerror(reply['errno'])}")
+    return reply["texts"]
+
+
+class TracepointRing:
+    """One tracepoint opened on every CPU (perf_event_open), each CPU's samples in a ring that
+    lognet maps and reads in place; a filter in ftrace's syntax drops in the kernel what no
+    line needs. The samples the kernel could not fit are counted (PERF_RECORD_LOST)."""
+
+    def __init__(self, tracepoint: Tracepoint, event_filter: str | None = None, pages: int = RING_PAGES):
+        import ctypes
+        self.tracepoint = tracepoint
+        self.size = pages * mmap.PAGESIZE
+        self.fds: list[int] = []
+        self.rings: list[mmap.mmap] = []
+        self.lost = 0
+        number = PERF_EVENT_OPEN.get(os.uname().machine)
+        if number is None:
+            raise OSError(errno.ENOSYS, f"perf_event_open's number on {os.uname().machine} is not known")
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        sample_type = PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_RAW
+        # one sample per event (sample_period 1), a wake-up per sample (wakeup_events 1)
+        attr = ctypes.create_string_buffer(PERF_ATTR.pack(
+            PERF_TYPE_TRACEPOINT, PERF_ATTR_SIZE, tracepoint.id, 1, sample_type, 0, PERF_ATTR_DISABLED, 1,
+        ).ljust(PERF_ATTR_SIZE, b"\0"), PERF_ATTR_SIZE)
+        try:
+            for cpu in online_cpus():
+                fd = libc.syscall(number, attr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+                if fd < 0:
+                    error = ctypes.get_errno()
+                    raise OSError(error, f"perf_event_open {tracepoint.name}: {os.strerror(error)}")
+                self.fds.append(fd)
+                self.rings.append(mmap.mmap(fd, mmap.PAGESIZE + self.size))
+                if event_filter and libc.ioctl(fd, ctypes.c_ulong(PERF_EVENT_IOC_SET_FILTER),
+                                               ctypes.c_char_p(event_filter.encode())) != 0:
+                    error = ctypes.get_errno()
+                    raise OSError(error, f"{tracepoint.name}: filter {event_filter!r}: {os.strerror(error)}")
+            self._ioctl = lambda fd, request: libc.ioctl(fd, ctypes.c_ulong(request), 0)
+            self.enable(True)
+        except OSError:
+            self.close()
+            raise
+
+    def enable(self, on: bool) -> None:
+        """Start the events on every CPU, or stop them in the kernel (nothing is sampled)."""
+        for fd in self.fds:
+            self._ioctl(fd, PERF_EVENT_IOC_ENABLE if on else PERF_EVENT_IOC_DISABLE)
+
+    def samples(self) -> list[tuple[int, int, bytes]]:
+        """The samples that have come on every CPU, in the order of their time: (time, pid,
+        the tracepoint's raw record)."""
+        found = []
+        for ring in self.rings:
+            found += self._read(ring)
+        found.sort(key=lambda sample: sample[0])
+        return found
+
+    def _read(self, ring: mmap.mmap) -> list[tuple[int, int, bytes]]:
+        """The records between data_tail and data_head, copied out across the wrap; then
+        data_tail moved to data_head, once, which frees them for the kernel."""
+        head, tail = RING_U64.unpack_from(ring, RING_HEAD)[0], RING_U64.unpack_from(ring, RING_TAIL)[0]
+        if head == tail:
+            return []
+        start, length, data = mmap.PAGESIZE + tail % self.size, head - tail, mmap.PAGESIZE + self.size
+        chunk = ring[start:start + length] if start + length <= data else (
+            ring[start:data] + ring[mmap.PAGESIZE:mmap.PAGESIZE + length - (data - start)])
+        samples, offset = [], 0
+        while offset + PERF_HEADER.size <= len(chunk):
+            kind, _, size = PERF_HEADER.unpack_from(chunk, offset)
+            if size < PERF_HEADER.size:
+                break  # never written so by the kernel: nothing after it can be trusted
+            if kind == PERF_RECORD_SAMPLE:
+                pid, _, time_ns, raw = SAMPLE_HEAD.unpack_from(chunk, offset + PERF_HEADER.size)
+                at = offset + PERF_HEADER.size + SAMPLE_HEAD.size
+                samples.append((time_ns, pid, chunk[at:at + raw]))
+            elif kind == PERF_RECORD_LOST:
+                self.lost += PERF_LOST.unpack_from(chunk, offset + PERF_HEADER.size)[1]
+            offset += size
+        RING_U64.pack_into(ring, RING_TAIL, head)
+        return samples
+
+    def close(self) -> None:
+        for ring in self.rings:
+            ring.close()
+        for fd in self.fds:
+            os.close(fd)
+        self.rings, self.fds = [], []
+
+
+def online_cpus(path: str = "/sys/devices/system/cpu/online") -> list[int]:
+    """The CPUs online, from the kernel's list ('0-3,8'): an event is opened on each."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return list(range(os.cpu_count() or 1))
+    cpus = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus += range(int(first), int(last or first) + 1)
+    return cpus
+
+
+class SockState(NamedTuple):
+    """One sample of sock:inet_sock_set_state: a TCP socket (by its address in the kernel)
+    that moved from one state to another, in the context of the pid that moved it, where a
+    process did (a connect, a listen, a close); from a softirq, the pid means nothing."""
+
+    time: int  # the kernel's clock, ns
+    pid: int
+    skaddr: int
+    oldstate: int
+    newstate: int
+    family: int
+    laddr: tuple  # (ip, port), or () while the socket has none (at SYN_SENT the port is still 0)
+    raddr: tuple
+
+
+def decode_sock_state(tracepoint: Tracepoint, time_ns: int, pid: int, raw: bytes) -> SockState:
+    """A SockState from a raw record of sock:inet_sock_set_state, by its format's offsets."""
+    def field(name: str) -> bytes:
+        offset, size = tracepoint.fields[name]
+        return raw[offset:offset + size]
+
+    def number(name: str) -> int:
+        return int.from_bytes(field(name), sys.byteorder)
+
+    family = number("family")
+    addresses = ("saddr", "daddr") if family == socket.AF_INET else ("saddr_v6", "daddr_v6")
+    laddr, raddr = (decode_address(family, field(address), number(port))
+                    for address, port in zip(addresses, ("sport", "dport")))
+    return SockState(time_ns, pid, number("skaddr"), number("oldstate"), number("newstate"), family, laddr, raddr)
+
+
+
+# The state changes made in the context of the process that holds the socket: a connect
+# (CLOSE -> SYN_SENT), a listen (CLOSE -> LISTEN), and the holder's own close (ESTABLISHED ->
+# FIN_WAIT1, CLOSE_WAIT -> LAST_ACK). The others come from a softirq, whose pid means nothing.
+TCP_CLOSE, TCP_SYN_SENT, TCP_LISTEN = 7, 2, 10
+PROCESS_STATE_CHANGES = frozenset({(TCP_CLOSE, TCP_SYN_SENT), (TCP_CLOSE, TCP_LISTEN), (1, 4), (8, 9)})
+KERNEL_OWNERS_KEPT = 16_384
+
+
+class KernelOwners:
+    """Who holds each TCP socket, as the kernel's state changes say: the pid that connected,
+    listened or closed it, by the socket's address in the kernel (skaddr), and by its
+    addresses once a state change carries them: a connect's port is chosen after SYN_SENT,
+    and the next change (SYN_SENT -> ESTABLISHED, often in a softirq) has it. The
+    KERNEL_OWNERS_KEPT latest of each are kept."""
+
+    def __init__(self, kept: int = KERNEL_OWNERS_KEPT):
+        self.kept = kept
+        self.by_skaddr: OrderedDict[int, int] = OrderedDict()  # skaddr -> pid, while the socket lives
+        self.by_address: OrderedDict[tuple, int] = OrderedDict()  # (family, laddr, raddr) -> pid
+
+    def learn(self, state: SockState) -> tuple | None:
+        """Take one state change, in the kernel's order; return the (family, laddr, raddr)
+        whose owner it names, if any."""
+        if (state.oldstate, state.newstate) in PROCESS_STATE_CHANGES:
+            put_latest(self.by_skaddr, state.skaddr, state.pid, self.kept)
+        pid = self.by_skaddr.get(state.skaddr)
+        if state.newstate == TCP_CLOSE:
+            self.by_skaddr.pop(state.skaddr, None)  # the kernel may give its memory to another socket
+        if pid is None or not state.laddr:
+            return None
+        address = (state.family, state.laddr, state.raddr)
+        put_latest(self.by_address, address, pid, self.kept)
+        return address
+
+    def owner(self, conn: Connection) -> int | None:
+        """The pid the kernel named for a TCP socket with conn's addresses, if it did."""
+        return self.by_address.get((conn.family, conn.laddr, conn.raddr))
+
 
 ##############################################################################
 # Sources: the Linux engine. The sockets, their holders, and the engine's front
