@@ -1133,7 +1133,7 @@ def sockstat_counts(files: Iterable[bytes]) -> dict[str, dict[str, str]]:
     return counts
 
 
-def in_use(counts: dict[str, dict[str, str]], label: str) -> int:
+def sockets_in_use(counts: dict[str, dict[str, str]], label: str) -> int:
     """The sockets in use of one sockstat label ('TCP', 'UDP6', ...), 0 where it is not counted."""
     return int(counts.get(label, {}).get("inuse", 0))
 
@@ -1164,7 +1164,7 @@ class KernelCounters:
         opens = [snmp_tcp_opens(self._read("snmp"))] if self.counts_tcp else []
         if self.counts_udp:
             counts = self._sockstat()
-            opens += [in_use(counts, "UDP"), in_use(counts, "UDP6")]
+            opens += [sockets_in_use(counts, "UDP"), sockets_in_use(counts, "UDP6")]
         return opens
 
     def tcp_counts(self) -> tuple[int, int]:
@@ -1172,13 +1172,13 @@ class KernelCounters:
         accepted, listening, closing; in sockstat and sockstat6): the opens less the change in
         use are the TCP sockets closed in between, as the kernel's close events would say."""
         counts = self._sockstat()
-        return snmp_tcp_opens(self._read("snmp")), in_use(counts, "TCP") + in_use(counts, "TCP6")
+        return snmp_tcp_opens(self._read("snmp")), sockets_in_use(counts, "TCP") + sockets_in_use(counts, "TCP6")
 
     def in_use(self) -> list[int]:
         """The sockets in use of each kind asked for (sockstat, sockstat6): cheaper to read
         than the open counters, but a close and an open between two reads cancel out."""
         counts = self._sockstat()
-        return [in_use(counts, SOCKSTAT_LABELS[pair][0]) for pair in self.pairs]
+        return [sockets_in_use(counts, SOCKSTAT_LABELS[pair][0]) for pair in self.pairs]
 
     def activity(self) -> tuple[bytes, ...]:
         """sockstat (and sockstat6, for IPv6 kinds) as they are, but for the memory in use:

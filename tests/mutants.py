@@ -203,7 +203,7 @@ FAULTS = [
           "    if False:",
           ("tests/test_outputs.py -k switching",)),
     Fault("a socket with no file is called hidden",
-          "orphan = sighting.orphaned or conn.status == TIME_WAIT or has_no_file(conn) or self.owners_visible",
+          "orphan = sighting.orphaned or conn.status == TIME_WAIT or has_no_file(conn) or self.all_owners_visible",
           "orphan = sighting.orphaned or conn.status == TIME_WAIT",
           ("tests/test_lifecycle.py::test_a_socket_its_process_closed_is_an_orphan_not_hidden",
            "tests/test_tracker.py")),
