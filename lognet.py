@@ -156,6 +156,7 @@ class Connection(NamedTuple):
     netns: int | None = None
     txbytes: int | None = None
     rxbytes: int | None = None
+    by_kernel: bool = False  # pid is what the kernel's events named (no fd of it found): fd is -1
 
 
 class Closed(NamedTuple):
@@ -165,6 +166,8 @@ class Closed(NamedTuple):
     time: float  # epoch seconds when lognet read the event
     received: int | None  # tcp_info's bytes_received, which counts the peer's FIN when it came
     acked_beyond: int | None  # bytes_acked beyond the payload: our SYN if we connected, our FIN once acked
+    opened: float | None = None  # epoch seconds of its connect or accept, where the kernel's events said
+    direction: str | None = None  # 'out' or 'in', where the kernel's events said
 
 
 class ConnectionEvent(NamedTuple):
@@ -176,15 +179,19 @@ class ConnectionEvent(NamedTuple):
     first_seen: float  # epoch seconds of the first sighting
     last_seen: float  # of this sighting; for a close, of the last one, or the kernel's close
     direction: str | None  # listen, in, out, or None when it cannot be told
-    attrib: str  # how the owner is known: pid, orphan, hidden, or unseen (never seen alive)
+    # how the owner is known: pid (its fd), kernel (the kernel's events named it), orphan,
+    # hidden, or unseen (never seen alive, and no owner named)
+    attrib: str
     time: float = 0.0  # when it happened, as well as lognet knows: the line's timestamp
     kernel_close: bool = False  # the kernel reported this close
     rhost: str | None = None  # the name this host resolved to the remote address, when lognet saw the answer
+    alive_seen: bool = True  # False for the close of a socket no dump showed alive: its one line
 
     @property
     def duration(self) -> float | None:
-        """Seconds between the first and the last sighting; None when it just opened or was never seen."""
-        if self.event == "open" or self.attrib == "unseen":
+        """Seconds between the first and the last sighting; None when it just opened, or was
+        never seen alive and the kernel's events did not say when it opened."""
+        if self.event == "open" or not self.alive_seen and self.first_seen >= self.last_seen:
             return None
         return max(0.0, self.last_seen - self.first_seen)
 
@@ -211,6 +218,7 @@ class Config(NamedTuple):
     syslog_facility: str = "daemon"
     quiet: bool = False
     max_cpu: float = DEFAULT_MAX_CPU  # percent of one core; 100: no shedding
+    kernel_events: str = "auto"  # owners from the kernel's tracepoints: auto (where allowed), on (or fail), off
 
 
 class Look(NamedTuple):
@@ -290,6 +298,9 @@ class Stats(NamedTuple):
     late: int
     dropped: int
     held: int
+    # whether the kernel's events name owners ('on', 'paused', 'off: why'), and their samples
+    # the kernel lost; None where the engine has none (psutil)
+    owner_events: tuple[str, int] | None = None
 
 
 def connection_id(conn: Connection) -> tuple:
@@ -475,6 +486,19 @@ class Source:
     def wakers(self) -> list[int]:
         """The fds whose input is worth a look at once (close events, DNS questions)."""
         return []
+
+    def urgent_fds(self) -> list[int]:
+        """The fds whose input is worth a look at once, at any pace: the kernel's events of a
+        connect or a datagram sent, whose process may live only milliseconds."""
+        return []
+
+    # Whether the kernel's events name every owner the watcher's dumps would find: then it does not dump.
+    events_cover = False
+
+    def owner_events(self) -> tuple[str, int] | None:
+        """Whether the kernel's events name owners ('on', 'paused', or 'off: why'), and how many
+        of their samples the kernel lost; None where an engine has no such events."""
+        return None
 
     def lost_closes(self) -> dict[int | None, dict[str, int]]:
         """The close events the kernel dropped (ENOBUFS) since the start, by netns and protocol."""
@@ -2190,13 +2214,16 @@ CLONE_NEWNS = 0x00020000
 MS_REC, MS_PRIVATE = 1 << 14, 1 << 18
 PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}  # the syscall's number (asm/unistd_64.h), by machine
 # struct perf_event_attr (linux/perf_event.h), its first members: type, size, config (the
-# tracepoint's id), sample_period, sample_type, read_format, the flag bits, wakeup_events;
-# the rest zeros, to PERF_ATTR_SIZE.
-PERF_ATTR = struct.Struct("=IIQQQQQI")
+# tracepoint's id), sample_period, sample_type, read_format, the flag bits, wakeup_events
+# (or wakeup_watermark), bp_type, config1, config2, branch_sample_type, sample_regs_user,
+# sample_stack_user, clockid; the rest zeros, to PERF_ATTR_SIZE.
+PERF_ATTR = struct.Struct("=IIQQQQQIIQQQQIi")
 PERF_ATTR_SIZE = 128
 PERF_TYPE_TRACEPOINT = 2
 PERF_SAMPLE_TID, PERF_SAMPLE_TIME, PERF_SAMPLE_RAW = 1 << 1, 1 << 2, 1 << 10
-PERF_ATTR_DISABLED = 1  # flag bit 0: made disabled, enabled once every CPU's event is open
+# Flag bits: made disabled (enabled once every CPU's event is open); a wake-up when the ring
+# holds wakeup_watermark bytes rather than at each sample; sample times from clockid.
+PERF_ATTR_DISABLED, PERF_ATTR_WATERMARK, PERF_ATTR_USE_CLOCKID = 1, 1 << 14, 1 << 25
 PERF_FLAG_FD_CLOEXEC = 8
 PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_DISABLE, PERF_EVENT_IOC_SET_FILTER = 0x2400, 0x2401, 0x40082406
 # struct perf_event_mmap_page, the ring's first page: data_head, which the kernel moves, and
@@ -2219,6 +2246,13 @@ class Tracepoint(NamedTuple):
     name: str  # 'sock/inet_sock_set_state'
     id: int
     fields: dict[str, tuple[int, int]]  # field name -> (offset, size)
+
+    def field(self, raw: bytes, name: str) -> bytes:
+        offset, size = self.fields[name]
+        return raw[offset:offset + size]
+
+    def number(self, raw: bytes, name: str) -> int:
+        return int.from_bytes(self.field(raw, name), sys.byteorder)
 
 
 def parse_tracepoint_format(name: str, text: str) -> Tracepoint:
@@ -2296,22 +2330,26 @@ class TracepointRing:
     lognet maps and reads in place; a filter in ftrace's syntax drops in the kernel what no
     line needs. The samples the kernel could not fit are counted (PERF_RECORD_LOST)."""
 
-    def __init__(self, tracepoint: Tracepoint, event_filter: str | None = None, pages: int = RING_PAGES):
+    def __init__(self, tracepoint: Tracepoint, event_filter: str | None = None, pages: int = RING_PAGES,
+                 wakes: bool = True):
         import ctypes
         self.tracepoint = tracepoint
         self.size = pages * mmap.PAGESIZE
         self.fds: list[int] = []
         self.rings: list[mmap.mmap] = []
         self.lost = 0
+        self.wakes = wakes  # whether a wait on fds ends at each sample, or only once half the ring is full
         number = PERF_EVENT_OPEN.get(os.uname().machine)
         if number is None:
             raise OSError(errno.ENOSYS, f"perf_event_open's number on {os.uname().machine} is not known")
         libc = ctypes.CDLL(None, use_errno=True)
         libc.syscall.restype = ctypes.c_long
         sample_type = PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_RAW
-        # one sample per event (sample_period 1), a wake-up per sample (wakeup_events 1)
+        # One sample per event (sample_period 1); times on CLOCK_MONOTONIC, lognet's clock.
+        flags = PERF_ATTR_DISABLED | PERF_ATTR_USE_CLOCKID | (0 if wakes else PERF_ATTR_WATERMARK)
         attr = ctypes.create_string_buffer(PERF_ATTR.pack(
-            PERF_TYPE_TRACEPOINT, PERF_ATTR_SIZE, tracepoint.id, 1, sample_type, 0, PERF_ATTR_DISABLED, 1,
+            PERF_TYPE_TRACEPOINT, PERF_ATTR_SIZE, tracepoint.id, 1, sample_type, 0, flags,
+            1 if wakes else self.size // 2, 0, 0, 0, 0, 0, 0, time.CLOCK_MONOTONIC,
         ).ljust(PERF_ATTR_SIZE, b"\0"), PERF_ATTR_SIZE)
         try:
             for cpu in online_cpus():
@@ -2408,58 +2446,210 @@ class SockState(NamedTuple):
 
 def decode_sock_state(tracepoint: Tracepoint, time_ns: int, pid: int, raw: bytes) -> SockState:
     """A SockState from a raw record of sock:inet_sock_set_state, by its format's offsets."""
-    def field(name: str) -> bytes:
-        offset, size = tracepoint.fields[name]
-        return raw[offset:offset + size]
-
-    def number(name: str) -> int:
-        return int.from_bytes(field(name), sys.byteorder)
-
-    family = number("family")
+    family = tracepoint.number(raw, "family")
     addresses = ("saddr", "daddr") if family == socket.AF_INET else ("saddr_v6", "daddr_v6")
-    laddr, raddr = (decode_address(family, field(address), number(port))
+    laddr, raddr = (decode_address(family, tracepoint.field(raw, address), tracepoint.number(raw, port))
                     for address, port in zip(addresses, ("sport", "dport")))
-    return SockState(time_ns, pid, number("skaddr"), number("oldstate"), number("newstate"), family, laddr, raddr)
+    return SockState(time_ns, pid, tracepoint.number(raw, "skaddr"), tracepoint.number(raw, "oldstate"),
+                     tracepoint.number(raw, "newstate"), family, laddr, raddr)
 
 
+class Route(NamedTuple):
+    """One sample of fib:fib_table_lookup (or fib6:fib6_table_lookup) for UDP: a datagram's
+    route, looked up as its process sends it, in that process's context: who sends from
+    which local port (chosen by then), to whom."""
 
-# The state changes made in the context of the process that holds the socket: a connect
-# (CLOSE -> SYN_SENT), a listen (CLOSE -> LISTEN), and the holder's own close (ESTABLISHED ->
-# FIN_WAIT1, CLOSE_WAIT -> LAST_ACK). The others come from a softirq, whose pid means nothing.
-TCP_CLOSE, TCP_SYN_SENT, TCP_LISTEN = 7, 2, 10
-PROCESS_STATE_CHANGES = frozenset({(TCP_CLOSE, TCP_SYN_SENT), (TCP_CLOSE, TCP_LISTEN), (1, 4), (8, 9)})
+    time: int  # the kernel's clock, ns
+    pid: int
+    lport: int
+    raddr: tuple
+
+
+def decode_route(tracepoint: Tracepoint, time_ns: int, pid: int, raw: bytes) -> Route:
+    """A Route from a raw record of fib:fib_table_lookup or fib6:fib6_table_lookup."""
+    family = socket.AF_INET6 if tracepoint.fields["dst"][1] == 16 else socket.AF_INET
+    raddr = decode_address(family, tracepoint.field(raw, "dst"), tracepoint.number(raw, "dport"))
+    return Route(time_ns, pid, tracepoint.number(raw, "sport"), raddr)
+
+
+# The TCP state changes lognet reads, two filters in the kernel's syntax: a connect (CLOSE ->
+# SYN_SENT, in the connecting thread: its pid), read at once; then the change after it, which
+# has the port chosen since (in a softirq: its pid means nothing); an accepted socket's first
+# (SYN_RECV -> ESTABLISHED: when it opened); and a holder's own close (ESTABLISHED -> FIN_WAIT1,
+# CLOSE_WAIT -> LAST_ACK, in the holder's context), which names who held an accepted socket.
+TCP_ESTABLISHED, TCP_SYN_SENT, TCP_SYN_RECV, TCP_FIN_WAIT1, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_LAST_ACK = (
+    1, 2, 3, 4, 7, 8, 9)
+SOCK_STATE_TRACEPOINT = "sock/inet_sock_set_state"
+DESTROY_TRACEPOINT = "tcp/tcp_destroy_sock"  # its cookie, which joins the kernel's close
+CONNECT_FILTER = f"protocol == 6 && oldstate == {TCP_CLOSE} && newstate == {TCP_SYN_SENT}"
+STATE_FILTER = (f"protocol == 6 && (oldstate == {TCP_SYN_SENT} || (oldstate == {TCP_SYN_RECV} && newstate == "
+                f"{TCP_ESTABLISHED}) || (oldstate == {TCP_ESTABLISHED} && newstate == {TCP_FIN_WAIT1}) || "
+                f"(oldstate == {TCP_CLOSE_WAIT} && newstate == {TCP_LAST_ACK}))")
+# A UDP datagram's route as it is sent: output lookups only (their iif is loopback's index,
+# 1), not the input lookups of each datagram a host forwards.
+ROUTE_TRACEPOINTS = {socket.AF_INET: "fib/fib_table_lookup", socket.AF_INET6: "fib6/fib6_table_lookup"}
+ROUTE_FILTER = "proto == 17 && iif == 1"
 KERNEL_OWNERS_KEPT = 16_384
 
 
+class Owner(NamedTuple):
+    """What the kernel's events said of one socket's holder."""
+
+    pid: int | None  # None for an accepted socket until its holder closes it
+    opened: int | None  # the kernel's clock, ns: its connect, its accept, or a UDP socket's first datagram
+    direction: str | None  # 'out' (a connect, a datagram sent) or 'in' (accepted)
+    addresses: tuple = ()  # a TCP socket's (laddr, raddr) once a state change had them
+
+
+class Destroyed(NamedTuple):
+    """One sample of tcp:tcp_destroy_sock: the socket at skaddr is gone, and this was its cookie."""
+
+    time: int
+    skaddr: int
+    cookie: int
+
+
+def decode_destroyed(tracepoint: Tracepoint, time_ns: int, pid: int, raw: bytes) -> Destroyed:
+    return Destroyed(time_ns, tracepoint.number(raw, "skaddr"), tracepoint.number(raw, "sock_cookie"))
+
+
 class KernelOwners:
-    """Who holds each TCP socket, as the kernel's state changes say: the pid that connected,
-    listened or closed it, by the socket's address in the kernel (skaddr), and by its
-    addresses once a state change carries them: a connect's port is chosen after SYN_SENT,
-    and the next change (SYN_SENT -> ESTABLISHED, often in a softirq) has it. The
-    KERNEL_OWNERS_KEPT latest of each are kept."""
+    """Who holds each socket, as the kernel's events say, learned in the kernel's order.
+
+    TCP: the pid that connected, or for an accepted socket the pid that closed it, by the
+    socket's address in the kernel (skaddr) while it lives; by its addresses from the change
+    that has them (for the dumps), and by its cookie once destroyed (for its close, whose
+    addresses a reset may have cleared). UDP: the latest process to send from each local
+    port. The KERNEL_OWNERS_KEPT latest of each are kept; a close takes its socket's (take())."""
 
     def __init__(self, kept: int = KERNEL_OWNERS_KEPT):
         self.kept = kept
-        self.by_skaddr: OrderedDict[int, int] = OrderedDict()  # skaddr -> pid, while the socket lives
-        self.by_address: OrderedDict[tuple, int] = OrderedDict()  # (family, laddr, raddr) -> pid
+        self.sockets: OrderedDict[int, Owner] = OrderedDict()  # skaddr -> owner, while the socket lives
+        self.tcp: OrderedDict[tuple, Owner] = OrderedDict()  # (family, laddr, raddr) -> its owner
+        self.destroyed: OrderedDict[int, Owner] = OrderedDict()  # cookie -> its owner, once destroyed
+        self.udp: OrderedDict[int, Owner] = OrderedDict()  # local port -> its latest sender
 
-    def learn(self, state: SockState) -> tuple | None:
-        """Take one state change, in the kernel's order; return the (family, laddr, raddr)
-        whose owner it names, if any."""
-        if (state.oldstate, state.newstate) in PROCESS_STATE_CHANGES:
-            put_latest(self.by_skaddr, state.skaddr, state.pid, self.kept)
-        pid = self.by_skaddr.get(state.skaddr)
-        if state.newstate == TCP_CLOSE:
-            self.by_skaddr.pop(state.skaddr, None)  # the kernel may give its memory to another socket
-        if pid is None or not state.laddr:
+    def learn(self, event: SockState | Route | Destroyed) -> int | None:
+        """Take one event; return the pid it names, if any: one whose details are worth reading now."""
+        if isinstance(event, Route):
+            known = self.udp.get(event.lport)
+            first = known.opened if known is not None and known.pid == event.pid else event.time
+            put_latest(self.udp, event.lport, Owner(event.pid, first, "out"), self.kept)
+            return event.pid
+        if isinstance(event, Destroyed):  # the kernel may give skaddr's memory to another socket now
+            owner = self.sockets.pop(event.skaddr, None)
+            if owner is not None and owner.pid is not None:
+                put_latest(self.destroyed, event.cookie, owner, self.kept)
             return None
-        address = (state.family, state.laddr, state.raddr)
-        put_latest(self.by_address, address, pid, self.kept)
-        return address
+        change, known = (event.oldstate, event.newstate), self.sockets.get(event.skaddr)
+        named = None
+        if change == (TCP_CLOSE, TCP_SYN_SENT):
+            known, named = Owner(event.pid, event.time, "out"), event.pid
+        elif change == (TCP_SYN_RECV, TCP_ESTABLISHED):
+            known = Owner(None, event.time, "in")
+        elif event.oldstate != TCP_SYN_SENT and event.pid and (known is None or known.pid is None):
+            # A holder's close; who connected stays the owner: a child may close what its parent opened.
+            known = Owner(event.pid, known and known.opened, known and known.direction)
+            named = event.pid
+        if known is not None:
+            if event.laddr:
+                known = known._replace(addresses=(event.laddr, event.raddr))
+                if known.pid is not None:
+                    put_latest(self.tcp, (event.family, event.laddr, event.raddr), known, self.kept)
+            put_latest(self.sockets, event.skaddr, known, self.kept)
+        return named
+
+    def owner(self, conn: Connection) -> Owner | None:
+        """What the kernel named of a live socket with conn's addresses, if it did."""
+        if conn.type == socket.SOCK_STREAM:
+            return self.tcp.get((conn.family, conn.laddr, conn.raddr))
+        return self.udp.get(conn.laddr[1]) if conn.laddr else None
+
+    def take(self, conn: Connection) -> Owner | None:
+        """The same for a socket the kernel closed, by its cookie, forgotten: the next one at
+        its addresses is another."""
+        if conn.type == socket.SOCK_STREAM:
+            by_address = self.tcp.pop((conn.family, conn.laddr, conn.raddr), None)
+            return self.destroyed.pop(conn.cookie, None) or by_address
+        return self.udp.pop(conn.laddr[1], None) if conn.laddr else None
+
+
+class KernelEvents:
+    """The kernel's tracepoints that name who holds each socket, in every namespace, read
+    through perf_event_open: TCP's state changes (sock:inet_sock_set_state) and UDP's routes
+    (fib:fib_table_lookup, fib6:fib6_table_lookup), filtered in the kernel to what lognet
+    reads. A connect or a datagram ends the watcher's wait at once (their process may live
+    only milliseconds: its details are read then); the other changes wait in their ring.
+
+    Needs root, or what README's privilege table says; OSError where refused."""
+
+    def __init__(self, pairs: list[tuple[int, int]], now: Callable[[], float] = time.time):
+        protocols, families = {protocol for _, protocol in pairs}, {family for family, _ in pairs}
+        wanted = []  # (tracepoint, filter, wakes, decode)
+        if socket.IPPROTO_TCP in protocols:
+            wanted += [(SOCK_STATE_TRACEPOINT, CONNECT_FILTER, True, decode_sock_state),
+                       (SOCK_STATE_TRACEPOINT, STATE_FILTER, False, decode_sock_state),
+                       (DESTROY_TRACEPOINT, None, False, decode_destroyed)]
+        if socket.IPPROTO_UDP in protocols:
+            wanted += [(ROUTE_TRACEPOINTS[family], ROUTE_FILTER, True, decode_route) for family in sorted(families)]
+        found = tracepoints({name for name, *_ in wanted})
+        self.rings: list[tuple[TracepointRing, Callable]] = []
+        try:
+            for name, event_filter, wakes, decode in wanted:
+                self.rings.append((TracepointRing(found[name], event_filter, wakes=wakes), decode))
+        except OSError:
+            self.close()
+            raise
+        self.owners = KernelOwners()
+        self.epoch = now() - time.monotonic()  # the kernel's clock (CLOCK_MONOTONIC) to epoch seconds
+        self.paused = False
+        self.read = 0  # samples read
+
+    def fds(self) -> list[int]:
+        """The fds whose input ends a wait at once: the connects' and the datagrams'."""
+        return [] if self.paused else [fd for ring, _ in self.rings if ring.wakes for fd in ring.fds]
+
+    @property
+    def lost(self) -> int:
+        """Samples the kernel could not fit in a ring (PERF_RECORD_LOST): owners not named."""
+        return sum(ring.lost for ring, _ in self.rings)
+
+    def pause(self, paused: bool) -> None:
+        """Stop the events in the kernel, under a flood (nothing is sampled), or start them again."""
+        if paused != self.paused:
+            self.paused = paused
+            for ring, _ in self.rings:
+                ring.enable(not paused)
+
+    def take(self) -> set[int]:
+        """Read every sample that has come, in the kernel's order; return the pids they named."""
+        events = [decode(ring.tracepoint, *sample) for ring, decode in self.rings for sample in ring.samples()]
+        events.sort(key=lambda event: event.time)
+        self.read += len(events)
+        named = {self.owners.learn(event) for event in events}
+        named.discard(None)
+        return named
 
     def owner(self, conn: Connection) -> int | None:
-        """The pid the kernel named for a TCP socket with conn's addresses, if it did."""
-        return self.by_address.get((conn.family, conn.laddr, conn.raddr))
+        """The pid the kernel's events named for a live socket."""
+        owner = self.owners.owner(conn)
+        return owner.pid if owner is not None else None
+
+    def name(self, closed: Closed) -> Closed:
+        """A close with what the kernel's events said of its socket: who held it, when it opened."""
+        owner = self.owners.take(closed.conn)
+        if owner is None:
+            return closed
+        conn = closed.conn if owner.pid is None else closed.conn._replace(pid=owner.pid, by_kernel=True)
+        if not conn.raddr and owner.addresses:  # a reset clears them before the kernel's close reports the socket
+            conn = conn._replace(laddr=owner.addresses[0], raddr=owner.addresses[1])
+        opened = None if owner.opened is None else owner.opened / 1e9 + self.epoch
+        return closed._replace(conn=conn, opened=opened, direction=owner.direction)
+
+    def close(self) -> None:
+        for ring, _ in self.rings:
+            ring.close()
+        self.rings = []
 
 
 ##############################################################################
@@ -2487,6 +2677,8 @@ class SocketTable:
         self.keeps = keeps
         self.now = now
         self.budget = budget
+        # The pid the kernel's events named for a socket (KernelEvents.owner), if they are read.
+        self.kernel_owner: Callable[[Connection], int | None] | None = None
         # netns -> its sockets by socket_key() (Namespace.text_records()'s key where read as text)
         self.records: dict[int, dict[tuple, Connection]] = {}
         self.holders_of: dict[int, dict[tuple, list[Connection]]] = {}  # the same, once for each holder
@@ -2578,6 +2770,10 @@ class SocketTable:
         holders = self.fds.owners.get(record.inode, ()) if record.inode else ()
         if not holders and before and before[0].pid is not None and record.inode not in self.hidden_inodes:
             return before
+        if not holders and record.inode and self.kernel_owner is not None:
+            pid = self.kernel_owner(record)  # a socket with a file, whose fd no scan found yet
+            if pid is not None:
+                return [record._replace(pid=pid, by_kernel=True)]
         if holders and self.names is not None:
             self.names.note_holder(record, holders[0][0])
         return [record._replace(pid=pid, fd=fd) for pid, fd in holders] or [record]
@@ -2644,7 +2840,7 @@ class NetlinkSource(Source):
     def __init__(self, kind: str = "inet", clock: Callable[[], float] = time.monotonic,
                  now: Callable[[], float] = time.time, namespaces: bool = True, names: bool = False,
                  program: bytes | None = None, keeps: Callable[[Connection], bool] | None = None,
-                 budget: CpuBudget | None = None):
+                 budget: CpuBudget | None = None, kernel_events: str = "off"):
         super().__init__(clock, budget)
         self.pairs = kind_sockets(kind)
         self.names = Names(now) if names else None
@@ -2657,6 +2853,19 @@ class NetlinkSource(Source):
         if not self.namespaces.own.events:
             warn(f"close events are not available ({self.namespaces.own.refusal}); closes are seen by polling only")
             self.has_close_events = False
+        self.kernel_events: KernelEvents | None = None
+        self.kernel_refusal = "turned off (--kernel-events off)"
+        if kernel_events != "off":
+            try:
+                self.kernel_events = KernelEvents(self.pairs, now)
+            except OSError as exc:
+                self.kernel_refusal = kernel_events_refusal(exc)
+                if kernel_events == "on":
+                    raise LognetError(f"kernel events are not available: {self.kernel_refusal}") from None
+                warn(f"kernel events are not available ({self.kernel_refusal}); "
+                     "the owners of short connections are found by polling only")
+            else:
+                self.table.kernel_owner = self.kernel_events.owner
 
     @property
     def netns(self) -> int:
@@ -2688,10 +2897,31 @@ class NetlinkSource(Source):
             self.dumped = self.table.take(self.namespaces, self.shedding.hides_timewait())
             return self.table.snapshot
 
+    @property
+    def events_cover(self) -> bool:
+        # With names, the watcher's dumps also find the sockets that ask DNS questions.
+        return self.kernel_events is not None and not self.kernel_events.paused and self.names is None
+
+    def owner_events(self) -> tuple[str, int]:
+        if self.kernel_events is None:
+            return f"off: {self.kernel_refusal}", 0
+        return "paused" if self.kernel_events.paused else "on", self.kernel_events.lost
+
     def _take_level(self) -> None:
         # What the watcher found and the close events read is CPU spent already: the poll writes a line of each.
         self.shedding.take_level(len(self.close_events.departures) + len(self.table.arrivals), self.namespaces,
                                  self.close_events.cost)
+        if self.kernel_events is not None:  # under a flood, the owners of short connections go first
+            self.kernel_events.pause(self.shed >= SHED_WATCHER)
+
+    def _take_kernel_events(self) -> int:
+        """Learn what the kernel's events said since, and read the details of the processes
+        they named while those live; return how many processes they named."""
+        if self.kernel_events is None:
+            return 0
+        named = self.kernel_events.take()
+        self.read_ahead(named)
+        return len(named)
 
     def _let_go(self, gone: list[Namespace]) -> None:
         """Read out the namespaces no longer watched (their last closes and names), then close them."""
@@ -2706,18 +2936,24 @@ class NetlinkSource(Source):
     def between_polls(self) -> tuple[list[tuple[Connection, float]], list[Closed]]:
         with self.lock:
             self.read_events()  # the watcher's too, now: the poll's dump must not outrun them
+            # After the closes: each close's state changes came before it, so they are in the rings now.
+            self._take_kernel_events()
             self.shedding.settle(self.dumped, self.namespaces, self.close_events)  # with every event read
             if self.names is not None:
                 self.names.learn(self.namespaces, drain=True)  # the poll's lines need every name that has come
-            return self.table.take_arrivals(), self.close_events.take_departures()
+            departures = self.close_events.take_departures()
+            if self.kernel_events is not None:
+                departures = [self.kernel_events.name(closed) for closed in departures]
+            return self.table.take_arrivals(), departures
 
     def watch(self, heard: Iterable[int] | None = None, dumps: bool = True) -> Look:
         with self.lock:
             try:
                 self._take_level()
-                read = self.read_events(heard)
-                if not dumps or self.table.cookies_reported is None or self.shed >= SHED_WATCHER:
-                    # Before the first poll everything would be new; under a flood, dumps go before details.
+                read = self._take_kernel_events() + self.read_events(heard)
+                if not dumps or self.table.cookies_reported is None or self.shed >= SHED_WATCHER or self.events_cover:
+                    # Before the first poll everything would be new; under a flood, dumps go before
+                    # details; with the kernel's events, no dump is needed to find an owner.
                     return Look(read > 0, 0.0)
                 namespaces = self.namespaces.with_new_sockets()
                 if not namespaces:
@@ -2732,6 +2968,9 @@ class NetlinkSource(Source):
 
     def wakers(self) -> list[int]:
         return list(self.namespaces.readers)
+
+    def urgent_fds(self) -> list[int]:
+        return self.kernel_events.fds() if self.kernel_events is not None else []
 
     def read_events(self, heard: Iterable[int] | None = None) -> int:
         """Read the close events that have arrived, in every namespace, and count the DNS
@@ -2779,6 +3018,19 @@ class NetlinkSource(Source):
 
     def close(self) -> None:
         self.namespaces.close()
+        if self.kernel_events is not None:
+            self.kernel_events.close()
+
+
+def kernel_events_refusal(exc: OSError) -> str:
+    """Why the kernel's events could not be opened, in a few words."""
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        if os.path.ismount(TRACEFS):
+            return "not permitted: they need root, or CAP_PERFMON and CAP_DAC_READ_SEARCH"
+        return f"not permitted: they need root, or CAP_SYS_ADMIN to mount tracefs ({TRACEFS} is not mounted)"
+    if exc.errno == errno.ENOENT:
+        return "this kernel has not the tracepoints they read"
+    return exc.strerror or str(exc)
 
 
 ##############################################################################
@@ -2822,24 +3074,31 @@ class Watcher:
 
     def wakers(self) -> list[int]:
         """The fds whose input ends the wait for the next look early: while quiet, the close
-        events' and the DNS questions'. Not the answers': a flood of them would wake it for
-        each; nor while shedding, when events are read in batches."""
-        return self.source.wakers() if self.quiet() and not self._shedding() else []
+        events' and the DNS questions'; and where the kernel's events name every owner, theirs
+        of a connect or a datagram, for a look that reads them and the details of the process
+        at once. Not the answers': a flood of them would wake it for each; nor while shedding,
+        when events are read in batches."""
+        if self._shedding():
+            return []
+        urgent = self.source.urgent_fds() if self.source.events_cover else []
+        return (self.source.wakers() if self.quiet() else []) + urgent
 
     def next_look(self) -> float:
         """Seconds until the next look: every, or longer after a spell with no socket opened,
-        or while its share of CPU is spent (each wake-up costs CPU too)."""
-        if self.quiet() or self._shedding():  # shedding: the events are read in batches, cheaper each
-            return max(self.every, WATCH_QUIET)
+        or while the kernel's events name the owners (no dump is needed then), or while its
+        share of CPU is spent (each wake-up costs CPU too)."""
+        if self.quiet() or self._shedding() or self.source.events_cover:
+            return max(self.every, WATCH_QUIET)  # shedding: the events are read in batches, cheaper each
         return max(self.every, -self.allowance / WATCH_CPU_SHARE)
 
-    def look(self, heard: Iterable[int] | None = None) -> None:
+    def look(self, heard: Iterable[int] | None = None, dumps: bool = True) -> None:
         """One look: the source's watch(), with dumps while the share of CPU allows them.
-        heard: the fds of wakers() that a wait just found readable, if it waited on them."""
+        heard: the fds of wakers() that a wait just found readable, if it waited on them;
+        dumps: False for a look that the kernel's events brought before its time."""
         now = self.clock()
         self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_CPU_SHARE)
         self.allowed_at = now
-        look = self.source.watch(heard, dumps=self.allowance > 0)  # under a flood of opens, dumps wait
+        look = self.source.watch(heard, dumps=dumps and self.allowance > 0)  # under a flood of opens, dumps wait
         if look.moved:
             self.moved_at = now  # sockets are opening or closing: more are likely to soon
         self.allowance -= look.dump_seconds
@@ -2857,19 +3116,28 @@ class Watcher:
             self._stop_w = None
 
     def _run(self) -> None:
+        due = self.clock()  # when the next look with dumps is due: the kernel's events bring others sooner
         while True:
             # After a failed look, only the clock wakes it: an fd left unread would wake it at once, forever.
             wakers = [] if self.failure else self.wakers()
+            # Whether the wait covers every close-event and question socket: then what it
+            # found readable is all that has input.
+            heard_all = bool(wakers) and set(self.source.wakers()) <= set(wakers)
             try:
-                ready = select.select([self._stop_r, *wakers], [], [], self.next_look())[0]
+                ready = select.select([self._stop_r, *wakers], [], [], max(0.0, due - self.clock()))[0]
             except OSError:  # a namespace's socket closed by the poll while we waited on it
-                ready, wakers = [], []
+                ready, heard_all = [], False
             if self._stop_r in ready:
                 os.close(self._stop_r)
                 return
+            # Woken by the kernel's events alone, before its time: a look that reads them, without
+            # dumps, which keep their pace (the next due look).
+            early = bool(ready) and self.clock() < due and not set(ready) & set(self.source.wakers())
             try:
                 # Having waited on every close-event and question socket, it knows which have input.
-                self.look(ready if wakers else None)
+                self.look(ready if heard_all else None, dumps=not early)
+                if not early:
+                    due = self.clock() + self.next_look()
             except Exception as exc:  # noqa: BLE001
                 # Whatever failed, a look is lost, not the watcher: the next poll reconciles
                 # what it missed. Said once for each kind of failure, never silently.
@@ -2886,7 +3154,7 @@ def logs_names(config: Config) -> bool:
 ENGINES: dict[str, Callable[[Config, CpuBudget | None], Source]] = {
     "netlink": lambda config, budget: NetlinkSource(
         config.kind, namespaces=config.netns == "all", names=logs_names(config), program=close_filter(config),
-        keeps=build_filter(config), budget=budget),
+        keeps=build_filter(config), budget=budget, kernel_events=config.kernel_events),
     "psutil": lambda config, budget: PsutilSource(config.kind, names=logs_names(config), budget=budget),
 }
 def open_source(config: Config, budget: CpuBudget | None = None) -> Source:
@@ -3235,7 +3503,10 @@ class Tracker:
         old = gone.pop(connection_id(conn), None)
         if old is None:
             old = by_socket.get(conn.cookie) or by_socket.get(connection_address(conn))
-            if old is None or (old.pid is None) == (conn.pid is None) or gone.pop(connection_id(old), None) is None:
+            # The same socket with an owner found or lost, or with the fd of the owner the kernel named.
+            owner_moved = old is not None and (
+                (old.pid is None) != (conn.pid is None) or old.by_kernel != conn.by_kernel)
+            if not owner_moved or gone.pop(connection_id(old), None) is None:
                 old = None
             else:
                 self.sightings[connection_id(old)].orphaned = conn.pid is None
@@ -3254,6 +3525,8 @@ class Tracker:
         self.sightings[connection_id(conn)] = sighting
         if sighting.told or (not self.timewait_lines and self.awaits_kernel_closes and is_left_behind(conn)):
             return None  # the socket an owner's close left: its close line is the connection's last
+        if old.pid == conn.pid and old.status == conn.status:
+            return None  # the owner the kernel named, now found by its fd: nothing changed to tell
         return self._event("state", conn, sighting, now, now)
 
     def _left_behind(self, conn: Connection, now: float) -> ConnectionEvent | None:
@@ -3290,24 +3563,30 @@ class Tracker:
             return self._event("close", conn, sighting, max(self.last_sighting, sighting.first_seen), now)
         if sighting.told and conn.pid is None:
             conn = conn._replace(pid=sighting.held_by)  # its owner held it until this close: say whose it was
+        elif conn.pid is None and closed.conn.by_kernel:
+            conn = conn._replace(pid=closed.conn.pid, by_kernel=True)  # no fd showed it; the kernel named it
         conn = conn._replace(txbytes=closed.conn.txbytes,
                              rxbytes=self.payloads.received(conn, closed, sighting.peer_fin, sighting.direction))
         return self._event("close", conn, sighting, max(closed.time, sighting.first_seen), closed.time,
                            kernel_close=True)
 
     def _unseen(self, closed: Closed, ended: dict[tuple, str]) -> ConnectionEvent:
-        """The close of a socket lognet never saw alive: its addresses, bytes and time, no owner."""
+        """The close of a socket lognet never saw alive: its addresses, bytes and time; its
+        owner, and when it opened, where the kernel's events named them."""
         conn = closed.conn
-        direction = "in" if conn.laddr and self.listeners.serve(conn.netns, conn.family, conn.laddr) else None
+        direction = closed.direction or (
+            "in" if conn.laddr and self.listeners.serve(conn.netns, conn.family, conn.laddr) else None)
         left = ended.get(connection_address(conn))
         peer_fin = None if left is None else ended_after_peer_fin(left)
         conn = conn._replace(rxbytes=self.payloads.received(conn, closed, peer_fin, direction))
-        return ConnectionEvent("close", conn, None, closed.time, closed.time, direction, "unseen", closed.time, True)
+        opened = closed.time if closed.opened is None else min(closed.opened, closed.time)
+        return ConnectionEvent("close", conn, None, opened, closed.time, direction,
+                               "kernel" if conn.by_kernel else "unseen", closed.time, True, alive_seen=False)
 
     def _event(self, event: str, conn: Connection, sighting: Sighting, seen: float, time: float,
                kernel_close: bool = False) -> ConnectionEvent:
         if conn.pid is not None:
-            process, attrib = sighting.process, "pid"
+            process, attrib = sighting.process, "kernel" if conn.by_kernel else "pid"
         else:
             process = sighting.process if sighting.orphaned else None
             orphan = sighting.orphaned or conn.status == TIME_WAIT or has_no_file(conn) or self.all_owners_visible
@@ -3567,8 +3846,12 @@ class W3CFormat:
             ratio = f"{stats.tcp_seen / stats.tcp_opens:.3f}" if stats.tcp_opens else "-"
             opens = "-" if stats.tcp_opens is None else stats.tcp_opens
             text = f"{ratio} (kernel TCP opens {opens}, seen {stats.tcp_seen})"
-        return self.remark(f"coverage {text}; polls {stats.polls}; average poll {stats.avg_poll_ms:.1f} ms; "
-                           f"late lines {stats.late}; dropped lines {stats.dropped}", epoch)
+        health = (f"polls {stats.polls}; average poll {stats.avg_poll_ms:.1f} ms; late lines {stats.late}; "
+                  f"dropped lines {stats.dropped}")
+        if stats.owner_events is not None:
+            state, lost = stats.owner_events
+            health += f"; owners from kernel events {state}" + (f" (samples lost {lost})" if lost else "")
+        return self.remark(f"coverage {text}; {health}", epoch)
 
     @staticmethod
     def _coverage(closes: dict[str, CloseCounts]) -> str:
@@ -3661,6 +3944,8 @@ def stats_object(stats: Stats) -> dict:
     else:
         fields = {"coverage": round(stats.tcp_seen / stats.tcp_opens, 4) if stats.tcp_opens else None,
                   "tcp_opens": stats.tcp_opens, "tcp_seen": stats.tcp_seen}
+    if stats.owner_events is not None:
+        fields.update(owner_events=stats.owner_events[0], owner_events_lost=stats.owner_events[1])
     if stats.max_cpu is not None:
         fields.update(max_cpu=stats.max_cpu, shed_spells=stats.shed_spells, shedding=stats.shedding)
     return {**fields, "polls": stats.polls, "avg_poll_ms": stats.avg_poll_ms, "late": stats.late,
@@ -4327,7 +4612,7 @@ class Poller:
             kept = [e._replace(rhost=self.source.rhost(e.conn, e.process.pid if e.process else e.conn.pid))
                     if e.conn.raddr else e for e in kept]
         self.count_seen(kept)
-        kept = [e for e in kept if self.logs_closes or e.event != "close" or e.attrib == "unseen"]
+        kept = [e for e in kept if self.logs_closes or e.event != "close" or not e.alive_seen]
         # A log reads in time order: a line known only now (a close the kernel told late) is
         # never dated before the lines already written.
         kept = [e if e.time >= self.written_until else e._replace(time=self.written_until) for e in kept]
@@ -4348,6 +4633,8 @@ class Poller:
             return event._replace(process=self.tracker.remember_owner(conn, owners[conn.pid]))
         if event.process is None:  # found and closed between two polls
             event = event._replace(process=owners[conn.pid])
+        if event.attrib == "kernel":
+            return event  # the kernel named who held it to its close
         return event if self.source.is_running(event.process) else event._replace(attrib="orphan")
 
     def count_seen(self, events: list[ConnectionEvent]) -> None:
@@ -4440,7 +4727,8 @@ class Poller:
                      round(budget.share * 100, 3) if budget else None, budget.spells if budget else 0,
                      SHED_STEPS[budget.shed] or None if budget else None, self.polls,
                      round(self.poll_seconds / max(1, self.polls) * 1e3, 3), sum(sink.total_late for sink in sinks),
-                     sum(sink.total_dropped + sink.dropped for sink in sinks), sum(len(sink.pending) for sink in sinks))
+                     sum(sink.total_dropped + sink.dropped for sink in sinks), sum(len(sink.pending) for sink in sinks),
+                     self.source.owner_events())
 
     def write_stats(self) -> None:
         """The statistics remark, to every connections output."""
@@ -4730,6 +5018,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                              "work: full polls first, which loses nothing, then the watcher's dumps, then decoding "
                              "close events, which are counted and summarized, then TCP's close events, whose closes "
                              "the kernel's counters count; 100: never")
+    parser.add_argument("--kernel-events", choices=("auto", "on", "off"), default="auto",
+                        help="netlink engine: name the process of every connect, accept and UDP sender from the "
+                             "kernel's tracepoint events (perf_event_open; root, see README): "
+                             "auto: where allowed, else say why once and poll (default); on: or fail; off: never")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -4806,6 +5098,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, tuple[bool, bool]
         syslog_facility=args.syslog_facility,
         quiet=args.quiet,
         max_cpu=args.max_cpu,
+        kernel_events=args.kernel_events,
     )
     return config, (args.connections_log is None, args.processes_log is None)
 

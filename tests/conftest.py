@@ -95,6 +95,16 @@ def as_nobody(*command, caps: str = "") -> list[str]:
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *ambient, *map(str, command)]
 
 
+def events_refused() -> str:
+    """The one line a run without the capabilities that the kernel's events need says of them."""
+    if os.path.ismount("/sys/kernel/tracing"):
+        need = "CAP_PERFMON and CAP_DAC_READ_SEARCH"
+    else:
+        need = "CAP_SYS_ADMIN to mount tracefs (/sys/kernel/tracing is not mounted)"
+    return (f"lognet: warning: kernel events are not available (not permitted: they need root, or {need}); "
+            "the owners of short connections are found by polling only\n")
+
+
 class Nobody:
     """Runs lognet and holders as the user nobody, from a folder of nobody's."""
 

@@ -20,6 +20,7 @@ from conftest import (
     ROOT,
     SYSTEM_PYTHON,
     data_lines,
+    events_refused,
     lognet_command,
     read_lines,
     require_root,
@@ -147,8 +148,9 @@ def test_unprivileged_run_hides_other_users_owners_and_falls_back(holder, nobody
     result = subprocess.run(nobody.lognet("-n", "2", "-i", "0.2", "-p", "tcp"),
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0
-    assert result.stderr == ("lognet: warning: this user cannot make or write the default log folder (/var/log/netlog: "
-                             f"Permission denied); logging to {home}/state/lognet instead\n")
+    assert result.stderr == (
+        "lognet: warning: this user cannot make or write the default log folder (/var/log/netlog: "
+        f"Permission denied); logging to {home}/state/lognet instead\n") + events_refused()
     clog = home / "state" / "lognet" / "connections.log"
     assert stat.S_IMODE(os.stat(clog).st_mode) == 0o640
     lines = data_lines(clog)
