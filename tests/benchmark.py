@@ -805,7 +805,7 @@ def print_trust_report(r: dict) -> None:
 
 def netlink_part(report: dict, tmp: Path, args) -> None:
     only = set(args.only.split(",")) if args.only else {"idle", "polls", "churn", "capture", "rss", "namespaces",
-                                                        "names", "flood"}
+                                                        "names", "flood", "owners"}
     report["watch"] = float(WATCH[1]) if WATCH else lognet.DEFAULT_WATCH
     if "idle" in only:
         print("the Linux engine: idle CPU ...", flush=True)
@@ -832,9 +832,98 @@ def netlink_part(report: dict, tmp: Path, args) -> None:
     if "flood" in only:
         print("a flood: nginx and ab, without lognet and with it ...", flush=True)
         report["flood"] = flood_cost(tmp, args.flood_requests, args.flood_rounds)
+    if "owners" in only:
+        print("owners of short connections, against curl's, UDP clients' and nginx's own records ...", flush=True)
+        report["owners"] = kernel_owners(tmp, 40, 20, 400)
     if "rss" in only:
         print("RSS while connections churn ...", flush=True)
         report["netlink_rss"] = netlink_rss(tmp, [int(x) for x in args.churn.split(",")], 1500)
+
+
+NGINX_WORKERS_CONF = """daemon off;
+worker_processes 2;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    log_format workers '$pid $remote_port';
+    access_log {tmp}/nginx-access.log workers;
+    client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
+    uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+    server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
+}}
+"""
+UDP_ONE_SHOT = ("import os, socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                "s.sendto(b'lnbench', ('127.0.0.1', int(sys.argv[1]))); print(os.getpid(), s.getsockname()[1])")
+
+
+def named_share(rows: list[dict], expected: dict[tuple[str, str], str]) -> dict:
+    """Of the connections expected ((lport, rport) -> the pid the oracle says), how many lognet
+    logged with that pid on every line of theirs, how many with another pid on some line, and
+    how many not at all."""
+    found = {key: [r["upid"].split("|")[1] if r["upid"] != "-" else "-" for r in rows
+                   if (r["lport"], r["rport"]) == key] for key in expected}
+    right = sum(1 for key, pids in found.items() if pids and set(pids) == {expected[key]})
+    wrong = sum(1 for key, pids in found.items() if set(pids) - {expected[key], "-"})
+    return {"expected": len(expected), "with_pid": right, "wrong_pid": wrong,
+            "logged": sum(1 for pids in found.values() if pids)}
+
+
+def kernel_owners(tmp: Path, curls: int, udp_clients: int, requests: int) -> dict:
+    """Who made each short connection, against records lognet did not make: curl's own pid
+    and local port, one-shot UDP clients' own, and nginx's access log of the worker ($pid)
+    that served each peer port. lognet at its defaults, --fields +event,attrib."""
+    folder = tmp / "owners"
+    folder.mkdir()
+    cli = subprocess.Popen(lognet_argv(folder, "--fields", "+event,attrib", engine="netlink"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    port = int(server.stdout.readline().split(" port ")[1].split(" ")[0])
+    nginx_port = free_port()
+    (folder / "nginx.conf").write_text(NGINX_WORKERS_CONF.format(tmp=folder, port=nginx_port))
+    nginx = subprocess.Popen(["nginx", "-c", folder / "nginx.conf", "-e", folder / "nginx-error.log"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    curl_runs, udp_runs = {}, {}
+    try:
+        time.sleep(3)  # lognet's first poll, and nginx's workers up
+        for _ in range(curls):
+            curl = subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-w", "%{local_port}",
+                                     f"http://127.0.0.1:{port}/lnbench-curl"], stdout=subprocess.PIPE, text=True)
+            out, _ = curl.communicate(timeout=30)
+            curl_runs[(out.strip(), str(port))] = str(curl.pid)
+            time.sleep(0.1)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+            receiver.bind(("127.0.0.1", 0))
+            for _ in range(udp_clients):
+                out = subprocess.run([sys.executable, "-c", UDP_ONE_SHOT, str(receiver.getsockname()[1])],
+                                     capture_output=True, text=True, timeout=30).stdout.split()
+                udp_runs[(out[1], "-")] = out[0]
+        ab(nginx_port, requests)
+        time.sleep(4)  # a poll after the last close
+    finally:
+        for proc in (server, nginx):
+            proc.terminate()
+            proc.wait(timeout=30)
+        cli.send_signal(signal.SIGTERM)
+        cli.wait(timeout=30)
+    rows = rows_of(folder / "c.log")
+    served = {}
+    for line in (folder / "nginx-access.log").read_text().splitlines():
+        worker, peer = line.split()
+        served[(str(nginx_port), peer)] = worker
+    command_lines = {line.split(" ")[1].split("|")[1] for line in (folder / "p.log").read_text().splitlines()
+                     if "lnbench-curl" in line}
+    return {"curl": {**named_share(rows, curl_runs),
+                     "command_lines": sum(1 for pid in curl_runs.values() if pid in command_lines)},
+            "udp": named_share(rows, udp_runs), "nginx": {**named_share(rows, served),
+                                                           "workers": len(set(served.values()))}}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def big_poll(args) -> dict:
@@ -847,7 +936,22 @@ def big_poll(args) -> dict:
         load.stop()
 
 
+def print_owners_report(owners: dict) -> None:
+    print()
+    print("| who made each short connection, against the oracle's record | expected | with its pid | wrong pid "
+          "| logged |")
+    print("|---|---:|---:|---:|---:|")
+    for label, key in (("curl runs (curl's pid and local port)", "curl"), ("one-shot UDP clients (their own "
+                       "record)", "udp"), ("nginx's accepted connections (its access log's worker $pid)", "nginx")):
+        o = owners[key]
+        print(f"| {label} | {o['expected']} | {o['with_pid']} | {o['wrong_pid']} | {o['logged']} |")
+    print(f"| curl runs whose command line is in processes.log | {owners['curl']['expected']} "
+          f"| {owners['curl']['command_lines']} | | |")
+
+
 def print_netlink_report(r: dict) -> None:
+    if "owners" in r:
+        print_owners_report(r["owners"])
     print()
     print(f"| the Linux engine (netlink, --watch {r['watch']:g}) against the psutil engine "
           "| netlink | psutil | ratio |")
@@ -949,7 +1053,7 @@ def main() -> int:
     parser.add_argument("--flood-requests", type=int, default=150_000, help="ab's requests in each flood run")
     parser.add_argument("--flood-rounds", type=int, default=5, help="interleaved flood runs (default 5)")
     parser.add_argument("--only", help="netlink part: only these measures, comma-separated "
-                                       "(idle, polls, churn, capture, rss, namespaces, names, flood)")
+                                       "(idle, polls, churn, capture, rss, namespaces, names, flood, owners)")
     args = parser.parse_args()
     if args.watch is not None:
         WATCH[:] = ["--watch", str(args.watch)]

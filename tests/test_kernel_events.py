@@ -308,3 +308,28 @@ def test_kernel_events_on_without_the_privileges_is_one_line_and_exit_1(nobody):
                                           "-plog", home / "p.log"), capture_output=True, text=True, timeout=60)
     reason = events_refused().split("available (", 1)[1].split("); the owners")[0]
     assert (result.returncode, result.stderr) == (1, f"lognet: error: kernel events are not available: {reason}\n")
+
+
+def test_under_a_flood_the_events_stop_in_the_kernel_with_the_watcher_and_come_back():
+    """The budget at the watcher's step: the events are disabled in the kernel (a connect
+    then samples nothing), the watcher waits on none of them, and the remark says paused;
+    below it, they are on again."""
+    require_root("the kernel's tracepoint events")
+    budget = lognet.CpuBudget(10)
+    source = lognet.NetlinkSource("tcp", kernel_events="on", budget=budget)
+    try:
+        source.connections()
+        budget.hold(lognet.SHED_WATCHER, floor=lognet.SHED_WATCHER)
+        source.watch()
+        assert (source.owner_events(), source.urgent_fds(), source.events_cover) == (("paused", 0), [], False)
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            connect(listener.getsockname()[1], 1)
+        assert source.kernel_events.take() == set()  # nothing was sampled while paused
+        budget.hold(0)
+        source.watch()
+        assert source.owner_events() == ("on", 0) and source.urgent_fds() and source.events_cover
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            (pid, _), = connect(listener.getsockname()[1], 1)
+        assert pid in source.kernel_events.take()
+    finally:
+        source.close()

@@ -315,3 +315,30 @@ def test_a_listener_in_one_namespace_says_nothing_of_another_namespaces_connecti
     tracker.update([listener])
     opened = {e.conn.netns: e.direction for e in tracker.update([listener, there, here])}
     assert opened == {2: "out", 1: "in"}
+
+
+def test_an_owner_the_kernel_named_then_found_by_its_fd_is_the_same_connection():
+    """A socket a dump found before any fd scan, its owner named by the kernel's events (fd
+    -1, attrib kernel); the next poll finds the owner's fd: no line, the same connection,
+    and its later lines say pid."""
+    tracker = lognet.Tracker(awaits_kernel_closes=True)
+    named = CLIENT._replace(fd=-1, cookie=901, by_kernel=True)
+    opened = tracker.update([named], now=1.0)
+    assert [(e.event, e.attrib) for e in opened] == [("open", "kernel")]
+    found = named._replace(fd=5, by_kernel=False)
+    assert tracker.update([found], now=2.0) == []
+    closed = tracker.update([found._replace(status="CLOSE_WAIT")], now=3.0)
+    assert [(e.event, e.attrib, e.first_seen) for e in closed] == [("state", "pid", 1.0)]
+
+
+def test_a_close_the_kernel_named_is_one_line_with_its_owner_and_when_it_opened():
+    """A socket never seen alive whose owner the kernel's events named: one close line with
+    that pid, attrib kernel, firstseen at its connect and its duration; unnamed, unseen."""
+    tracker = lognet.Tracker(awaits_kernel_closes=True)
+    tracker.update([], now=1.0)
+    gone = CLIENT._replace(status="CLOSE", fd=-1, pid=None, cookie=902)
+    named = lognet.Closed(gone._replace(pid=11, by_kernel=True), 2.5, 0, 1, opened=2.0, direction="out")
+    unnamed = lognet.Closed(gone._replace(cookie=903, laddr=("127.0.0.1", 5001)), 2.6, 0, 1)
+    lines = tracker.update([], now=3.0, departures=[named, unnamed])
+    assert [(e.conn.pid, e.attrib, e.first_seen, e.duration, e.direction, e.alive_seen) for e in lines] == [
+        (11, "kernel", 2.0, 0.5, "out", False), (None, "unseen", 2.6, None, None, False)]
