@@ -2207,8 +2207,8 @@ class Shedding:
 # describes (a connect, a close): its pid is that process's. The ids and field offsets of
 # the tracepoints are read from tracefs (TRACEFS/events/<group>/<event>/format), never
 # written here; where tracefs is not mounted, a child process mounts it in a mount
-# namespace of its own to read them, and the host's mounts stay as they were. The engine
-# does not read these events yet.
+# namespace of its own to read them, and the host's mounts stay as they were. KernelEvents
+# reads them for the engine, which joins their owners to its dumps and close events.
 TRACEFS = "/sys/kernel/tracing"
 CLONE_NEWNS = 0x00020000
 MS_REC, MS_PRIVATE = 1 << 14, 1 << 18
@@ -5015,7 +5015,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cpu", type=cpu_percent, default=DEFAULT_MAX_CPU, metavar="PERCENT",
                         help=f"CPU budget, in percent of one core (default {DEFAULT_MAX_CPU:g}): over it under a "
                              f"flood (sockets opening or closing at {FLOOD_RATE} a second or more), lognet sheds "
-                             "work: full polls first, which loses nothing, then the watcher's dumps, then decoding "
+                             "work: full polls first, which loses nothing, then the watcher's dumps and the kernel's "
+                             "events, then decoding "
                              "close events, which are counted and summarized, then TCP's close events, whose closes "
                              "the kernel's counters count; 100: never")
     parser.add_argument("--kernel-events", choices=("auto", "on", "off"), default="auto",
