@@ -2457,19 +2457,16 @@ def decode_sock_state(tracepoint: Tracepoint, time_ns: int, pid: int, raw: bytes
 class Route(NamedTuple):
     """One sample of fib:fib_table_lookup (or fib6:fib6_table_lookup) for UDP: a datagram's
     route, looked up as its process sends it, in that process's context: who sends from
-    which local port (chosen by then), to whom."""
+    which local port (chosen by then)."""
 
     time: int  # the kernel's clock, ns
     pid: int
     lport: int
-    raddr: tuple
 
 
 def decode_route(tracepoint: Tracepoint, time_ns: int, pid: int, raw: bytes) -> Route:
     """A Route from a raw record of fib:fib_table_lookup or fib6:fib6_table_lookup."""
-    family = socket.AF_INET6 if tracepoint.fields["dst"][1] == 16 else socket.AF_INET
-    raddr = decode_address(family, tracepoint.field(raw, "dst"), tracepoint.number(raw, "dport"))
-    return Route(time_ns, pid, tracepoint.number(raw, "sport"), raddr)
+    return Route(time_ns, pid, tracepoint.number(raw, "sport"))
 
 
 # The TCP state changes lognet reads, two filters in the kernel's syntax: a connect (CLOSE ->
@@ -2603,7 +2600,6 @@ class KernelEvents:
         self.owners = KernelOwners()
         self.epoch = now() - time.monotonic()  # the kernel's clock (CLOCK_MONOTONIC) to epoch seconds
         self.paused = False
-        self.read = 0  # samples read
 
     def fds(self) -> list[int]:
         """The fds whose input ends a wait at once: the connects' and the datagrams'."""
@@ -2625,7 +2621,6 @@ class KernelEvents:
         """Read every sample that has come, in the kernel's order; return the pids they named."""
         events = [decode(ring.tracepoint, *sample) for ring, decode in self.rings for sample in ring.samples()]
         events.sort(key=lambda event: event.time)
-        self.read += len(events)
         named = {self.owners.learn(event) for event in events}
         named.discard(None)
         return named

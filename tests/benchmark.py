@@ -420,17 +420,35 @@ def churn_cpu(tmp: Path, rate: float, seconds: float) -> dict:
 
 
 NGINX_CONF = """daemon off;
-worker_processes 1;
+worker_processes {workers};
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log;
 events {{ worker_connections 1024; }}
 http {{
-    access_log off;
+    log_format workers '$pid $remote_port';
+    access_log {access_log};
     client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
     uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
     server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
 }}
 """
+
+
+def start_nginx(folder: Path, workers: int = 1, access_log: bool = False) -> tuple[subprocess.Popen, int]:
+    """nginx serving `return 200` on a free loopback port, its files in folder; with
+    access_log, each request's worker ($pid) and peer port in folder/nginx-access.log."""
+    port = free_port()
+    log = f"{folder}/nginx-access.log workers" if access_log else "off"
+    (folder / "nginx.conf").write_text(NGINX_CONF.format(tmp=folder, port=port, workers=workers, access_log=log))
+    nginx = subprocess.Popen([shutil.which("nginx", path="/usr/sbin:/usr/bin"), "-c", str(folder / "nginx.conf"),
+                              "-p", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return nginx, port
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def tcp_opens() -> int:
@@ -471,12 +489,7 @@ def flood_cost(tmp: Path, requests: int, rounds: int) -> dict:
     for tool, package in (("nginx", "nginx-light"), ("ab", "apache2-utils")):
         if not shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin"):
             raise RuntimeError(f"{tool} is missing: install {package} (sh tests/install-deps.sh does)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=port))
-    nginx = subprocess.Popen([shutil.which("nginx", path="/usr/sbin:/usr/bin"), "-c", str(tmp / "nginx.conf"),
-                              "-p", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nginx, port = start_nginx(tmp)
     runs, filters = [], []
     try:
         time.sleep(1)
@@ -840,19 +853,6 @@ def netlink_part(report: dict, tmp: Path, args) -> None:
         report["netlink_rss"] = netlink_rss(tmp, [int(x) for x in args.churn.split(",")], 1500)
 
 
-NGINX_WORKERS_CONF = """daemon off;
-worker_processes 2;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-    log_format workers '$pid $remote_port';
-    access_log {tmp}/nginx-access.log workers;
-    client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
-    uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
-    server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
-}}
-"""
 UDP_ONE_SHOT = ("import os, socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
                 "s.sendto(b'lnbench', ('127.0.0.1', int(sys.argv[1]))); print(os.getpid(), s.getsockname()[1])")
 
@@ -880,10 +880,7 @@ def kernel_owners(tmp: Path, curls: int, udp_clients: int, requests: int) -> dic
     server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     port = int(server.stdout.readline().split(" port ")[1].split(" ")[0])
-    nginx_port = free_port()
-    (folder / "nginx.conf").write_text(NGINX_WORKERS_CONF.format(tmp=folder, port=nginx_port))
-    nginx = subprocess.Popen(["nginx", "-c", folder / "nginx.conf", "-e", folder / "nginx-error.log"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nginx, nginx_port = start_nginx(folder, workers=2, access_log=True)
     curl_runs, udp_runs = {}, {}
     try:
         time.sleep(3)  # lognet's first poll, and nginx's workers up
@@ -918,12 +915,6 @@ def kernel_owners(tmp: Path, curls: int, udp_clients: int, requests: int) -> dic
                      "command_lines": sum(1 for pid in curl_runs.values() if pid in command_lines)},
             "udp": named_share(rows, udp_runs), "nginx": {**named_share(rows, served),
                                                            "workers": len(set(served.values()))}}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def big_poll(args) -> dict:
