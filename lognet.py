@@ -37,6 +37,7 @@ import itertools
 import json
 import math
 import mmap
+import operator
 import os
 import re
 import select
@@ -432,6 +433,9 @@ class CpuBudget:
 ##############################################################################
 
 PROCESS_PRUNE_SECONDS = 60.0  # how often cached processes that have exited are forgotten
+# A process read ahead this recently is not read again (a pid is not reused within a second:
+# the kernel hands pids out in turn, up to pid_max).
+READ_AHEAD_FRESH = 1.0
 SNMP = "/proc/net/snmp"  # Linux counts every TCP open of the network namespace here
 
 
@@ -446,6 +450,7 @@ class Source:
         self.budget = budget  # lognet's CPU budget, where one is set: under a flood over it, work is shed
         self._processes: dict[int, ProcessInfo] = {}
         self._unreported: set[int] = set()  # pids read ahead of a poll, while they lived
+        self._read_ahead_at: dict[int, float] = {}  # pid -> when it was last read ahead
         # What the poll's thread and the watcher's both reach (the process cache, an engine's
         # parts) is behind this one lock: each entry of an engine takes it.
         self.lock = threading.RLock()
@@ -488,9 +493,12 @@ class Source:
         return []
 
     def urgent_fds(self) -> list[int]:
-        """The fds whose input is worth a look at once, at any pace: the kernel's events of a
-        connect or a datagram sent, whose process may live only milliseconds."""
+        """The fds whose input is worth reading at once, at any pace (take_owner_events()): the
+        kernel's events of a connect or a datagram sent, whose process may live only milliseconds."""
         return []
+
+    def take_owner_events(self) -> None:
+        """Learn who the kernel's events named since, and read those processes' details now."""
 
     # Whether the kernel's events name every owner the watcher's dumps would find: then it does not dump.
     events_cover = False
@@ -546,7 +554,11 @@ class Source:
 
     def read_ahead(self, pids: Iterable[int]) -> None:
         """Read the details of processes now, while they live; processes() reports them later."""
+        now = self._clock()
         for pid in pids:
+            if now - self._read_ahead_at.get(pid, -READ_AHEAD_FRESH) < READ_AHEAD_FRESH:
+                continue  # a long-running process that connects again and again
+            self._read_ahead_at[pid] = now
             cached = self._processes.get(pid)
             info = self._look_up(pid, cached)
             if info is not cached:
@@ -601,6 +613,7 @@ class Source:
         alive = set(psutil.pids())
         for pid in self._processes.keys() - alive:
             del self._processes[pid]
+        self._read_ahead_at = {pid: at for pid, at in self._read_ahead_at.items() if pid in alive}
         self._unreported &= self._processes.keys()  # read ahead, never logged (filtered out), and gone
 
 
@@ -2230,7 +2243,7 @@ PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_DISABLE, PERF_EVENT_IOC_SET_FILTER = 0x240
 # data_tail, which the reader writes back; the records follow, from the second page, round a
 # ring of a power of two pages.
 RING_HEAD, RING_TAIL = 1024, 1032
-RING_U64 = struct.Struct("=Q")
+HEAD_WORD, TAIL_WORD = RING_HEAD // 8, RING_TAIL // 8
 RING_PAGES = 16
 PERF_HEADER = struct.Struct("=IHH")  # struct perf_event_header: type, misc, size
 PERF_RECORD_LOST, PERF_RECORD_SAMPLE = 2, 9
@@ -2253,6 +2266,28 @@ class Tracepoint(NamedTuple):
 
     def number(self, raw: bytes, name: str) -> int:
         return int.from_bytes(self.field(raw, name), sys.byteorder)
+
+    def layout(self, names: tuple[str, ...]) -> struct.Struct:
+        """A Struct that unpacks these fields of a raw record at once, in the order given
+        (their offsets ascending): numbers of 1, 2, 4 or 8 bytes, and bytes for the rest (an
+        address). Made once for each tracepoint and names: a sample is decoded in one call."""
+        key = (self.id, names)
+        try:
+            return TRACEPOINT_LAYOUTS[key]
+        except KeyError:
+            form, at = "=", 0
+            for name in names:
+                offset, size = self.fields[name]
+                form += "x" * (offset - at) + (NUMBER_FORMATS.get(size, f"{size}s")
+                                                if name not in ADDRESS_FIELDS else f"{size}s")
+                at = offset + size
+            layout = TRACEPOINT_LAYOUTS[key] = struct.Struct(form)
+            return layout
+
+
+NUMBER_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
+ADDRESS_FIELDS = frozenset(("saddr", "daddr", "saddr_v6", "daddr_v6"))
+TRACEPOINT_LAYOUTS: dict[tuple, struct.Struct] = {}
 
 
 def parse_tracepoint_format(name: str, text: str) -> Tracepoint:
@@ -2337,8 +2372,9 @@ class TracepointRing:
         self.size = pages * mmap.PAGESIZE
         self.fds: list[int] = []
         self.rings: list[mmap.mmap] = []
+        # each ring's first page as 64-bit words: data_head and data_tail read and written in place
+        self.words: list[memoryview] = []
         self.lost = 0
-        self.wakes = wakes  # whether a wait on fds ends at each sample, or only once half the ring is full
         number = PERF_EVENT_OPEN.get(os.uname().machine)
         if number is None:
             raise OSError(errno.ENOSYS, f"perf_event_open's number on {os.uname().machine} is not known")
@@ -2359,6 +2395,7 @@ class TracepointRing:
                     raise OSError(error, f"perf_event_open {tracepoint.name}: {os.strerror(error)}")
                 self.fds.append(fd)
                 self.rings.append(mmap.mmap(fd, mmap.PAGESIZE + self.size))
+                self.words.append(memoryview(self.rings[-1])[:mmap.PAGESIZE].cast("Q"))
                 if event_filter and libc.ioctl(fd, ctypes.c_ulong(PERF_EVENT_IOC_SET_FILTER),
                                                ctypes.c_char_p(event_filter.encode())) != 0:
                     error = ctypes.get_errno()
@@ -2378,17 +2415,16 @@ class TracepointRing:
         """The samples that have come on every CPU, in the order of their time: (time, pid,
         the tracepoint's raw record)."""
         found = []
-        for ring in self.rings:
-            found += self._read(ring)
+        for ring, words in zip(self.rings, self.words):
+            if words[HEAD_WORD] != words[TAIL_WORD]:
+                found += self._read(ring, words)
         found.sort(key=lambda sample: sample[0])
         return found
 
-    def _read(self, ring: mmap.mmap) -> list[tuple[int, int, bytes]]:
+    def _read(self, ring: mmap.mmap, words: memoryview) -> list[tuple[int, int, bytes]]:
         """The records between data_tail and data_head, copied out across the wrap; then
         data_tail moved to data_head, once, which frees them for the kernel."""
-        head, tail = RING_U64.unpack_from(ring, RING_HEAD)[0], RING_U64.unpack_from(ring, RING_TAIL)[0]
-        if head == tail:
-            return []
+        head, tail = words[HEAD_WORD], words[TAIL_WORD]
         start, length, data = mmap.PAGESIZE + tail % self.size, head - tail, mmap.PAGESIZE + self.size
         chunk = ring[start:start + length] if start + length <= data else (
             ring[start:data] + ring[mmap.PAGESIZE:mmap.PAGESIZE + length - (data - start)])
@@ -2404,15 +2440,17 @@ class TracepointRing:
             elif kind == PERF_RECORD_LOST:
                 self.lost += PERF_LOST.unpack_from(chunk, offset + PERF_HEADER.size)[1]
             offset += size
-        RING_U64.pack_into(ring, RING_TAIL, head)
+        words[TAIL_WORD] = head
         return samples
 
     def close(self) -> None:
+        for words in self.words:
+            words.release()  # before its ring closes: an exported buffer keeps a map open
         for ring in self.rings:
             ring.close()
         for fd in self.fds:
             os.close(fd)
-        self.rings, self.fds = [], []
+        self.rings, self.words, self.fds = [], [], []
 
 
 def online_cpus(path: str = "/sys/devices/system/cpu/online") -> list[int]:
@@ -2444,14 +2482,16 @@ class SockState(NamedTuple):
     raddr: tuple
 
 
+SOCK_STATE_FIELDS = ("skaddr", "oldstate", "newstate", "sport", "dport", "family")
+ADDRESSES = {socket.AF_INET: ("saddr", "daddr"), socket.AF_INET6: ("saddr_v6", "daddr_v6")}
+
+
 def decode_sock_state(tracepoint: Tracepoint, time_ns: int, pid: int, raw: bytes) -> SockState:
     """A SockState from a raw record of sock:inet_sock_set_state, by its format's offsets."""
-    family = tracepoint.number(raw, "family")
-    addresses = ("saddr", "daddr") if family == socket.AF_INET else ("saddr_v6", "daddr_v6")
-    laddr, raddr = (decode_address(family, tracepoint.field(raw, address), tracepoint.number(raw, port))
-                    for address, port in zip(addresses, ("sport", "dport")))
-    return SockState(time_ns, pid, tracepoint.number(raw, "skaddr"), tracepoint.number(raw, "oldstate"),
-                     tracepoint.number(raw, "newstate"), family, laddr, raddr)
+    skaddr, oldstate, newstate, sport, dport, family = tracepoint.layout(SOCK_STATE_FIELDS).unpack_from(raw)
+    local, remote = tracepoint.layout(ADDRESSES[family]).unpack_from(raw)
+    laddr, raddr = decode_address(family, local, sport), decode_address(family, remote, dport)
+    return SockState(time_ns, pid, skaddr, oldstate, newstate, family, laddr, raddr)
 
 
 class Route(NamedTuple):
@@ -2469,17 +2509,19 @@ def decode_route(tracepoint: Tracepoint, time_ns: int, pid: int, raw: bytes) -> 
     return Route(time_ns, pid, tracepoint.number(raw, "sport"))
 
 
-# The TCP state changes lognet reads, two filters in the kernel's syntax: a connect (CLOSE ->
-# SYN_SENT, in the connecting thread: its pid), read at once; then the change after it, which
-# has the port chosen since (in a softirq: its pid means nothing); an accepted socket's first
-# (SYN_RECV -> ESTABLISHED: when it opened); and a holder's own close (ESTABLISHED -> FIN_WAIT1,
-# CLOSE_WAIT -> LAST_ACK, in the holder's context), which names who held an accepted socket.
+# The TCP state changes lognet reads, in the kernel's filter syntax: a connect (CLOSE ->
+# SYN_SENT, in the connecting thread: its pid); the change after it, which has the port chosen
+# since (in a softirq: its pid means nothing); an accepted socket's first (SYN_RECV ->
+# ESTABLISHED: when it opened); and a holder's own close (ESTABLISHED -> FIN_WAIT1, CLOSE_WAIT
+# -> LAST_ACK, in the holder's context), which names who held an accepted socket. These wait
+# in their ring; a connect also rings a doorbell (DOORBELL), which wakes the watcher at once.
 TCP_ESTABLISHED, TCP_SYN_SENT, TCP_SYN_RECV, TCP_FIN_WAIT1, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_LAST_ACK = (
     1, 2, 3, 4, 7, 8, 9)
 SOCK_STATE_TRACEPOINT = "sock/inet_sock_set_state"
 DESTROY_TRACEPOINT = "tcp/tcp_destroy_sock"  # its cookie, which joins the kernel's close
 CONNECT_FILTER = f"protocol == 6 && oldstate == {TCP_CLOSE} && newstate == {TCP_SYN_SENT}"
-STATE_FILTER = (f"protocol == 6 && (oldstate == {TCP_SYN_SENT} || (oldstate == {TCP_SYN_RECV} && newstate == "
+STATE_FILTER = (f"protocol == 6 && ((oldstate == {TCP_CLOSE} && newstate == {TCP_SYN_SENT}) || "
+                f"oldstate == {TCP_SYN_SENT} || (oldstate == {TCP_SYN_RECV} && newstate == "
                 f"{TCP_ESTABLISHED}) || (oldstate == {TCP_ESTABLISHED} && newstate == {TCP_FIN_WAIT1}) || "
                 f"(oldstate == {TCP_CLOSE_WAIT} && newstate == {TCP_LAST_ACK}))")
 # A UDP datagram's route as it is sent: output lookups only (their iif is loopback's index,
@@ -2487,6 +2529,15 @@ STATE_FILTER = (f"protocol == 6 && (oldstate == {TCP_SYN_SENT} || (oldstate == {
 ROUTE_TRACEPOINTS = {socket.AF_INET: "fib/fib_table_lookup", socket.AF_INET6: "fib6/fib6_table_lookup"}
 ROUTE_FILTER = "proto == 17 && iif == 1"
 KERNEL_OWNERS_KEPT = 16_384
+# The doorbells: the connects and datagrams again, in rings that wake the watcher at each
+# sample, so that a process of a few milliseconds has its details read while it lives. A
+# thread that rings DOORBELL_RINGS times within a second lives long enough to be read at the
+# looks' pace: its rings are filtered out in the kernel (common_pid is the thread's id) for
+# DOORBELL_QUIET seconds, DOORBELL_MUTED threads at most, and its events still reach the rings
+# that record them. A busy client costs no wake-up for each connect.
+DOORBELL_RINGS = 3
+DOORBELL_QUIET = 5.0
+DOORBELL_MUTED = 16
 
 
 class Owner(NamedTuple):
@@ -2507,7 +2558,7 @@ class Destroyed(NamedTuple):
 
 
 def decode_destroyed(tracepoint: Tracepoint, time_ns: int, pid: int, raw: bytes) -> Destroyed:
-    return Destroyed(time_ns, tracepoint.number(raw, "skaddr"), tracepoint.number(raw, "sock_cookie"))
+    return Destroyed(time_ns, *tracepoint.layout(("skaddr", "sock_cookie")).unpack_from(raw))
 
 
 class KernelOwners:
@@ -2575,35 +2626,47 @@ class KernelEvents:
     """The kernel's tracepoints that name who holds each socket, in every namespace, read
     through perf_event_open: TCP's state changes (sock:inet_sock_set_state) and UDP's routes
     (fib:fib_table_lookup, fib6:fib6_table_lookup), filtered in the kernel to what lognet
-    reads. A connect or a datagram ends the watcher's wait at once (their process may live
-    only milliseconds: its details are read then); the other changes wait in their ring.
+    reads, in rings that wait for the watcher's looks (a wait ends when one is half full);
+    and the doorbells (see DOORBELL_RINGS), whose samples only name processes to read now.
 
     Needs root, or what README's privilege table says; OSError where refused."""
 
-    def __init__(self, pairs: list[tuple[int, int]], now: Callable[[], float] = time.time):
+    def __init__(self, pairs: list[tuple[int, int]], now: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.monotonic):
         protocols, families = {protocol for _, protocol in pairs}, {family for family, _ in pairs}
-        wanted = []  # (tracepoint, filter, wakes, decode)
+        wanted = []  # (tracepoint, filter, decode): the rings that record
+        bells = []  # (tracepoint, filter): the doorbells
         if socket.IPPROTO_TCP in protocols:
-            wanted += [(SOCK_STATE_TRACEPOINT, CONNECT_FILTER, True, decode_sock_state),
-                       (SOCK_STATE_TRACEPOINT, STATE_FILTER, False, decode_sock_state),
-                       (DESTROY_TRACEPOINT, None, False, decode_destroyed)]
+            wanted += [(SOCK_STATE_TRACEPOINT, STATE_FILTER, decode_sock_state),
+                       (DESTROY_TRACEPOINT, None, decode_destroyed)]
+            bells.append((SOCK_STATE_TRACEPOINT, CONNECT_FILTER))
         if socket.IPPROTO_UDP in protocols:
-            wanted += [(ROUTE_TRACEPOINTS[family], ROUTE_FILTER, True, decode_route) for family in sorted(families)]
+            wanted += [(ROUTE_TRACEPOINTS[family], ROUTE_FILTER, decode_route) for family in sorted(families)]
+            bells += [(ROUTE_TRACEPOINTS[family], ROUTE_FILTER) for family in sorted(families)]
         found = tracepoints({name for name, *_ in wanted})
         self.rings: list[tuple[TracepointRing, Callable]] = []
+        self.doorbells: list[tuple[TracepointRing, str]] = []  # with the filter they began with
         try:
-            for name, event_filter, wakes, decode in wanted:
-                self.rings.append((TracepointRing(found[name], event_filter, wakes=wakes), decode))
+            for name, event_filter, decode in wanted:
+                self.rings.append((TracepointRing(found[name], event_filter, wakes=False), decode))
+            for name, event_filter in bells:
+                self.doorbells.append((TracepointRing(found[name], event_filter), event_filter))
         except OSError:
             self.close()
             raise
+        self.all_fds = [fd for ring, _ in self.rings + self.doorbells for fd in ring.fds]
         self.owners = KernelOwners()
         self.epoch = now() - time.monotonic()  # the kernel's clock (CLOCK_MONOTONIC) to epoch seconds
+        self.clock = clock
         self.paused = False
+        self.rang: Counter[int] = Counter()  # thread id -> its rings since window_start
+        self.window_start = clock()
+        self.muted: dict[int, float] = {}  # thread id -> until when its rings are filtered out
 
     def fds(self) -> list[int]:
-        """The fds whose input ends a wait at once: the connects' and the datagrams'."""
-        return [] if self.paused else [fd for ring, _ in self.rings if ring.wakes for fd in ring.fds]
+        """The fds whose input ends a wait: the doorbells' at each sample, the rings' once
+        half full, before they overflow."""
+        return [] if self.paused else self.all_fds
 
     @property
     def lost(self) -> int:
@@ -2614,16 +2677,45 @@ class KernelEvents:
         """Stop the events in the kernel, under a flood (nothing is sampled), or start them again."""
         if paused != self.paused:
             self.paused = paused
-            for ring, _ in self.rings:
+            for ring, _ in self.rings + self.doorbells:
                 ring.enable(not paused)
 
     def take(self) -> set[int]:
         """Read every sample that has come, in the kernel's order; return the pids they named."""
+        named = set()
+        for ring, _ in self.doorbells:
+            for _, pid, raw in ring.samples():
+                named.add(pid)
+                self.rang[ring.tracepoint.layout(("common_pid",)).unpack_from(raw)[0]] += 1
+        if self.rang or self.muted:
+            self._mute_busy()
         events = [decode(ring.tracepoint, *sample) for ring, decode in self.rings for sample in ring.samples()]
-        events.sort(key=lambda event: event.time)
-        named = {self.owners.learn(event) for event in events}
+        events.sort(key=operator.itemgetter(0))  # each event's time
+        named.update(self.owners.learn(event) for event in events)
         named.discard(None)
         return named
+
+    def _mute_busy(self) -> None:
+        """Filter out of the doorbells the threads that rang DOORBELL_RINGS times this second."""
+        now = self.clock()
+        muted = {tid: until for tid, until in self.muted.items() if until > now}
+        for tid, rings in self.rang.most_common(DOORBELL_MUTED):
+            if rings >= DOORBELL_RINGS and tid not in muted and len(muted) < DOORBELL_MUTED:
+                muted[tid] = now + DOORBELL_QUIET
+        if now - self.window_start >= 1.0:
+            self.rang.clear()
+            self.window_start = now
+        if muted.keys() != self.muted.keys():
+            # A perf event's filter is set once: the doorbells are opened again with the new one.
+            others = "".join(f" && common_pid != {tid}" for tid in sorted(muted))
+            bells, self.doorbells = self.doorbells, []
+            for ring, event_filter in bells:
+                ring.close()
+                self.doorbells.append((TracepointRing(ring.tracepoint, event_filter + others), event_filter))
+                if self.paused:
+                    self.doorbells[-1][0].enable(False)
+            self.all_fds = [fd for ring, _ in self.rings + self.doorbells for fd in ring.fds]
+        self.muted = muted
 
     def owner(self, conn: Connection) -> int | None:
         """The pid the kernel's events named for a live socket."""
@@ -2642,9 +2734,9 @@ class KernelEvents:
         return closed._replace(conn=conn, opened=opened, direction=owner.direction)
 
     def close(self) -> None:
-        for ring, _ in self.rings:
+        for ring, _ in self.rings + self.doorbells:
             ring.close()
-        self.rings = []
+        self.rings, self.doorbells, self.all_fds = [], [], []
 
 
 ##############################################################################
@@ -2967,6 +3059,10 @@ class NetlinkSource(Source):
     def urgent_fds(self) -> list[int]:
         return self.kernel_events.fds() if self.kernel_events is not None else []
 
+    def take_owner_events(self) -> None:
+        with self.lock:
+            self._take_kernel_events()
+
     def read_events(self, heard: Iterable[int] | None = None) -> int:
         """Read the close events that have arrived, in every namespace, and count the DNS
         questions sent; return how many of both (what predicts more sockets).
@@ -3041,6 +3137,9 @@ WATCH_BURST = 0.1
 # the first open or close seen brings back --watch.
 WATCH_QUIET_AFTER = 1.0
 WATCH_QUIET = 0.1
+# While quiet with the kernel's events naming the owners, whatever a look is for wakes it
+# (a connect, a datagram, a close, a question, a ring half full): it looks every WATCH_IDLE.
+WATCH_IDLE = 1.0
 
 
 class Watcher:
@@ -3082,18 +3181,19 @@ class Watcher:
         """Seconds until the next look: every, or longer after a spell with no socket opened,
         or while the kernel's events name the owners (no dump is needed then), or while its
         share of CPU is spent (each wake-up costs CPU too)."""
+        if self.quiet() and self.source.events_cover:
+            return max(self.every, WATCH_IDLE)
         if self.quiet() or self._shedding() or self.source.events_cover:
             return max(self.every, WATCH_QUIET)  # shedding: the events are read in batches, cheaper each
         return max(self.every, -self.allowance / WATCH_CPU_SHARE)
 
-    def look(self, heard: Iterable[int] | None = None, dumps: bool = True) -> None:
+    def look(self, heard: Iterable[int] | None = None) -> None:
         """One look: the source's watch(), with dumps while the share of CPU allows them.
-        heard: the fds of wakers() that a wait just found readable, if it waited on them;
-        dumps: False for a look that the kernel's events brought before its time."""
+        heard: the fds of wakers() that a wait just found readable, if it waited on them."""
         now = self.clock()
         self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_CPU_SHARE)
         self.allowed_at = now
-        look = self.source.watch(heard, dumps=dumps and self.allowance > 0)  # under a flood of opens, dumps wait
+        look = self.source.watch(heard, dumps=self.allowance > 0)  # under a flood of opens, dumps wait
         if look.moved:
             self.moved_at = now  # sockets are opening or closing: more are likely to soon
         self.allowance -= look.dump_seconds
@@ -3117,7 +3217,8 @@ class Watcher:
             wakers = [] if self.failure else self.wakers()
             # Whether the wait covers every close-event and question socket: then what it
             # found readable is all that has input.
-            heard_all = bool(wakers) and set(self.source.wakers()) <= set(wakers)
+            readers = set(self.source.wakers())
+            heard_all = bool(wakers) and readers <= set(wakers)
             try:
                 ready = select.select([self._stop_r, *wakers], [], [], max(0.0, due - self.clock()))[0]
             except OSError:  # a namespace's socket closed by the poll while we waited on it
@@ -3125,14 +3226,16 @@ class Watcher:
             if self._stop_r in ready:
                 os.close(self._stop_r)
                 return
-            # Woken by the kernel's events alone, before its time: a look that reads them, without
-            # dumps, which keep their pace (the next due look).
-            early = bool(ready) and self.clock() < due and not set(ready) & set(self.source.wakers())
             try:
+                if ready and self.clock() < due and readers.isdisjoint(ready):
+                    # Woken by the kernel's events alone, before the next look: they are read,
+                    # and the processes they name, at once; the looks keep their pace.
+                    self.source.take_owner_events()
+                    self.moved_at = self.clock()
+                    continue
                 # Having waited on every close-event and question socket, it knows which have input.
-                self.look(ready if heard_all else None, dumps=not early)
-                if not early:
-                    due = self.clock() + self.next_look()
+                self.look(ready if heard_all else None)
+                due = self.clock() + self.next_look()
             except Exception as exc:  # noqa: BLE001
                 # Whatever failed, a look is lost, not the watcher: the next poll reconciles
                 # what it missed. Said once for each kind of failure, never silently.

@@ -334,3 +334,35 @@ def test_under_a_flood_the_events_stop_in_the_kernel_with_the_watcher_and_come_b
         assert pid in source.kernel_events.take()
     finally:
         source.close()
+
+
+def test_a_busy_thread_no_longer_rings_the_doorbell_and_its_connects_are_still_named():
+    """A thread that connects again and again is filtered out of the doorbell in the kernel
+    (no wake-up for each connect), and its connects still reach the ring that records them;
+    another process's connect still rings at once."""
+    require_root("the kernel's tracepoint events")
+    import select
+    import threading
+    events = lognet.KernelEvents([(socket.AF_INET, socket.IPPROTO_TCP)])
+    bells = lambda: [fd for ring, _ in events.doorbells for fd in ring.fds]  # noqa: E731
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            port = listener.getsockname()[1]
+            for _ in range(lognet.DOORBELL_RINGS):
+                socket.create_connection(("127.0.0.1", port)).close()
+                listener.accept()[0].close()
+            assert os.getpid() in events.take()
+            assert threading.get_native_id() in events.muted
+            with socket.create_connection(("127.0.0.1", port)) as mine:
+                listener.accept()[0].close()
+                assert select.select(bells(), [], [], 0.5)[0] == []  # the doorbell stayed silent
+                assert os.getpid() in events.take()
+                client = lognet.Connection(-1, socket.AF_INET, socket.SOCK_STREAM, mine.getsockname(),
+                                           mine.getpeername(), "ESTABLISHED", None)
+                assert events.owner(client) == os.getpid()
+            (pid, _), = connect(port, 1)
+            listener.accept()[0].close()
+            assert select.select(bells(), [], [], 5)[0]  # another process's connect rang
+            assert pid in events.take()
+    finally:
+        events.close()

@@ -156,3 +156,21 @@ def test_owners_are_matched_to_a_real_dump_by_inode(tmp_path, tcp_pair):
         assert holders()[0] == ("client", "ESTABLISHED", None, -1, inode[client])
     finally:
         namespaces.close()
+
+
+def test_a_process_read_ahead_is_not_read_again_within_a_second(monkeypatch):
+    """A long-running process the kernel's events name at each connect is read once a
+    second at most; after that, again (and a new process at once)."""
+    from conftest import FakeClock
+    clock = FakeClock()
+    source = lognet.Source(clock=clock)
+    reads = []
+    real = source._look_up
+    monkeypatch.setattr(source, "_look_up", lambda pid, cached: reads.append(pid) or real(pid, cached))
+    for _ in range(3):
+        source.read_ahead([os.getpid()])
+    assert reads == [os.getpid()]
+    clock.sleep(lognet.READ_AHEAD_FRESH)
+    source.read_ahead([os.getpid(), os.getppid()])
+    assert reads == [os.getpid(), os.getpid(), os.getppid()]
+    assert source._processes[os.getpid()].pid == os.getpid()
