@@ -3037,7 +3037,7 @@ class NetlinkSource(Source):
         with self.lock:
             try:
                 self._take_level()
-                read = self._take_kernel_events() + self.read_events(heard)
+                read = self.read_events(heard)
                 if not dumps or self.table.cookies_reported is None or self.shed >= SHED_WATCHER or self.events_cover:
                     # Before the first poll everything would be new; under a flood, dumps go before
                     # details; with the kernel's events, no dump is needed to find an owner.
@@ -3050,7 +3050,9 @@ class NetlinkSource(Source):
                 self.read_ahead({conn.pid for conn, _ in arrivals})
                 return Look(True, time.thread_time() - started)
             finally:
-                if self.names is not None:  # after the look's dump, which may have found the sockets that asked
+                # After the look's dump: the socket of a short-lived asker, or a new socket, first.
+                self._take_kernel_events()
+                if self.names is not None:  # after the dump, which may have found the sockets that asked
                     self.names.learn(self.namespaces, drain=False)
 
     def wakers(self) -> list[int]:
