@@ -877,7 +877,7 @@ def kernel_owners(tmp: Path, curls: int, udp_clients: int, requests: int) -> dic
     folder.mkdir()
     cli = subprocess.Popen(lognet_argv(folder, "--fields", "+event,attrib", engine="netlink"),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0"],
+    server = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "--bind", "127.0.0.1", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     port = int(server.stdout.readline().split(" port ")[1].split(" ")[0])
     nginx, nginx_port = start_nginx(folder, workers=2, access_log=True)
