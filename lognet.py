@@ -1368,7 +1368,7 @@ class Namespace:
     refusal: str | None = None  # why the close events could not be joined
     paused = False  # whether TCP's close events are paused
     # TCP's closes are counted twice over: by the kernel's counters (the opens less the change
-    # in use) and by the close events heard (decoded or counted). Their difference holds still
+    # in use) and by the close events heard (decoded or counted) or lost. Their difference holds still
     # while every close is heard, once the kernel's work queue has sent its events: `calm`, as
     # last read when no flood was on. While the events are paused, the closes unheard are what
     # the difference gains, read at the next calm moment (or at exit): a pause that is joined
@@ -1392,15 +1392,22 @@ class Namespace:
     def tcp_groups(self) -> list[int]:
         return [DESTROY_GROUPS[pair] for pair in self.counters.pairs if pair[1] == socket.IPPROTO_TCP]
 
-    def settle(self) -> int:
-        """At a calm moment (no flood on, so no close event in flight) or at the end: the TCP
-        sockets closed and never heard since the last, by the kernel's counters; a new calm
-        reading. The counters, not the events: a socket closed without ever connecting or
-        listening is not in them, and a listener opened meanwhile counts one less."""
+    def settle(self, final: bool = False) -> int:
+        """At a calm moment (no flood on, and no close event waiting to be read) or at the end
+        (final): the TCP sockets closed and never heard since the last, by the kernel's
+        counters; a new calm reading. The counters, not the events: a socket closed without
+        ever connecting or listening is not in them, and a listener opened meanwhile counts
+        one less. A moment that is not calm is passed over (0): each close whose event is
+        still on its way would be counted unheard, then heard."""
         if socket.IPPROTO_TCP not in self.events:
             return 0
-        opens, in_use = self.counters.tcp_counts()
-        drift = opens - in_use - self.heard
+        counts = self.counters.tcp_counts()
+        if not final and (select.select([self.events[socket.IPPROTO_TCP].sock], [], [], 0)[0]
+                          or self.counters.tcp_counts() != counts):
+            return 0
+        opens, in_use = counts
+        # A close whose event the kernel dropped is counted lost (events_lost()), not unheard.
+        drift = opens - in_use - self.heard - self.events_lost().get(socket.IPPROTO_TCP, 0)
         unheard = max(0, drift - self.calm) if self.settling and self.calm is not None else 0
         self.calm, self.settling = drift, self.paused
         return unheard
@@ -1635,9 +1642,11 @@ ANSWER_FRAMES, QUESTION_FRAMES = (2048, 512), (256, 256)  # (bytes each, how man
 SKF_AD_PROTOCOL, SKF_AD_PKTTYPE = 0xFFFFF000, 0xFFFFF004  # classic BPF's loads of skb->protocol, pkt_type
 QUERY_SNAP = 96  # bytes of a query kept: its IP and UDP headers, which name the socket that asks
 # Names for remote addresses (rhost) are kept for their answer's TTL and at least
-# NAME_TTL_FLOOR seconds, NAMES_KEPT of them at the most.
+# NAME_TTL_FLOOR seconds, NAMES_KEPT of them at the most, and for each address the
+# NAMES_LISTED latest names asked for it.
 NAME_TTL_FLOOR = 600.0
 NAMES_KEPT = 16_384
+NAMES_LISTED = 4
 
 
 def dns_filter(questions: bool) -> bytes:
@@ -1671,10 +1680,11 @@ def dns_filter(questions: bool) -> bytes:
 
 
 def dns_label(label: bytes) -> str:
-    r"""A label in DNS presentation form (RFC 1035 5.1): '.' and '\' escaped, bytes outside
-    printable ASCII as \DDD; so that a name that holds a dot, a space or a newline in a
-    label cannot pass for another: b'a.b' -> 'a\.b', b'x\n' -> 'x\010'."""
-    return "".join(f"\\{chr(byte)}" if byte in b".\\" else chr(byte) if 0x21 <= byte <= 0x7E else f"\\{byte:03d}"
+    r"""A label in DNS presentation form (RFC 1035 5.1): '.' and '\' escaped, and ',' (which
+    separates the names of one address), bytes outside printable ASCII as \DDD; so that a
+    name that holds a dot, a space or a newline in a label cannot pass for another:
+    b'a.b' -> 'a\.b', b'x\n' -> 'x\010'."""
+    return "".join(f"\\{chr(byte)}" if byte in b".\\," else chr(byte) if 0x21 <= byte <= 0x7E else f"\\{byte:03d}"
                    for byte in label.lower())
 
 
@@ -1913,10 +1923,15 @@ def put_latest(table: OrderedDict, key, value, kept: int) -> None:
 
 class NameCache:
     """The names that DNS answers gave for remote addresses, by network namespace: the
-    one each process asked for, where the asking socket's owner was known, and the most
-    recent for each address. A name lives for its answer's TTL, and at least
-    NAME_TTL_FLOOR: clients keep answers longer than that (and a connection made just
-    after expiry still finds its name). The NAMES_KEPT latest of each stay: memory stays flat.
+    one each process asked for, where the asking socket's owner was known, and every name
+    asked for each address (the NAMES_LISTED latest). A name lives for its answer's TTL,
+    and at least NAME_TTL_FLOOR: clients keep answers longer than that (and a connection
+    made just after expiry still finds its name). The NAMES_KEPT latest of each stay:
+    memory stays flat.
+
+    A connection whose process asked for no name of its address gets the one name asked
+    for it, or all of them ('a.test,b.test'): many names share one address (a CDN, shared
+    hosting), and which one a process meant is not guessed.
 
     An address is kept with its answer, undecoded: the name is read from it the first time
     a line asks for it (decode_dns_answer), and kept in its place."""
@@ -1926,34 +1941,48 @@ class NameCache:
         self.floor = floor
         # (netns, pid, address) -> (name, or the answer that gives it; until)
         self.asked: OrderedDict[tuple, tuple[str | bytes, float]] = OrderedDict()
-        self.recent: OrderedDict[tuple, tuple[str | bytes, float]] = OrderedDict()  # (netns, address) -> the same
+        # (netns, address) -> {the question's name, as sent -> the same}
+        self.recent: OrderedDict[tuple, OrderedDict[bytes, tuple[str | bytes, float]]] = OrderedDict()
 
     def add(self, answer: Answer, pid: int | None, now: float) -> None:
         """What an answer said; pid is the asking socket's owner, when known."""
+        asked = answer.message[DNS_HEADER.size:skip_dns_name(answer.message, DNS_HEADER.size)].lower()
         for address, ttl in answer.addresses:
             until = now + max(ttl, self.floor)
-            put_latest(self.recent, (answer.netns, address), (answer.message, until), self.kept)
+            key = (answer.netns, address)
+            put_latest(self.recent, key, self.recent.get(key) or OrderedDict(), self.kept)
+            put_latest(self.recent[key], asked, (answer.message, until), NAMES_LISTED)
             if pid is not None:
                 put_latest(self.asked, (answer.netns, pid, address), (answer.message, until), self.kept)
 
     def name(self, netns: int | None, pid: int | None, address: str, now: float) -> str | None:
-        """The name for a connection of pid to address: the one pid asked for, else the latest."""
+        """The name for a connection of pid to address: the one pid asked for, else every
+        name asked for the address, comma-separated and sorted."""
         if address.startswith("::ffff:") and "." in address:  # IPv4-mapped: as the A record wrote it
             address = address[7:]
-        for table, key in ((self.asked, (netns, pid, address)), (self.recent, (netns, address))):
-            found = table.get(key)
-            if found is None or found[1] < now:
-                continue
-            name, until = found
-            if isinstance(name, bytes):  # not read yet: the answer's name for this address, if any
-                decoded = decode_dns_answer(name)
-                name = decoded[0] if decoded and any(ip == address for ip, _ in decoded[1]) else None
-                if name is None:  # a record off the question's chain names nothing
-                    del table[key]
-                    continue
-                table[key] = (name, until)
-            return name
-        return None
+        own = self._read(self.asked, (netns, pid, address), address, now)
+        if own is not None:
+            return own
+        names = self.recent.get((netns, address), {})
+        listed = sorted(filter(None, (self._read(names, asked, address, now) for asked in list(names))))
+        return ",".join(listed) or None
+
+    @staticmethod
+    def _read(table: OrderedDict, key, address: str, now: float) -> str | None:
+        """The name at key while it lives; an answer not read yet is read now (the answer's
+        name for this address, if any) and kept in its place."""
+        found = table.get(key)
+        if found is None or found[1] < now:
+            return None
+        name, until = found
+        if isinstance(name, bytes):
+            decoded = decode_dns_answer(name)
+            name = decoded[0] if decoded and any(ip == address for ip, _ in decoded[1]) else None
+            if name is None:  # a record off the question's chain names nothing
+                del table[key]
+                return None
+            table[key] = (name, until)
+        return name
 
 
 
@@ -1972,6 +2001,9 @@ class Names:
         # askers' keys whose UDP sockets closed since: their ports may go to another
         self.closed_ports: list[tuple] = []
         self.tap_refusal: str | None = None  # why a DNS tap could not be made, once said
+        # The kernel's events, where on: (netns, port) -> the process that last sent a
+        # datagram from that UDP port, the asker known exactly even for a socket of a moment.
+        self.sender: Callable[[int | None, int], int | None] | None = None
 
     def open_tap(self) -> DnsTap | None:
         """A tap for the DNS traffic of the calling thread's namespace; None where refused."""
@@ -2013,7 +2045,9 @@ class Names:
             return
         now = self.now()
         for answer in ns.tap.answers_received(ns.inode):
-            self.cache.add(answer, self.askers.get((answer.netns, answer.port)), now)
+            key = (answer.netns, answer.port)
+            asker = self.sender(*key) if self.sender is not None else None
+            self.cache.add(answer, self.askers.get(key) if asker is None else asker, now)
 
     def rhost(self, conn: Connection, pid: int | None) -> str | None:
         """The name the host resolved to conn's remote address (for pid, where it asked), if known."""
@@ -2125,9 +2159,9 @@ class CloseEvents:
             taken.append(SkippedCloses(conn._replace(pid=pid), count, "listener" if pid is not None else None, inbound))
         return taken
 
-    def count_unheard(self, ns: Namespace) -> None:
+    def count_unheard(self, ns: Namespace, final: bool = False) -> None:
         """Count the closes of one namespace unheard since its last calm reading (see Namespace.settle())."""
-        closes = ns.settle()
+        closes = ns.settle(final)
         if closes:
             self.unheard[ns.inode] = self.unheard.get(ns.inode, 0) + closes
 
@@ -2722,6 +2756,15 @@ class KernelEvents:
         owner = self.owners.owner(conn)
         return owner.pid if owner is not None else None
 
+    def sender(self, netns: int | None, port: int) -> int | None:
+        """The process that last sent a UDP datagram from port in netns, as the events said.
+        A route's sample has no namespace: a sender still alive in another is not this one."""
+        owner = self.owners.udp.get(port)
+        if owner is None:
+            return None
+        inode = netns_inode(owner.pid)
+        return owner.pid if inode is None or netns is None or inode == netns else None
+
     def name(self, closed: Closed) -> Closed:
         """A close with what the kernel's events said of its socket: who held it, when it opened."""
         owner = self.owners.take(closed.conn)
@@ -2953,6 +2996,8 @@ class NetlinkSource(Source):
                      "the owners of short connections are found by polling only")
             else:
                 self.table.kernel_owner = self.kernel_events.owner
+                if self.names is not None:
+                    self.names.sender = self.kernel_events.sender
 
     @property
     def netns(self) -> int:
@@ -3015,7 +3060,7 @@ class NetlinkSource(Source):
         for ns in gone:
             if ns.events:
                 self._take_closes(ns)
-            self.close_events.count_unheard(ns)
+            self.close_events.count_unheard(ns, final=True)
             if self.names is not None:
                 self.names.learn_from(ns)  # the names its last connections' lines may need
         self.namespaces.release(gone)
@@ -3096,7 +3141,7 @@ class NetlinkSource(Source):
         with self.lock:
             if final:  # what is in flight now is never heard
                 for ns in self.namespaces:
-                    self.close_events.count_unheard(ns)
+                    self.close_events.count_unheard(ns, final=True)
             return self.close_events.take_unheard()
 
     def lost_closes(self) -> dict[int, dict[str, int]]:

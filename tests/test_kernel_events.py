@@ -368,3 +368,32 @@ def test_a_busy_thread_no_longer_rings_the_doorbell_and_its_connects_are_still_n
             assert pid in events.take()
     finally:
         events.close()
+
+
+UDP_SENDER = """
+import socket, sys
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+    sender.bind(("127.0.0.1", 0))
+    sender.sendto(b"lnsender", ("127.0.0.1", 9))  # this namespace's own loopback
+    print(sender.getsockname()[1], flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_udp_sender_is_the_asker_of_its_port_in_its_own_namespace_only():
+    """A route's sample says who sent from a port, not in which namespace: a DNS answer to
+    that port in another namespace is not that sender's."""
+    require_root("the kernel's tracepoint events, and unshare -n")
+    events = lognet.KernelEvents(lognet.kind_sockets("udp"))
+    sender = subprocess.Popen(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+                               sys.executable, "-c", UDP_SENDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        port = int(sender.stdout.readline())
+        assert sender.pid in events.take()
+        assert events.sender(lognet.netns_inode(sender.pid), port) == sender.pid
+        assert events.sender(lognet.netns_inode(), port) is None
+        assert events.sender(lognet.netns_inode(sender.pid), port + 1 if port < 65535 else port - 1) is None
+    finally:
+        sender.communicate("", timeout=30)
+        events.close()

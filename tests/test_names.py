@@ -115,6 +115,8 @@ def test_a_label_cannot_forge_a_field_or_a_line():
     assert (name, addresses) == (EVIL, [("192.0.2.12", 60)])
     assert lognet.decode_dns_answer(answer(1, encode_name(b"a.b\x00c") + b"\x00\x01\x00\x01", [
         record(b"\xc0\x0c", 1, bytes([192, 0, 2, 1]))]))[0] == "a\\.b.c"  # a dot inside a label
+    assert lognet.decode_dns_answer(answer(1, encode_name(b"a,b\x00test") + b"\x00\x01\x00\x01", [
+        record(b"\xc0\x0c", 1, bytes([192, 0, 2, 1]))]))[0] == "a\\,b.test"  # not two names of a list
     field = lognet.escape_field(name)
     assert " " not in field and "|" not in field and field.isprintable()
 
@@ -157,15 +159,28 @@ def an_answer(name, *addresses, netns=1, ttl=60):
     return lognet.Answer(netns, 40000, *lognet.dns_answer_addresses(answer(1, question(name), records)))
 
 
-def test_a_process_gets_the_name_it_asked_for_and_others_the_latest():
+def test_a_process_gets_the_name_it_asked_for_and_others_every_name_of_the_address():
     names = lognet.NameCache()
     names.add(an_answer("site.test", "192.0.2.10"), 100, now=0)
     names.add(an_answer("other.test", "192.0.2.10"), 200, now=1)
+    names.add(an_answer("other.test", "192.0.2.10"), None, now=1)  # asked again, by a socket never seen
+    names.add(an_answer("solo.test", "192.0.2.11"), None, now=1)
     assert names.name(1, 100, "192.0.2.10", now=2) == "site.test"
     assert names.name(1, 200, "192.0.2.10", now=2) == "other.test"
-    assert names.name(1, 300, "192.0.2.10", now=2) == "other.test"  # it asked for nothing: the latest
+    # it asked for nothing: not a guess between the two names, both; and the one name of an address
+    assert names.name(1, 300, "192.0.2.10", now=2) == "other.test,site.test"
+    assert names.name(1, 300, "192.0.2.11", now=2) == "solo.test"
     assert names.name(2, 100, "192.0.2.10", now=2) is None  # another namespace's answers are its own
     assert names.name(1, 100, "::ffff:192.0.2.10", now=2) == "site.test"  # IPv4-mapped
+
+
+def test_an_address_lists_its_latest_names_while_they_live():
+    names = lognet.NameCache(floor=10)
+    for n in range(6):
+        names.add(an_answer(f"n{n}.test", "192.0.2.10", ttl=1), None, now=n)
+    assert names.name(1, None, "192.0.2.10", now=9.5) == "n2.test,n3.test,n4.test,n5.test"  # the latest 4
+    assert names.name(1, None, "192.0.2.10", now=13.5) == "n4.test,n5.test"  # the others' time is up
+    assert names.name(1, None, "192.0.2.10", now=16) is None
 
 
 def test_names_last_their_ttl_with_a_floor_and_the_latest_are_kept():
@@ -312,6 +327,38 @@ def test_each_process_gets_the_name_it_resolved(tmp_path, dns_world):
     by_port = {o.get("lport"): o for o in objects if o.get("rport") == PORT}
     assert [by_port[ports[proc]]["rhost"] for proc in (first, second, unnamed)] == ["site.test", "other.test", None]
     assert ln.stderr == "" and jsonl.stderr == ""
+
+
+CONCURRENT_ASKERS = 10
+
+
+@pytest.mark.parametrize("kernel_events", ["on", "off"])
+def test_concurrent_askers_of_two_names_for_one_address_each_get_their_own_or_no_guess(
+        tmp_path, dns_world, kernel_events):
+    """Ten clients start at once: the even ones resolve site.test, the odd ones other.test,
+    both 192.0.2.10, and each connects. With the kernel's events the asker of each answer is
+    known, so each line has its own process's name; without, a line whose asker was not found
+    lists both names, and never carries the other name alone."""
+    world = dns_world()
+    ln = Lognet(tmp_path, "-i", "0.5", "--fields", "+rhost,netns", "--kernel-events", kernel_events)
+    try:
+        wait_for(lambda: any(r["lport"] == str(PORT) and r["netns"] == str(world.netns) for r in w3c_rows(ln.clog))
+                 if ln.clog.exists() else False)
+        names = ["site.test" if n % 2 == 0 else "other.test" for n in range(CONCURRENT_ASKERS)]
+        clients = [world.inside(sys.executable, "-c", CLIENT, name, "-", "lnrhost-concurrent") for name in names]
+        assert [client.stdout.readline().strip() for client in clients] == ["192.0.2.10"] * CONCURRENT_ASKERS
+        ports = [world.connect(client) for client in clients]
+        wait_for(lambda: all(any(r["lport"] == str(port) for r in w3c_rows(ln.clog)) for port in ports))
+    finally:
+        assert ln.stop() == 0
+    rows = w3c_rows(ln.clog)
+    found = [(line_of(rows, port)["upid"].split("|")[1], line_of(rows, port)["rhost"]) for port in ports]
+    if kernel_events == "on":
+        assert found == [(str(client.pid), name) for client, name in zip(clients, names)]
+    else:
+        assert all(pid == str(client.pid) and rhost in (name, "other.test,site.test")
+                   for (pid, rhost), client, name in zip(found, clients, names)), found
+    assert ln.stderr == ""
 
 
 def test_malformed_answers_leave_lognet_running_and_the_fields_whole(tmp_path, dns_world):
