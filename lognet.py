@@ -1637,7 +1637,7 @@ PACKET_OUTGOING = 4  # a packet this host sends: on lo each answer is also seen 
 # take 2,500 answers a second. A question's frame holds its headers.
 SOL_PACKET, PACKET_RX_RING, PACKET_VERSION, TPACKET_V2 = 263, 5, 10, 1
 TP_STATUS_USER = 1
-TPACKET2_HEADER = struct.Struct("=IIIHH")  # tp_status, tp_len, tp_snaplen, tp_mac, tp_net
+TPACKET2_HEADER = struct.Struct("=IIIHHII")  # tp_status, tp_len, tp_snaplen, tp_mac, tp_net, tp_sec, tp_nsec
 ANSWER_FRAMES, QUESTION_FRAMES = (2048, 512), (256, 256)  # (bytes each, how many)
 SKF_AD_PROTOCOL, SKF_AD_PKTTYPE = 0xFFFFF000, 0xFFFFF004  # classic BPF's loads of skb->protocol, pkt_type
 QUERY_SNAP = 96  # bytes of a query kept: its IP and UDP headers, which name the socket that asks
@@ -1809,9 +1809,10 @@ class Answer(NamedTuple):
     port: int  # of the socket that asked
     message: bytes
     addresses: list[tuple[str, int]]  # (ip, ttl)
+    received: float | None = None  # when it arrived, epoch seconds
 
 
-def decode_dns_packet(packet: bytes, netns: int | None) -> Answer | None:
+def decode_dns_packet(packet: bytes, netns: int | None, received: float | None = None) -> Answer | None:
     """An Answer from a packet as the answers' tap reads it (from the network header on),
     or None for any other packet: the kernel's filter is trusted for speed, not for safety."""
     try:
@@ -1830,7 +1831,7 @@ def decode_dns_packet(packet: bytes, netns: int | None) -> Answer | None:
     found = dns_answer_addresses(packet[start + 8:start + max(8, length)])
     if found is None or not found[1]:
         return None
-    return Answer(netns, dport, *found)
+    return Answer(netns, dport, *found, received)
 
 
 class PacketRing:
@@ -1850,18 +1851,19 @@ class PacketRing:
         at = (self.next + self.count // 2) % self.count * self.frame_size
         return bool(TPACKET2_HEADER.unpack_from(self.frames, at)[0] & TP_STATUS_USER)
 
-    def packets(self) -> Iterator[bytes]:
-        """The packets that have come, from the network header on: at most a ring's worth."""
+    def packets(self) -> Iterator[tuple[bytes, float]]:
+        """The packets that have come, from the network header on, each with when it came
+        (epoch seconds): at most a ring's worth."""
         frames, size = self.frames, self.frame_size
         for _ in range(self.count):
             at = self.next * size
-            status, _, length, _, start = TPACKET2_HEADER.unpack_from(frames, at)
+            status, _, length, _, start, seconds, nanoseconds = TPACKET2_HEADER.unpack_from(frames, at)
             if not status & TP_STATUS_USER:
                 return
             packet = frames[at + start:at + start + length]
             frames[at:at + 4] = b"\0\0\0\0"  # TP_STATUS_KERNEL: the kernel's to fill again
             self.next = (self.next + 1) % self.count
-            yield packet
+            yield packet, seconds + nanoseconds / 1e9
 
     def close(self) -> None:
         self.frames.close()
@@ -1899,7 +1901,7 @@ class DnsTap:
 
     def answers_received(self, netns: int | None) -> list[Answer]:
         """The answers that arrived since last asked (what is no answer is skipped)."""
-        answers = (decode_dns_packet(packet, netns) for packet in self.answer_ring.packets())
+        answers = (decode_dns_packet(packet, netns, received) for packet, received in self.answer_ring.packets())
         return [answer for answer in answers if answer is not None]
 
     def close(self) -> None:
@@ -2001,9 +2003,9 @@ class Names:
         # askers' keys whose UDP sockets closed since: their ports may go to another
         self.closed_ports: list[tuple] = []
         self.tap_refusal: str | None = None  # why a DNS tap could not be made, once said
-        # The kernel's events, where on: (netns, port) -> the process that last sent a
-        # datagram from that UDP port, the asker known exactly even for a socket of a moment.
-        self.sender: Callable[[int | None, int], int | None] | None = None
+        # The kernel's events, where on: (netns, port, when) -> the process that last sent a
+        # datagram from that UDP port before then, the asker known exactly even for a socket of a moment.
+        self.sender: Callable[[int | None, int, float | None], int | None] | None = None
 
     def open_tap(self) -> DnsTap | None:
         """A tap for the DNS traffic of the calling thread's namespace; None where refused."""
@@ -2046,7 +2048,7 @@ class Names:
         now = self.now()
         for answer in ns.tap.answers_received(ns.inode):
             key = (answer.netns, answer.port)
-            asker = self.sender(*key) if self.sender is not None else None
+            asker = self.sender(*key, answer.received) if self.sender is not None else None
             self.cache.add(answer, self.askers.get(key) if asker is None else asker, now)
 
     def rhost(self, conn: Connection, pid: int | None) -> str | None:
@@ -2563,6 +2565,7 @@ STATE_FILTER = (f"protocol == 6 && ((oldstate == {TCP_CLOSE} && newstate == {TCP
 ROUTE_TRACEPOINTS = {socket.AF_INET: "fib/fib_table_lookup", socket.AF_INET6: "fib6/fib6_table_lookup"}
 ROUTE_FILTER = "proto == 17 && iif == 1"
 KERNEL_OWNERS_KEPT = 16_384
+UDP_SENDERS_KEPT = 4  # of each port: a DNS answer finds the one that sent before it came
 # The doorbells: the connects and datagrams again, in rings that wake the watcher at each
 # sample, so that a process of a few milliseconds has its details read while it lives. A
 # thread that rings DOORBELL_RINGS times within a second lives long enough to be read at the
@@ -2610,6 +2613,9 @@ class KernelOwners:
         self.tcp: OrderedDict[tuple, Owner] = OrderedDict()  # (family, laddr, raddr) -> its owner
         self.destroyed: OrderedDict[int, Owner] = OrderedDict()  # cookie -> its owner, once destroyed
         self.udp: OrderedDict[int, Owner] = OrderedDict()  # local port -> its latest sender
+        # local port -> its UDP_SENDERS_KEPT latest senders, (time, pid): who asked, for an
+        # answer that came before the port's next socket sent
+        self.senders: OrderedDict[int, tuple[tuple[int, int], ...]] = OrderedDict()
 
     def learn(self, event: SockState | Route | Destroyed) -> int | None:
         """Take one event; return the pid it names, if any: one whose details are worth reading now."""
@@ -2617,6 +2623,10 @@ class KernelOwners:
             known = self.udp.get(event.lport)
             first = known.opened if known is not None and known.pid == event.pid else event.time
             put_latest(self.udp, event.lport, Owner(event.pid, first, "out"), self.kept)
+            senders = self.senders.get(event.lport, ())
+            if not senders or senders[-1][1] != event.pid:
+                put_latest(self.senders, event.lport, (*senders[-UDP_SENDERS_KEPT + 1:], (event.time, event.pid)),
+                           self.kept)
             return event.pid
         if isinstance(event, Destroyed):  # the kernel may give skaddr's memory to another socket now
             owner = self.sockets.pop(event.skaddr, None)
@@ -2756,14 +2766,20 @@ class KernelEvents:
         owner = self.owners.owner(conn)
         return owner.pid if owner is not None else None
 
-    def sender(self, netns: int | None, port: int) -> int | None:
-        """The process that last sent a UDP datagram from port in netns, as the events said.
-        A route's sample has no namespace: a sender still alive in another is not this one."""
-        owner = self.owners.udp.get(port)
-        if owner is None:
+    def sender(self, netns: int | None, port: int, before: float | None = None) -> int | None:
+        """The process that last sent a UDP datagram from port in netns (before that time,
+        epoch seconds, where given), as the events said: a port's socket may close and the
+        next take its port within a poll. A route's sample has no namespace: a sender still
+        alive in another is not this one."""
+        senders = self.owners.senders.get(port, ())
+        if before is not None:
+            until = (before - time.time() + time.monotonic()) * 1e9  # the kernel's clock, now
+            senders = [sender for sender in senders if sender[0] <= until]
+        if not senders:
             return None
-        inode = netns_inode(owner.pid)
-        return owner.pid if inode is None or netns is None or inode == netns else None
+        pid = senders[-1][1]
+        inode = netns_inode(pid)
+        return pid if inode is None or netns is None or inode == netns else None
 
     def name(self, closed: Closed) -> Closed:
         """A close with what the kernel's events said of its socket: who held it, when it opened."""

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -396,4 +397,31 @@ def test_a_udp_sender_is_the_asker_of_its_port_in_its_own_namespace_only():
         assert events.sender(lognet.netns_inode(sender.pid), port + 1 if port < 65535 else port - 1) is None
     finally:
         sender.communicate("", timeout=30)
+        events.close()
+
+
+ONE_SEND = ("import os, socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "s.bind(('127.0.0.1', int(sys.argv[1]))); s.sendto(b'lnsender', ('127.0.0.1', 9)); print(os.getpid())")
+
+
+def test_an_answer_goes_to_the_sender_before_it_when_a_port_passes_to_another_process():
+    """One process sends from a port and exits, another sends from the same port: an answer
+    that came between the two was the first one's."""
+    require_root("the kernel's tracepoint events")
+    events = lognet.KernelEvents(lognet.kind_sockets("udp"))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        moments, pids = [time.time()], []
+        for _ in range(2):
+            out = subprocess.run([sys.executable, "-c", ONE_SEND, str(port)], capture_output=True, text=True,
+                                 timeout=30, check=True)
+            pids.append(int(out.stdout))
+            moments.append(time.time())
+        assert set(pids) <= events.take()
+        netns = lognet.netns_inode()
+        assert [events.sender(netns, port, moment) for moment in moments] == [None, *pids]
+        assert events.sender(netns, port) == pids[1]
+    finally:
         events.close()
