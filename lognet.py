@@ -22,16 +22,22 @@ are in the W3C extended log style:
 Usage: lognet.py [-i SECONDS] [-p {tcp,udp}] [-ipv {4,6}] [-clog FILE] [-plog FILE]
                  [--engine {auto,netlink,psutil}] [--watch SECONDS] [--max-cpu PERCENT]
                  [--fields +event,duration,direction,attrib,rhost] [--format jsonl] [--syslog [ADDRESS]]
-See lognet.py --help, and README.md for the log format and the escape rule.
+       lognet.py report [--raddr ADDRESS[/BITS]] [--by process,peer] [--format jsonl] [LOG ...]
+See lognet.py --help, lognet.py report --help, and docs/reference.md for the log format and the escape rule.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import calendar
+import contextlib
+import csv
 import datetime
 import errno
 import functools
 import gc
+import gzip
 import ipaddress
 import itertools
 import json
@@ -41,6 +47,7 @@ import operator
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import stat
@@ -54,13 +61,8 @@ from typing import Callable, NamedTuple, Protocol
 
 try:
     import psutil
-except ImportError:  # the one runtime dependency: say how to get it instead of a traceback
-    import sysconfig
-    # A distribution's own Python (PEP 668) refuses pip: its package manager has psutil.
-    sys.exit("lognet: error: the psutil module is missing; install it with: " + (
-        "apt-get install python3-psutil (or your distribution's package of psutil)"
-        if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))
-        else f"{sys.executable} -m pip install psutil"))
+except ImportError:  # the one runtime dependency, of the daemon: main() says how to get it
+    psutil = None
 
 __version__ = "1.0.0"
 
@@ -3201,8 +3203,9 @@ WATCH_BURST = 0.1
 WATCH_QUIET_AFTER = 1.0
 WATCH_QUIET = 0.1
 # While quiet with the kernel's events naming the owners, whatever a look is for wakes it
-# (a connect, a datagram, a close, a question, a ring half full): it looks every WATCH_IDLE.
-WATCH_IDLE = 1.0
+# (a connect, a datagram, a close, a question, a ring half full), and each poll reads them
+# too: it looks every WATCH_IDLE, since on a quiet host the wake-ups are most of its cost.
+WATCH_IDLE = 10.0
 
 
 class Watcher:
@@ -5046,6 +5049,571 @@ def act_on_signals(signals: Signals, poller: Poller, status: StatusLine | None) 
 
 
 ##############################################################################
+# Report: the logs read back, one row per connection (lognet report)
+##############################################################################
+
+# A row's columns, in order: its identity, its story, its process, its bytes.
+REPORT_COLUMNS = ("firstseen", "closed", "duration", "prot", "direction", "laddr", "lport", "raddr", "rport",
+                  "rhost", "name", "pid", "user", "txbytes", "rxbytes", "attrib", "status", "netns", "cmdline")
+REPORT_HEADINGS = {"firstseen": "FIRST SEEN", "closed": "CLOSED", "duration": "SECONDS", "prot": "PROT",
+                   "direction": "DIR", "laddr": "LADDR", "lport": "LPORT", "raddr": "RADDR", "rport": "RPORT",
+                   "rhost": "RHOST", "name": "PROCESS", "pid": "PID", "user": "USER", "txbytes": "TX",
+                   "rxbytes": "RX", "attrib": "ATTRIB", "status": "STATUS", "netns": "NETNS",
+                   "cmdline": "COMMAND LINE", "connections": "CONNS", "lastseen": "LAST SEEN", "peer": "PEER"}
+SUMMARY_COLUMNS = ("connections", "txbytes", "rxbytes", "firstseen", "lastseen")
+TABLE_SAMPLE = 1000  # rows read before a table's widths are set: it streams after them
+TABLE_LAST_LEAST = 24  # the last column's room (the command line's) before others are left out
+# The columns a terminal too narrow for all of them gives up first.
+NARROW_DROPS = ("netns", "status", "attrib", "laddr", "user", "closed", "rhost", "lport", "prot", "direction",
+                "duration", "rxbytes")
+# A TCP status's place in a connection's story: a line of an earlier place starts another connection.
+STATUS_PLACE = {"SYN_SENT": 0, "SYN_RECV": 0, "LISTEN": 0, "NONE": 0, "ESTABLISHED": 1}
+ENDED_STATUSES = frozenset(("TIME_WAIT", "CLOSE"))  # the last line of a connection without close lines
+# An ownerless socket in these states, on the addresses of a connection that ended within
+# LEFTOVER_SECONDS, is that connection's leftover (its TIME_WAIT, met again by a lognet
+# started since): no row of its own. The ENDED_KEPT latest ends are remembered.
+LEFTOVER_STATUSES = frozenset(("TIME_WAIT", "FIN_WAIT2", "CLOSE", "CLOSING", "LAST_ACK"))
+LEFTOVER_SECONDS = 120.0
+ENDED_KEPT = 65_536
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+EXIT_NO_FILE, EXIT_UNREADABLE = 2, 1
+
+
+class ReportError(LognetError):
+    """A log that cannot be reported on; status is the exit status."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+class Row(NamedTuple):
+    """One connection as the log told it: its lines joined, and its process's."""
+
+    firstseen: float
+    lastseen: float
+    closed: float | None  # None while the log leaves it open
+    duration: float | None
+    prot: str
+    direction: str | None
+    laddr: str | None
+    lport: int | None
+    raddr: str | None
+    rport: int | None
+    rhost: str | None
+    upid: str | None
+    user: str | None
+    txbytes: int | None
+    rxbytes: int | None
+    attrib: str | None
+    status: str
+    netns: str | None
+
+
+def rotated_logs(path: str) -> list[str]:
+    """A log and its rotated siblings that exist, oldest first: path.N(.gz) ... path.1, path."""
+    folder, base = os.path.split(path)
+    pattern = re.compile(re.escape(base) + r"\.(\d+)(\.gz)?$")
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        names = []
+    older = sorted(((int(m.group(1)), name) for name in names if (m := pattern.match(name))), reverse=True)
+    return [os.path.join(folder, name) for _, name in older] + [path]
+
+
+def open_log_text(path: str):
+    """A log opened for reading as text, through gzip where it ends .gz; ReportError where it cannot be."""
+    try:
+        if path.endswith(".gz"):
+            return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
+        return open(path, encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such file", EXIT_NO_FILE) from None
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+
+
+def unreadable(path: str, exc: Exception) -> ReportError:
+    """The error of a log that cannot be read, saying why."""
+    return ReportError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}", EXIT_UNREADABLE)
+
+
+def report_time(text: str, utc: bool) -> float:
+    """Epoch seconds of a log's timestamp: W3C's 'YYYY-MM-DD|HH:MM:SS' (local time, or UTC)
+    or JSON Lines' ISO 8601 with its offset. ValueError for anything else."""
+    if "T" in text:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    parsed = time.strptime(text, "%Y-%m-%d|%H:%M:%S")
+    return float(calendar.timegm(parsed) if utc else time.mktime(parsed))
+
+
+class LogReader:
+    """Records (field -> text) from lognet's logs, W3C or JSON Lines, told apart by their
+    first line; what is not a record of the log's own (a line cut short, a corrupt line, a
+    field unknown to lognet) is skipped and counted."""
+
+    def __init__(self, utc: bool = False, needle: str | None = None):
+        self.utc = utc
+        self.needle = needle  # a connection line without it cannot be one asked for: not parsed
+        self.skipped = Counter()  # why -> lines
+        self.times: dict[str, float] = {}  # a timestamp's text -> its seconds, for the lines of one second
+
+    def time(self, text: str) -> float:
+        seconds = self.times.get(text)
+        if seconds is None:
+            if len(self.times) > 4096:
+                self.times.clear()
+            seconds = self.times[text] = report_time(text, self.utc)
+        return seconds
+
+    def records(self, path: str) -> Iterator[dict]:
+        """The records of one file, in its order."""
+        with open_log_text(path) as f:
+            try:
+                first = f.readline()
+                if first.startswith("{"):
+                    yield from self._json_records(itertools.chain([first], f))
+                elif first.startswith("#"):
+                    yield from self._w3c_records(itertools.chain([first], f))
+                elif first:
+                    raise ReportError(f"{path}: not a lognet log (no #Fields header, no JSON object)",
+                                      EXIT_UNREADABLE)
+            except (OSError, EOFError) as exc:  # a gzip file cut short, a read error
+                raise unreadable(path, exc) from None
+
+    def _w3c_records(self, lines: Iterable[str]) -> Iterator[dict]:
+        fields: list[str] = []
+        known: list[bool] = []
+        needle = self.needle
+        for line in lines:
+            if line.startswith("#"):
+                if line.startswith("#Fields:"):
+                    fields = line[8:].split()
+                    if fields == " ".join(PROCESS_FIELDS).split():  # processes.log's header
+                        fields = ["timestamp", "upid", "cmdline"]
+                    known = [name in REPORT_FIELDS for name in fields]
+                    if not all(known):
+                        self.skipped["fields unknown to lognet"] += known.count(False)
+                continue
+            if not line.endswith("\n"):
+                self.skipped["lines cut short"] += 1
+                continue
+            if fields and fields[1] != "upid" and needle is not None and needle not in line:
+                continue
+            if not fields:
+                self.skipped["lines before a #Fields header"] += 1
+                continue
+            if fields[1] == "upid":  # processes.log: the command line is the rest of the line
+                parts = line[:-1].split(" ", 2)
+            else:
+                parts = line[:-1].split(" ")
+            if len(parts) != len(fields):
+                self.skipped["corrupt lines"] += 1
+                continue
+            yield {name: value for name, value, ok in zip(fields, parts, known) if ok}
+
+    def _json_records(self, lines: Iterable[str]) -> Iterator[dict]:
+        needle = self.needle
+        for line in lines:
+            if not line.endswith("\n"):
+                self.skipped["lines cut short"] += 1
+                continue
+            if needle is not None and '"prot"' in line and needle not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                self.skipped["corrupt lines"] += 1
+                continue
+            if not isinstance(record, dict):
+                self.skipped["corrupt lines"] += 1
+            elif "prot" in record or "cmdline" in record:
+                for name in ESCAPED_JSON_FIELDS:  # as the W3C log writes them: one printable token
+                    if isinstance(record.get(name), str):
+                        record[name] = escape_field(record[name])
+                yield record
+
+
+# The fields a report reads: a connection line's, and a processes line's (as read: its cmdline).
+REPORT_FIELDS = frozenset((*CONNECTION_FIELDS, *EXTRA_FIELDS, "timestamp", "upid", "cmdline"))
+
+
+ESCAPED_JSON_FIELDS = ("rhost", "user", "exe", "name")  # JSON Lines holds them unescaped
+
+
+def text_value(value) -> str | None:
+    """A record's value as the W3C log writes it: escaped text, None for '-' or null."""
+    if value is None or value == "-":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def int_value(value) -> int | None:
+    value = text_value(value)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+class Processes:
+    """The command line (and user) of each upid, from processes.log."""
+
+    def __init__(self):
+        self.cmdlines: dict[str, str] = {}
+        self.users: dict[str, str] = {}
+
+    def learn(self, record: dict) -> None:
+        upid, cmdline = record.get("upid"), record.get("cmdline")
+        if not upid:
+            return
+        if isinstance(cmdline, list):  # JSON Lines: the arguments as they were
+            self.cmdlines[upid] = " ".join(escape_argument(arg) for arg in cmdline)
+        elif isinstance(cmdline, str) and cmdline.startswith("["):
+            self.cmdlines[upid] = cmdline  # W3C: read back only when a row needs it (command_line())
+        if record.get("user"):
+            self.users[upid] = record["user"]
+
+    def command_line(self, upid: str | None) -> str | None:
+        text = self.cmdlines.get(upid) if upid else None
+        if text is None or not text.startswith("["):
+            return text
+        try:  # the W3C processes.log writes a Python list literal
+            arguments = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return escape_field(text)
+        self.cmdlines[upid] = text = " ".join(escape_argument(str(arg)) for arg in arguments)
+        return text
+
+
+def escape_argument(argument: str) -> str:
+    """One argument of a command line, printable: quoted where it holds a space, escaped like a field otherwise."""
+    if argument and argument.isprintable() and " " not in argument and "'" not in argument:
+        return argument
+    return "'" + "".join(_escape_char(char) if not char.isprintable() or char in "\\'" else char
+                         for char in argument) + "'"
+
+
+class RowBuilder:
+    """A log's lines joined into rows, one per connection, as they stream: a row is given
+    out once its connection closed, so memory holds the connections open at once."""
+
+    def __init__(self, reader: LogReader):
+        self.reader = reader
+        self.open: dict[tuple, dict] = {}  # (netns, prot, laddr, lport, raddr, rport) -> its row so far
+        self.ended: OrderedDict[tuple, float] = OrderedDict()  # the same -> when its connection ended
+
+    def add(self, record: dict) -> list[Row]:
+        """Take one connection record; return the rows it ended: its own when it closed,
+        and the one before it when another connection began on the same addresses."""
+        try:
+            at = self.reader.time(str(record.get("ts") or record["timestamp"]))
+        except (KeyError, ValueError):
+            self.reader.skipped["corrupt lines"] += 1
+            return []
+        key = tuple(text_value(record.get(name)) for name in ("netns", "prot", "laddr", "lport", "raddr", "rport"))
+        event, status = record.get("event"), str(record.get("status") or "-")
+        place = STATUS_PLACE.get(status, 2)
+        ended = []
+        row = self.open.get(key)
+        if row is not None and (event == "open" or (event is None and place < row["place"])):
+            ended.append(self._row(self.open.pop(key)))  # another connection on the same addresses
+            row = None
+        if row is None:
+            if status in LEFTOVER_STATUSES and text_value(record.get("upid")) is None and (
+                    at - self.ended.get(key, -math.inf) <= LEFTOVER_SECONDS):
+                return ended  # the connection's leftover, met again by a lognet started since
+            row = self.open[key] = {"first": at, "place": place, "record": {}}
+            firstseen = text_value(record.get("firstseen"))
+            if firstseen is not None:
+                with contextlib.suppress(ValueError):  # a firstseen unreadable: its line's time stands
+                    row["first"] = min(at, self.reader.time(firstseen))
+        kept = row["record"]
+        for name, value in record.items():
+            if value is not None and value != "-":  # a TIME_WAIT line's '-' keeps the owner seen before
+                kept[name] = value
+        kept["status"] = status
+        row["last"], row["place"] = at, max(row["place"], place)
+        if event == "close" or (event is None and status in ENDED_STATUSES):
+            row["closed"] = at
+            ended.append(self._row(self.open.pop(key)))
+            put_latest(self.ended, key, at, ENDED_KEPT)
+        return ended
+
+    def rest(self) -> Iterator[Row]:
+        """The rows still open at the end of the logs."""
+        rows, self.open = self.open, {}
+        return (self._row(row) for row in rows.values())
+
+    @staticmethod
+    def _row(row: dict) -> Row:
+        r, closed = row["record"], row.get("closed")
+        try:
+            duration = float(r["duration"]) if "duration" in r else (
+                closed - row["first"] if closed is not None else None)
+        except (TypeError, ValueError):
+            duration = None
+        return Row(row["first"], row["last"], closed, duration, str(r.get("prot", "-")),
+                   text_value(r.get("direction")), text_value(r.get("laddr")), int_value(r.get("lport")),
+                   text_value(r.get("raddr")), int_value(r.get("rport")), text_value(r.get("rhost")),
+                   text_value(r.get("upid")), text_value(r.get("user")), int_value(r.get("txbytes")),
+                   int_value(r.get("rxbytes")), text_value(r.get("attrib")), r["status"], text_value(r.get("netns")))
+
+
+def upid_parts(upid: str | None) -> tuple[str | None, int | None]:
+    """The name and pid of an upid ('name|pid|create_time')."""
+    if not upid:
+        return None, None
+    name, _, rest = upid.partition("|")
+    pid = rest.partition("|")[0]
+    return (name if name != "-" else None), (int(pid) if pid.isdigit() else None)
+
+
+def since_time(text: str, now: float, utc: bool) -> float:
+    """--since and --until: a duration ago ('90s', '30m', '2h', '7d', '1w') or a timestamp
+    ('2026-12-05 08:00:00', the W3C form, or ISO 8601). ValueError for anything else."""
+    text = text.strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text)
+    if match:
+        return now - float(match.group(1)) * DURATION_UNITS[match.group(2)]
+    if len(text) == 10:  # a date alone: its midnight
+        text += " 00:00:00"
+    if len(text) == 19 and text[10] in " T|":  # no offset: the log's own clock, as its lines
+        return report_time(f"{text[:10]}|{text[11:]}", utc)
+    return report_time(text, utc)
+
+
+class RowFilter(NamedTuple):
+    """What `lognet report` keeps: every filter given must hold."""
+
+    raddr: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    rhost: str | None = None
+    process: str | None = None
+    pid: int | None = None
+    port: int | None = None  # the remote port, as raddr is the remote address
+    lport: int | None = None
+    user: str | None = None
+    direction: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def needle(self) -> str | None:
+        """Text every line of a kept connection holds, where there is one (an exact --raddr)."""
+        if self.raddr is None or self.raddr.num_addresses != 1:
+            return None
+        return str(self.raddr.network_address)
+
+    def keeps(self, row: Row) -> bool:
+        if self.raddr is not None:
+            try:
+                if row.raddr is None or ipaddress.ip_address(row.raddr.removeprefix("::ffff:")
+                                                             if "." in row.raddr else row.raddr) not in self.raddr:
+                    return False
+            except ValueError:
+                return False
+        if self.rhost is not None and not any(
+                name == self.rhost or name.endswith("." + self.rhost) for name in (row.rhost or "").split(",")):
+            return False
+        name, pid = upid_parts(row.upid)
+        if self.process is not None and name != self.process:
+            return False
+        if self.pid is not None and pid != self.pid:
+            return False
+        if self.port is not None and row.rport != self.port:
+            return False
+        if self.lport is not None and row.lport != self.lport:
+            return False
+        if self.user is not None and row.user != self.user:
+            return False
+        if self.direction is not None and row.direction != self.direction:
+            return False
+        end = row.closed if row.closed is not None else row.lastseen
+        if self.since is not None and end < self.since:
+            return False
+        return self.until is None or row.firstseen <= self.until
+
+
+def report_rows(reader: LogReader, connections: list[str], keep: RowFilter) -> Iterator[Row]:
+    """The rows of the connection logs, in the order their connections closed, then those still open."""
+    builder = RowBuilder(reader)
+    for path in connections:
+        for record in reader.records(path):
+            if "cmdline" in record:
+                continue
+            yield from (row for row in builder.add(record) if keep.keeps(row))
+    yield from (row for row in builder.rest() if keep.keeps(row))
+
+
+def row_values(row: Row, processes: Processes, iso: bool = False) -> dict:
+    """A row's columns as the report prints them."""
+    name, pid = upid_parts(row.upid)
+    return {"firstseen": report_stamp(row.firstseen, iso),
+            "closed": report_stamp(row.closed, iso) if row.closed is not None else None,
+            "duration": None if row.duration is None else round(row.duration, 3), "prot": row.prot,
+            "direction": row.direction, "laddr": row.laddr, "lport": row.lport, "raddr": row.raddr,
+            "rport": row.rport, "rhost": row.rhost, "name": name, "pid": pid,
+            "user": row.user or processes.users.get(row.upid or ""), "txbytes": row.txbytes, "rxbytes": row.rxbytes,
+            "attrib": row.attrib, "status": row.status, "netns": row.netns,
+            "cmdline": processes.command_line(row.upid)}
+
+
+def report_stamp(seconds: float, iso: bool = False) -> str:
+    """A time as a report prints it: '2026-12-05 08:00:00' (local time), or ISO 8601 with its offset."""
+    if iso:
+        return datetime.datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def summarize(rows: Iterable[Row], by: tuple[str, ...]) -> Iterator[dict]:
+    """One summary a group (process, peer, or both): its connections, bytes, first and last seen."""
+    groups: dict[tuple, list] = {}
+    for row in rows:
+        name, _ = upid_parts(row.upid)
+        key = tuple(name if part == "process" else row.raddr for part in by)
+        group = groups.get(key)
+        end = row.closed if row.closed is not None else row.lastseen
+        if group is None:
+            groups[key] = [1, row.txbytes or 0, row.rxbytes or 0, row.firstseen, end]
+        else:
+            group[0] += 1
+            group[1] += row.txbytes or 0
+            group[2] += row.rxbytes or 0
+            group[3] = min(group[3], row.firstseen)
+            group[4] = max(group[4], end)
+    for key, (count, sent, received, first, last) in sorted(groups.items(), key=lambda item: -item[1][0]):
+        yield {**{"name" if part == "process" else "peer": value for part, value in zip(by, key)},
+               "connections": count, "txbytes": sent, "rxbytes": received,
+               "firstseen": report_stamp(first), "lastseen": report_stamp(last)}
+
+
+def shown(value) -> str:
+    """A value in a table: '-' when missing."""
+    return "-" if value is None else str(value)
+
+
+class ReportOutput:
+    """Rows printed as a table (its widths set from the first TABLE_SAMPLE rows, fitted to
+    a terminal's width there), or as JSON Lines, CSV or TSV with every field complete."""
+
+    def __init__(self, out, fmt: str, columns: tuple[str, ...], width: int | None):
+        self.out, self.fmt, self.columns, self.width = out, fmt, columns, width
+        self.sample: list[dict] | None = [] if fmt == "table" else None
+        self.widths: dict[str, int] = {}
+        if fmt in ("csv", "tsv"):
+            self.writer = csv.writer(out, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+            self.writer.writerow(columns)
+
+    def write(self, values: dict) -> None:
+        if self.fmt == "jsonl":
+            self.out.write(json.dumps({name: values.get(name) for name in self.columns}) + "\n")
+        elif self.fmt in ("csv", "tsv"):
+            self.writer.writerow(["" if values.get(name) is None else values[name] for name in self.columns])
+        elif self.sample is not None:
+            self.sample.append(values)
+            if len(self.sample) >= TABLE_SAMPLE:
+                self._flush_sample()
+        else:
+            self._table_row(values)
+
+    def _flush_sample(self) -> None:
+        sample, self.sample = self.sample or [], None
+        columns = list(self.columns)
+        self.widths = {name: max([len(REPORT_HEADINGS[name])] + [len(shown(v.get(name))) for v in sample])
+                       for name in columns}
+        if self.width is not None:  # a terminal: give up columns, then cut the last, to fit
+            for name in NARROW_DROPS:  # the last column, cut to fit, counts at its least
+                least = min(self.widths[columns[-1]], TABLE_LAST_LEAST)
+                if sum(self.widths[c] + 2 for c in columns[:-1]) + least <= self.width:
+                    break
+                if name in columns and name != columns[-1]:
+                    columns.remove(name)
+            last, before = columns[-1], sum(self.widths[c] + 2 for c in columns[:-1])
+            self.widths[last] = max(1, min(self.widths[last], self.width - before))
+        self.columns = tuple(columns)
+        self._table_row({name: REPORT_HEADINGS[name] for name in columns})  # a heading is cut like a value
+        for values in sample:
+            self._table_row(values)
+
+    def _table_row(self, values: dict) -> None:
+        cells = []
+        for name in self.columns:
+            text, width = shown(values.get(name)), self.widths[name]
+            if len(text) > width and name == self.columns[-1] and self.width is not None:
+                text = text[:width - 1] + "…"
+            right = name in ("duration", "lport", "rport", "pid", "txbytes", "rxbytes", "connections")
+            cells.append(text.rjust(width) if right else text.ljust(width))
+        self.out.write("  ".join(cells).rstrip() + "\n")
+
+    def close(self) -> None:
+        if self.sample is not None:
+            self._flush_sample()
+        self.out.flush()
+
+
+def is_processes_log(path: str) -> bool:
+    """Whether a named log is a processes.log (its #Fields, or a JSON object with a cmdline),
+    from its first lines; a connections log otherwise (what is neither fails when read)."""
+    with open_log_text(path) as f:
+        try:
+            for line in itertools.islice(f, 8):
+                if line.startswith("#Fields:"):
+                    return line.split()[1:] == " ".join(PROCESS_FIELDS).split()
+                if line.startswith("{"):
+                    return '"cmdline"' in line
+        except (OSError, EOFError) as exc:  # not gzip after all, or cut short
+            raise unreadable(path, exc) from None
+    return False
+
+
+def report_paths(logs: list[str]) -> tuple[list[str], list[str]]:
+    """The connection logs and processes logs to read: those named, told apart by their
+    content, or by default lognet's default logs (or the per-user folder's), each with its
+    rotated siblings, oldest first. Named connection logs without a processes log take the
+    processes.log beside the first, with its siblings, where there is one."""
+    if not logs:
+        folder = DEFAULT_LOG_DIR
+        if not os.path.exists(DEFAULT_CONNECTIONS_LOG) and os.path.exists(
+                os.path.join(fallback_log_dir(), "connections.log")):
+            folder = fallback_log_dir()
+        return rotated_logs(os.path.join(folder, "connections.log")), [
+            path for path in rotated_logs(os.path.join(folder, "processes.log")) if os.path.exists(path)]
+    processes = [path for path in logs if is_processes_log(path)]
+    connections = [path for path in logs if path not in processes]
+    if not connections:
+        raise ReportError(f"{logs[0]}: a processes log only: name a connections log too", EXIT_NO_FILE)
+    if not processes:
+        beside = os.path.join(os.path.dirname(connections[0]), "processes.log")
+        processes = [path for path in rotated_logs(beside) if os.path.exists(path)]
+    return connections, processes
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """lognet report: read the logs, print the rows (or summaries); return the exit status."""
+    keep = RowFilter(args.raddr, args.rhost, args.process, args.pid, args.port, args.lport, args.user,
+                     args.direction, args.since, args.until)
+    reader = LogReader(utc=args.utc, needle=keep.needle())
+    logs, process_logs = report_paths(args.logs)
+    known = Processes()
+    for path in process_logs:
+        for record in reader.records(path):
+            known.learn(record)
+    rows = report_rows(reader, logs, keep)
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() and args.format == "table" else None
+    if args.by:
+        by = tuple(args.by.split(","))
+        output = ReportOutput(sys.stdout, args.format, tuple("name" if part == "process" else "peer" for part in by)
+                              + SUMMARY_COLUMNS, width)
+        for values in summarize(rows, by):
+            output.write(values)
+    else:
+        output = ReportOutput(sys.stdout, args.format, REPORT_COLUMNS, width)
+        for row in rows:
+            output.write(row_values(row, known, iso=args.format == "jsonl"))
+    output.close()
+    if reader.skipped:
+        warn("report skipped " + ", ".join(f"{count} {why}" for why, count in sorted(reader.skipped.items())))
+    return 0
+
+
+##############################################################################
 # Command line
 ##############################################################################
 
@@ -5063,6 +5631,7 @@ examples:
   lognet --engine psutil -i 1        # poll psutil.net_connections() only, as on macOS and the BSDs
   lognet --max-cpu 5                 # a busy server: over 5% of a core, shed work and count what was skipped
   tail -f /var/log/netlog/connections.log   # watch it live
+  lognet report --raddr 203.0.113.80 # the logs read back, a row a connection (see lognet report --help)
   # crontab -e (as root): the folder is made first, since lognet is not yet there to make it
   @reboot mkdir -p -m 0750 /var/log/netlog && /usr/local/bin/lognet -i 1 -q >>/var/log/netlog/lognet.err 2>&1
 """
@@ -5234,6 +5803,82 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+REPORT_EXAMPLES = """\
+examples:
+  lognet report                                  # every connection in the default logs, rotated ones too
+  lognet report --raddr 203.0.113.80             # who connected to it, when, and how many bytes
+  lognet report --lport 22 --direction in        # who connected to this host's port 22
+  lognet report --raddr 10.0.0.0/8 --since 2h    # connections to 10/8 in the last two hours
+  lognet report --rhost example.com --process curl   # curl's connections to example.com and its subdomains
+  lognet report --by process,peer                # who talks to whom: connections and bytes
+  lognet report --format jsonl ./c.log ./p.log | jq -c 'select(.txbytes > 1000000)'
+"""
+
+
+def build_report_parser() -> argparse.ArgumentParser:
+    """The argument parser of `lognet report`."""
+    parser = ArgumentParser(
+        prog="lognet report",
+        description="Read lognet's logs back as one row per connection: its process and command line, "
+                    "when it opened and closed, and the bytes each way.",
+        epilog=REPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("logs", nargs="*", metavar="LOG",
+                        help="connections and processes logs, W3C or JSON Lines, rotated ones (.gz) too, oldest "
+                             f"first (default: {DEFAULT_CONNECTIONS_LOG} and {DEFAULT_PROCESSES_LOG} with their "
+                             "rotated siblings)")
+    parser.add_argument("--raddr", type=address_network, metavar="ADDRESS[/BITS]",
+                        help="only connections to or from this remote address, or network")
+    parser.add_argument("--rhost", metavar="NAME", help="only connections whose remote host name is NAME or ends .NAME")
+    parser.add_argument("--process", metavar="NAME", help="only this process name's connections")
+    parser.add_argument("--pid", type=number_argument(int, 0, above=True), help="only this pid's connections")
+    parser.add_argument("--port", type=number_argument(int, 0, above=True),
+                        help="only connections to or from this remote port (with --raddr: that service)")
+    parser.add_argument("--lport", type=number_argument(int, 0, above=True),
+                        help="only connections on this local port (a service of this host: its clients)")
+    parser.add_argument("--user", metavar="NAME", help="only this user's connections")
+    parser.add_argument("--direction", choices=("in", "out", "listen"), help="only connections made this way")
+    parser.add_argument("--since", metavar="WHEN", help="only connections open at or after WHEN: a time "
+                        "('2026-12-05 08:00:00', or a date) or a duration ago (90s, 30m, 2h, 7d, 1w)")
+    parser.add_argument("--until", metavar="WHEN", help="only connections seen at or before WHEN")
+    parser.add_argument("--by", choices=("process", "peer", "process,peer", "peer,process"),
+                        help="one row per process, peer (remote address) or both: connections, bytes, first and "
+                             "last seen")
+    parser.add_argument("--format", choices=("table", "jsonl", "csv", "tsv"), default="table",
+                        help="an aligned table (default; fitted to a terminal's width), or JSON Lines, CSV or TSV "
+                             "with every field complete")
+    parser.add_argument("--utc", action="store_true", help="the W3C logs' timestamps are UTC (lognet ran with --utc)")
+    return parser
+
+
+def address_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An argparse type: an address or a network in CIDR form."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an address or a network: {text!r}") from None
+
+
+def report_main(argv: list[str]) -> int:
+    """`lognet report`; return the exit status."""
+    parser = build_report_parser()
+    args = parser.parse_args(argv)
+    now = time.time()
+    for name in ("since", "until"):
+        if getattr(args, name) is not None:
+            try:
+                setattr(args, name, since_time(getattr(args, name), now, args.utc))
+            except ValueError:
+                parser.error(f"argument --{name}: not a time or a duration: {getattr(args, name)!r}")
+    try:
+        return run_report(args)
+    except ReportError as exc:
+        print(f"lognet: error: {exc}", file=sys.stderr)
+        return exc.status
+    except BrokenPipeError:  # the reader is gone (| head): nothing is left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[Config, tuple[bool, bool]]:
     """Parse argv into a Config, and which of the two log paths are defaults."""
     parser = build_parser()
@@ -5271,6 +5916,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, tuple[bool, bool]
 
 def main(argv: list[str] | None = None) -> int:
     """Run lognet from the command line; return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:  # reads logs: psutil is not needed
+        return report_main(argv[1:])
+    if psutil is None:
+        import sysconfig
+        # A distribution's own Python (PEP 668) refuses pip: its package manager has psutil.
+        print("lognet: error: the psutil module is missing; install it with: " + (
+            "apt-get install python3-psutil (or your distribution's package of psutil)"
+            if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))
+            else f"{sys.executable} -m pip install psutil"), file=sys.stderr)
+        return 1
     config, defaulted = parse_args(argv)
     signals = Signals()
     signals.install()

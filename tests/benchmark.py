@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -857,6 +858,21 @@ UDP_ONE_SHOT = ("import os, socket, sys; s = socket.socket(socket.AF_INET, socke
                 "s.sendto(b'lnbench', ('127.0.0.1', int(sys.argv[1]))); print(os.getpid(), s.getsockname()[1])")
 
 
+# A long-running client: fetches a URL every 0.3-1 s, and says its pid and each local port.
+LONG_RUNNING = """
+import http.client, os, random, sys, time
+print(os.getpid(), flush=True)
+for _ in range(int(sys.argv[2])):
+    fetch = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
+    fetch.request("GET", "/lnbench-long")
+    local_port = fetch.sock.getsockname()[1]
+    fetch.getresponse().read()
+    print(local_port, flush=True)
+    fetch.close()
+    time.sleep(0.3 + 0.7 * random.random())
+"""
+
+
 def named_share(rows: list[dict], expected: dict[tuple[str, str], str]) -> dict:
     """Of the connections expected ((lport, rport) -> the pid the oracle says), how many lognet
     logged with that pid on every line of theirs, how many with another pid on some line, and
@@ -869,10 +885,11 @@ def named_share(rows: list[dict], expected: dict[tuple[str, str], str]) -> dict:
             "logged": sum(1 for pids in found.values() if pids)}
 
 
-def kernel_owners(tmp: Path, curls: int, udp_clients: int, requests: int) -> dict:
+def kernel_owners(tmp: Path, curls: int, udp_clients: int, requests: int, fetches: int = 20) -> dict:
     """Who made each short connection, against records lognet did not make: curl's own pid
-    and local port, one-shot UDP clients' own, and nginx's access log of the worker ($pid)
-    that served each peer port. lognet at its defaults, --fields +event,attrib."""
+    and local port, one-shot UDP clients' own, a long-running client's own, and nginx's
+    access log of the worker ($pid) that served each peer port, and of ab's ports (ab's pid
+    is its process's). lognet at its defaults, --fields +event,attrib."""
     folder = tmp / "owners"
     folder.mkdir()
     cli = subprocess.Popen(lognet_argv(folder, "--fields", "+event,attrib", engine="netlink"),
@@ -896,7 +913,13 @@ def kernel_owners(tmp: Path, curls: int, udp_clients: int, requests: int) -> dic
                 out = subprocess.run([sys.executable, "-c", UDP_ONE_SHOT, str(receiver.getsockname()[1])],
                                      capture_output=True, text=True, timeout=30).stdout.split()
                 udp_runs[(out[1], "-")] = out[0]
-        ab(nginx_port, requests)
+        long_running = subprocess.Popen([sys.executable, "-c", LONG_RUNNING, str(port), str(fetches)],
+                                        stdout=subprocess.PIPE, text=True)
+        long_pid, *long_ports = long_running.communicate(timeout=120)[0].split()
+        bench = subprocess.Popen(["ab", "-q", "-n", str(requests), "-c", "4", f"http://127.0.0.1:{nginx_port}/"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if bench.wait(timeout=600) != 0:
+            raise RuntimeError("ab failed")
         time.sleep(4)  # a poll after the last close
     finally:
         for proc in (server, nginx):
@@ -911,10 +934,93 @@ def kernel_owners(tmp: Path, curls: int, udp_clients: int, requests: int) -> dic
         served[(str(nginx_port), peer)] = worker
     command_lines = {line.split(" ")[1].split("|")[1] for line in (folder / "p.log").read_text().splitlines()
                      if "lnbench-curl" in line}
-    return {"curl": {**named_share(rows, curl_runs),
+    ab_ports = {(peer, str(nginx_port)): str(bench.pid) for _, peer in served}
+    return {"long_running": named_share(rows, {(port_, str(port)): long_pid for port_ in long_ports}),
+            "ab": named_share(rows, ab_ports), "curl": {**named_share(rows, curl_runs),
                      "command_lines": sum(1 for pid in curl_runs.values() if pid in command_lines)},
             "udp": named_share(rows, udp_runs), "nginx": {**named_share(rows, served),
                                                            "workers": len(set(served.values()))}}
+
+
+REPORT_FIELDS = "timestamp prot laddr lport raddr rport status upid event duration direction attrib txbytes rxbytes"
+REPORT_TARGET = "203.0.113.80"
+
+
+def generated_log(path: Path, lines: int, open_at_once: int = 1000) -> int:
+    """A W3C connections.log of `lines` lines, lognet's lifecycle fields: connections that open
+    and close, at most open_at_once at a time, to 5,000 peers, REPORT_TARGET among them.
+    Return how many connections went to REPORT_TARGET."""
+    rng = random.Random(1)
+    peers = [f"198.51.{n // 256}.{n % 256}" for n in range(4999)] + [REPORT_TARGET]
+    names = ["curl", "python3", "nginx", "ssh", "firefox", "apt-get", "wget", "git"]
+    with open(path, "w") as f:
+        f.write("#Version: 1.0\n#Date: 2026-12-05 00:00:00\n#Fields: " + REPORT_FIELDS + "\n")
+        opened, written, target, n = [], 0, 0, 0
+        while written < lines:
+            second = 1796428800 + n // 200
+            stamp = time.strftime("%Y-%m-%d|%H:%M:%S", time.gmtime(second))
+            if len(opened) < open_at_once and (not opened or rng.random() < 0.5):
+                peer = rng.choice(peers)
+                target += peer == REPORT_TARGET
+                ends = f"TCP 10.0.0.5 {1024 + n % 60000} {peer} 443"
+                upid = f"{rng.choice(names)}|{1000 + n % 3000}|1796428000.{n % 100:02d}"
+                f.write(f"{stamp} {ends} ESTABLISHED {upid} open - out pid - -\n")
+                opened.append((ends, upid, second))
+                n += 1
+            else:
+                ends, upid, started = opened.pop(rng.randrange(len(opened)))
+                f.write(f"{stamp} {ends} TIME_WAIT {upid} close {second - started} out orphan "
+                        f"{rng.randrange(10**6)} {rng.randrange(10**6)}\n")
+            written += 1
+        for ends, upid, started in opened:
+            f.write(f"{stamp} {ends} TIME_WAIT {upid} close {second - started} out orphan 1 1\n")
+    return target
+
+
+def child_usage(argv: list[str]) -> tuple[float, float, float]:
+    """Run argv to its end, its output thrown away: wall seconds, CPU seconds and peak RSS (MB).
+    The peak is GNU time's (%M), where it is installed: a child's own rusage would count the
+    memory of the Python process it was forked from."""
+    timer = ["/usr/bin/time", "-f", "%M"] if os.path.exists("/usr/bin/time") else []
+    started = time.monotonic()
+    proc = subprocess.Popen(timer + argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{argv[:3]} exited {os.waitstatus_to_exitcode(status)}: {err[-400:]!r}")
+    peak = int(err.split()[-1]) / 1024 if timer else usage.ru_maxrss / 1024
+    return time.monotonic() - started, usage.ru_utime + usage.ru_stime, peak
+
+
+def report_scale(tmp: Path, lines: int, rounds: int) -> dict:
+    """lognet report on a generated log of `lines` lines, against awk selecting the same remote
+    address from the same file (A B A B ...): CPU seconds of each, and report's peak RSS."""
+    log = tmp / "connections.log"
+    target = generated_log(log, lines)
+    awk = ["awk", f'$5 == "{REPORT_TARGET}"', str(log)]
+    mine = [sys.executable, str(LOGNET), "report", "--format", "tsv", "--raddr", REPORT_TARGET, str(log)]
+    everything = [sys.executable, str(LOGNET), "report", "--format", "tsv", str(log)]
+    runs = {"awk": [], "report": [], "report, no filter": []}
+    for _ in range(rounds):
+        for label, argv in (("awk", awk), ("report", mine), ("report, no filter", everything)):
+            runs[label].append(child_usage(argv))
+    rows = subprocess.run(mine, capture_output=True, text=True, check=True).stdout.count("\n") - 1
+    median = {label: {"wall": statistics.median(r[0] for r in found), "cpu": statistics.median(r[1] for r in found),
+                      "rss_mb": max(r[2] for r in found)} for label, found in runs.items()}
+    return {"lines": lines, "bytes": log.stat().st_size, "target_connections": target, "rows": rows,
+            "awk": shutil.which("awk"), "runs": median,
+            "ratio": median["report"]["cpu"] / median["awk"]["cpu"]}
+
+
+def print_report_scale(r: dict) -> None:
+    print()
+    print(f"| lognet report on {r['lines']:,} lines ({r['bytes'] / 1e6:.0f} MB), {r['target_connections']} connections "
+          f"to the address asked | CPU s (median) | wall s | peak RSS MB |")
+    print("|---|---:|---:|---:|")
+    for label, m in r["runs"].items():
+        print(f"| {label} | {m['cpu']:.2f} | {m['wall']:.2f} | {m['rss_mb']:.1f} |")
+    print(f"| report against awk ({r['awk']}), CPU | {r['ratio']:.2f}x | | |")
+    print(f"rows printed for the address: {r['rows']}")
 
 
 def big_poll(args) -> dict:
@@ -932,8 +1038,11 @@ def print_owners_report(owners: dict) -> None:
     print("| who made each short connection, against the oracle's record | expected | with its pid | wrong pid "
           "| logged |")
     print("|---|---:|---:|---:|---:|")
-    for label, key in (("curl runs (curl's pid and local port)", "curl"), ("one-shot UDP clients (their own "
-                       "record)", "udp"), ("nginx's accepted connections (its access log's worker $pid)", "nginx")):
+    for label, key in (("curl runs (curl's pid and local port)", "curl"),
+                       ("a long-running client's fetches, 0.3-1 s apart (its own record)", "long_running"),
+                       ("ab's connects (nginx's access log of its ports, ab's pid)", "ab"),
+                       ("one-shot UDP clients (their own record)", "udp"),
+                       ("nginx's accepted connections (its access log's worker $pid)", "nginx")):
         o = owners[key]
         print(f"| {label} | {o['expected']} | {o['with_pid']} | {o['wrong_pid']} | {o['logged']} |")
     print(f"| curl runs whose command line is in processes.log | {owners['curl']['expected']} "
@@ -1028,10 +1137,12 @@ def main() -> int:
     parser.add_argument("--churn", default="20000,100000", help="flatness checkpoints (default 20000,100000)")
     parser.add_argument("--interval", type=float, default=0.2, help="capture interval (default 0.2)")
     parser.add_argument("--json", default="benchmark.json", help="where the figures go (default benchmark.json)")
-    parser.add_argument("--part", choices=("all", "psutil", "netlink", "trust"), default="all",
+    parser.add_argument("--part", choices=("all", "psutil", "netlink", "trust", "report"), default="all",
                         help="psutil: the psutil engine against psutil's own call; netlink: the Linux engine "
                              "against the psutil engine; all: both (default); trust: nothing lost on a quiet "
-                             "host, and client close lines (on its own, without the held load but where it says)")
+                             "host, and client close lines (on its own, without the held load but where it says); "
+                             "report: lognet report on a generated log against awk (on its own)")
+    parser.add_argument("--report-lines", type=int, default=2_000_000, help="lines of the report's generated log")
     parser.add_argument("--lognet", type=Path, help="the lognet.py to measure (default: this checkout's), "
                         "for the same figures of another version side by side")
     parser.add_argument("--against", type=Path, help="the flood: run this other lognet.py too, in the same "
@@ -1057,6 +1168,12 @@ def main() -> int:
         spec = importlib.util.spec_from_file_location("lognet", LOGNET)  # the in-process measures' too
         lognet = sys.modules["lognet"] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(lognet)
+    if args.part == "report":
+        with tempfile.TemporaryDirectory(prefix="lognet-bench-") as name:
+            report = {"report_scale": report_scale(Path(name), args.report_lines, 3)}
+        print_report_scale(report["report_scale"])
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        return 0
     if args.part == "trust":
         report = {}
         with tempfile.TemporaryDirectory(prefix="lognet-bench-") as name:

@@ -8,7 +8,7 @@
 set -e
 cd "$(dirname "$0")/.."
 
-TOOLS="iproute2 util-linux logrotate jq rsyslog nginx-light apache2-utils"
+TOOLS="iproute2 util-linux logrotate jq rsyslog nginx-light apache2-utils curl groff-base mandoc"
 if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
 
 managed=$(python3 -c 'import os, sysconfig; print(int(os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))))')

@@ -30,6 +30,9 @@ class Fault(NamedTuple):
     tests: tuple[str, ...]  # pytest node ids, or "file -k word"
 
 
+ASKED_FOR = "tests/test_names.py::test_a_process_gets_the_name_it_asked_for_and_others_every_name_of_the_address"
+CONCURRENT = "tests/test_names.py::test_concurrent_askers_of_two_names_for_one_address_each_get_their_own_or_no_guess"
+
 FAULTS = [
     Fault("psutil's sconn mapped with laddr and raddr swapped",
           "return tuple.__new__(Connection, sconn + unknown)",
@@ -298,12 +301,12 @@ FAULTS = [
     Fault('the names of an address win over the one the process asked for',
           'own = self._read(self.asked, (netns, pid, address), address, now)',
           'own = None',
-          ('tests/test_names.py::test_a_process_gets_the_name_it_asked_for_and_others_every_name_of_the_address', 'tests/test_names.py::test_concurrent_askers_of_two_names_for_one_address_each_get_their_own_or_no_guess',
+          (ASKED_FOR, CONCURRENT,
            'tests/test_names.py::test_each_process_gets_the_name_it_resolved',)),
     Fault('an address that several names share gets one of them, a guess',
           'return ",".join(listed) or None',
           'return ",".join(listed[:1]) or None',
-          ('tests/test_names.py::test_a_process_gets_the_name_it_asked_for_and_others_every_name_of_the_address', 'tests/test_names.py::test_concurrent_askers_of_two_names_for_one_address_each_get_their_own_or_no_guess[off]',)),
+          (ASKED_FOR, CONCURRENT + '[off]',)),
     Fault('an address keeps every name ever asked for it',
           'put_latest(self.recent[key], asked, (answer.message, until), NAMES_LISTED)',
           'put_latest(self.recent[key], asked, (answer.message, until), self.kept)',
@@ -311,7 +314,7 @@ FAULTS = [
     Fault("the asker the kernel's events name is not used",
           'asker = self.sender(*key, answer.received) if self.sender is not None else None',
           'asker = None',
-          ('tests/test_names.py::test_concurrent_askers_of_two_names_for_one_address_each_get_their_own_or_no_guess[on]',)),
+          (CONCURRENT + '[on]',)),
     Fault("a label's comma passes for the comma between names",
           'if byte in b".\\\\," else',
           'if byte in b".\\\\" else',
@@ -624,6 +627,61 @@ FAULTS = [
           "                continue  # a long-running process that connects again and again\n",
           "",
           ("tests/test_sources.py -k read_ahead",)),
+    Fault("report: a line that holds the address asked for is passed over",
+          'if fields and fields[1] != "upid" and needle is not None and needle not in line:',
+          'if fields and fields[1] != "upid" and needle is not None and needle in line:',
+          ("tests/test_report.py -k known_workload",)),
+    Fault("report: a row is given out at each line, not at its connection's end",
+          '        if event == "close" or (event is None and status in ENDED_STATUSES):\n',
+          '        if True:\n',
+          ("tests/test_report.py -k known_workload",)),
+    Fault("report: a TIME_WAIT line's '-' takes the place of the owner seen before",
+          'if value is not None and value != "-":  # a TIME_WAIT line',
+          'if value is not None:  # a TIME_WAIT line',
+          ("tests/test_report.py -k fields_change",)),
+    Fault("report: a summary's bytes are its first connection's",
+          "            group[1] += row.txbytes or 0\n",
+          "",
+          ("tests/test_report.py -k sum_exactly",)),
+    Fault("report: rotated logs are read newest first",
+          "older = sorted(((int(m.group(1)), name) for name in names if (m := pattern.match(name))), reverse=True)",
+          "older = sorted(((int(m.group(1)), name) for name in names if (m := pattern.match(name))))",
+          ("tests/test_report.py -k rotated",)),
+    Fault("report: --port keeps the local port too",
+          "        if self.port is not None and row.rport != self.port:\n",
+          "        if self.port is not None and self.port not in (row.lport, row.rport):\n",
+          ("tests/test_report.py -k known_workload",)),
+    Fault("report: a line with other fields than its header is read anyway",
+          '            if len(parts) != len(fields):\n'
+          '                self.skipped["corrupt lines"] += 1\n'
+          '                continue\n',
+          "",
+          ("tests/test_report.py -k bad_lines",)),
+    Fault("report: a last line cut short is read as whole",
+          '                continue\n'
+          '            if not line.endswith("\\n"):\n'
+          '                self.skipped["lines cut short"] += 1\n'
+          '                continue\n'
+          '            if fields and',
+          '                continue\n'
+          '            if fields and',
+          ("tests/test_report.py -k bad_lines",)),
+    Fault("report: a closed pipe ends in a traceback",
+          "    except BrokenPipeError:  # the reader is gone (| head): nothing is left to say\n",
+          "    except ZeroDivisionError:\n",
+          ("tests/test_report.py -k closed_pipe",)),
+    Fault("report: the table is as wide as its widest row, whatever the terminal",
+          "        if self.width is not None:  # a terminal: give up columns, then cut the last, to fit\n",
+          "        if False:\n",
+          ("tests/test_report.py -k terminal",)),
+    Fault("report: JSON Lines' names are printed as they came, control characters and all",
+          "                        record[name] = escape_field(record[name])\n",
+          "                        pass\n",
+          ("tests/test_report.py -k json_lines_names",)),
+    Fault("report: a connection's TIME_WAIT met again by a later lognet is a row of its own",
+          "                    at - self.ended.get(key, -math.inf) <= LEFTOVER_SECONDS):\n",
+          "                    at - self.ended.get(key, -math.inf) < 0):\n",
+          ("tests/test_report.py -k rotated",)),
 ]
 
 

@@ -211,7 +211,7 @@ class Rsyslog:
             self.proc.wait()
 
 
-# The snippets of the README's "Many hosts" section: a host forwards lognet's events, a collector files them.
+# The snippets of the reference's "Many hosts" section: a host forwards lognet's events, a collector files them.
 HOST_FORWARDING = """\
 if $app-name == "lognet" then {{
     action(type="omfwd" target="{collector}" port="{port}" protocol="tcp"
@@ -603,14 +603,17 @@ def test_the_readmes_install_command_works_with_the_distributions_python(tmp_pat
     command = re.search(r"```sh\n(apt-get .*)\n```", README).group(1)
     installed = tmp_path / "bin" / "lognet"
     installed.parent.mkdir()
-    # Installed into a folder of the test's own, and run once (-n 1) with logs of its own.
+    # Installed into folders of the test's own, and run once (-n 1) with logs of its own.
     assert command.endswith("install -m 0755 lognet.py /usr/local/bin/lognet && /usr/local/bin/lognet")
-    command = command.replace("/usr/local/bin/lognet", str(installed))
+    assert "install -D -m 0644 docs/lognet.8 /usr/local/share/man/man8/lognet.8" in command
+    command = command.replace("/usr/local/bin/lognet", str(installed)).replace("/usr/local/share", str(tmp_path))
     command += f" -n 1 -clog {tmp_path}/c.log -plog {tmp_path}/p.log"
     run = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=600, cwd=ROOT,
                          env={"PATH": SYSTEM_PATH, "HOME": str(tmp_path)})
     assert run.returncode == 0, run.stderr
     assert read_lines(tmp_path / "c.log")[2] == "#Fields: timestamp prot laddr lport raddr rport status upid"
+    # where man finds it: man8 of a manpath's folder
+    assert (tmp_path / "man" / "man8" / "lognet.8").read_bytes() == (ROOT / "docs" / "lognet.8").read_bytes()
     which = subprocess.run(["sh", "-c", "command -v python3"], capture_output=True, text=True,
                            env={"PATH": SYSTEM_PATH}).stdout.strip()
     assert which == "/usr/bin/python3"  # the distribution's, which refuses pip install:
