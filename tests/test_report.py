@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import pty
 import random
-import select
 import socket
 import subprocess
 import sys
@@ -22,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from examples import on_terminal
 
 import lognet
 from conftest import LOGNET, wait_for
@@ -299,24 +297,7 @@ def test_a_closed_pipe_ends_the_report_quietly(tmp_path):
 def test_on_a_terminal_the_table_fits_its_width(tmp_path):
     log = tmp_path / "connections.log"
     generated_log(log, 50)
-    main, child = pty.openpty()
-    proc = subprocess.Popen([sys.executable, str(LOGNET), "report", str(log)], stdout=child, stderr=child,
-                            env={**os.environ, "COLUMNS": "100"})
-    os.close(child)
-    out = b""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if select.select([main], [], [], 1)[0]:
-            try:
-                chunk = os.read(main, 65536)
-            except OSError:  # the terminal's other end closed: all is read
-                break
-            if not chunk:
-                break
-            out += chunk
-    os.close(main)
-    assert proc.wait(timeout=30) == 0
-    lines = out.decode().splitlines()
+    lines = on_terminal([sys.executable, str(LOGNET), "report", str(log)], 100).splitlines()
     assert len(lines) == 51 and all(len(line) <= 100 for line in lines), max(map(len, lines))
     assert "PROCESS" in lines[0] and "COMMAND LINE" in lines[0]
 
