@@ -1,6 +1,6 @@
 """The example outputs that README.md and docs/reference.md show, made by running lognet now.
 
-    sudo python3 tests/examples.py [--json FILE]
+    sudo python3 tests/examples.py [--json FILE] [--write]
 
 In a network namespace of its own (unshare -n: every connection stays on its loopback),
 lognet runs three times side by side: with the original eight fields, with lifecycle
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -126,7 +127,7 @@ def examples() -> dict[str, str]:
         found["processes line"] = next(line for line in found["processes"].splitlines() if "demo-short|" in line)
         found["processes jsonl"] = "".join(line for line in (folder / "jsonl-p.log").read_text().splitlines(True)
                                            if "demo-short" in line)
-        found["report raddr"] = on_terminal([*report, "--raddr", "127.0.0.1", "--port", "8080", *logs], 120)
+        found["report raddr"] = on_terminal([*report, "--raddr", "127.0.0.1", "--port", "8080", *logs], 150)
         found["report by"] = subprocess.run([*report, "--by", "process,peer", *logs], capture_output=True,
                                             text=True, check=True).stdout
         found["report jsonl"] = subprocess.run([*report, "--process", "demo-fetch", "--format", "jsonl", *logs],
@@ -134,10 +135,35 @@ def examples() -> dict[str, str]:
         return found
 
 
+EXAMPLE = re.compile(r"^(<!-- example: (.+?) -->\n```\w*\n)(.*?)^```", re.S | re.M)
+DOCUMENTS = [HERE.parent / "README.md", HERE.parent / "docs" / "reference.md"]
+
+
+def table_cell(value: str) -> str:
+    """A value as a Markdown table's cell holds it: '|' escaped."""
+    return value.replace("|", "\\|")
+
+
+def write_documents(found: dict[str, str]) -> None:
+    """Put each example into the documents, in place of the one they show. A value that the
+    README's table of fields quotes from the example line is replaced with the new line's."""
+    for path in DOCUMENTS:
+        text = path.read_text()
+        for _, name, shown in EXAMPLE.findall(text):
+            if name == "lifecycle line":  # the table quotes one field, or two (an address and its port)
+                old, new = shown.split(), found[name].split()
+                for before, after in [*zip(old, new), *zip(map(" ".join, zip(old, old[1:])),
+                                                           map(" ".join, zip(new, new[1:])))]:
+                    text = text.replace(f"`{table_cell(before)}`", f"`{table_cell(after)}`")
+        text = EXAMPLE.sub(lambda m: m.group(1) + found[m.group(2)].rstrip("\n") + "\n```", text)
+        path.write_text(text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inside", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the examples here, as JSON")
+    parser.add_argument("--write", action="store_true", help="put them into README.md and docs/reference.md")
     args = parser.parse_args()
     if args.inside:
         run_in_namespace(args.inside)
@@ -147,6 +173,8 @@ def main() -> int:
         print(f"== {name}\n{text}")
     if args.json:
         args.json.write_text(json.dumps(found, indent=2) + "\n")
+    if args.write:
+        write_documents(found)
     return 0
 
 
