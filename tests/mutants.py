@@ -619,8 +619,8 @@ FAULTS = [
           "            yield packet, 0.0\n",
           ("tests/test_names.py::test_concurrent_askers_of_two_names_for_one_address_each_get_their_own_or_no_guess[on]",)),
     Fault("a UDP sender in another namespace is taken for the asker",
-          "return owner.pid if inode is None or netns is None or inode == netns else None",
-          "return owner.pid",
+          "return pid if inode is None or netns is None or inode == netns else None",
+          "return pid",
           ("tests/test_kernel_events.py -k sender",)),
     Fault("a process read ahead is read again at each connect",
           "            if now - self._read_ahead_at.get(pid, -READ_AHEAD_FRESH) < READ_AHEAD_FRESH:\n"
