@@ -1996,8 +1996,12 @@ class Names:
     name each process asked for, where the asking socket's holder is known (the owner of
     the UDP socket the answer went to, by its port), and the latest for each address."""
 
-    def __init__(self, now: Callable[[], float]):
+    def __init__(self, now: Callable[[], float],
+                 sender: Callable[[int | None, int, float | None], int | None] | None = None):
         self.now = now
+        # The kernel's events, where on: (netns, port, when) -> the process that last sent a
+        # datagram from that UDP port before then, the asker known exactly even for a socket of a moment.
+        self.sender = sender
         self.cache = NameCache()
         # (netns, local port) of live UDP sockets seen with their owner -> pid: who asks for
         # the DNS answers sent to that port
@@ -2005,9 +2009,6 @@ class Names:
         # askers' keys whose UDP sockets closed since: their ports may go to another
         self.closed_ports: list[tuple] = []
         self.tap_refusal: str | None = None  # why a DNS tap could not be made, once said
-        # The kernel's events, where on: (netns, port, when) -> the process that last sent a
-        # datagram from that UDP port before then, the asker known exactly even for a socket of a moment.
-        self.sender: Callable[[int | None, int, float | None], int | None] | None = None
 
     def open_tap(self) -> DnsTap | None:
         """A tap for the DNS traffic of the calling thread's namespace; None where refused."""
@@ -2815,7 +2816,8 @@ class SocketTable:
     (find_new()) adds those that opened since, with their holders, while they live."""
 
     def __init__(self, pairs: list[tuple[int, int]], fds: FdTable, names: Names | None,
-                 keeps: Callable[[Connection], bool], now: Callable[[], float], budget: CpuBudget | None):
+                 keeps: Callable[[Connection], bool], now: Callable[[], float], budget: CpuBudget | None,
+                 kernel_owner: Callable[[Connection], int | None] | None = None):
         self.pairs = pairs
         self.fds = fds
         self.names = names  # told who holds each UDP socket: the asker of the answers to its port
@@ -2826,7 +2828,7 @@ class SocketTable:
         self.now = now
         self.budget = budget
         # The pid the kernel's events named for a socket (KernelEvents.owner), if they are read.
-        self.kernel_owner: Callable[[Connection], int | None] | None = None
+        self.kernel_owner = kernel_owner
         # netns -> its sockets by socket_key() (Namespace.text_records()'s key where read as text)
         self.records: dict[int, dict[tuple, Connection]] = {}
         self.holders_of: dict[int, dict[tuple, list[Connection]]] = {}  # the same, once for each holder
@@ -2991,16 +2993,6 @@ class NetlinkSource(Source):
                  budget: CpuBudget | None = None, kernel_events: str = "off"):
         super().__init__(clock, budget)
         self.pairs = kind_sockets(kind)
-        self.names = Names(now) if names else None
-        self.fds = FdTable()
-        self.namespaces = Namespaces(self.pairs, namespaces, program, self.names)
-        self.table = SocketTable(self.pairs, self.fds, self.names, keeps or (lambda conn: True), now, budget)
-        self.close_events = CloseEvents(self.names, now, budget)
-        self.shedding = Shedding(budget, clock)
-        self.dumped: list[Namespace] = []  # the namespaces the last poll dumped
-        if not self.namespaces.own.events:
-            warn(f"close events are not available ({self.namespaces.own.refusal}); closes are seen by polling only")
-            self.has_close_events = False
         self.kernel_events: KernelEvents | None = None
         self.kernel_refusal = "turned off (--kernel-events off)"
         if kernel_events != "off":
@@ -3010,12 +3002,21 @@ class NetlinkSource(Source):
                 self.kernel_refusal = kernel_events_refusal(exc)
                 if kernel_events == "on":
                     raise LognetError(f"kernel events are not available: {self.kernel_refusal}") from None
-                warn(f"kernel events are not available ({self.kernel_refusal}); "
-                     "the owners of short connections are found by polling only")
-            else:
-                self.table.kernel_owner = self.kernel_events.owner
-                if self.names is not None:
-                    self.names.sender = self.kernel_events.sender
+        events = self.kernel_events
+        self.names = Names(now, events.sender if events else None) if names else None
+        self.fds = FdTable()
+        self.namespaces = Namespaces(self.pairs, namespaces, program, self.names)
+        self.table = SocketTable(self.pairs, self.fds, self.names, keeps or (lambda conn: True), now, budget,
+                                 events.owner if events else None)
+        self.close_events = CloseEvents(self.names, now, budget)
+        self.shedding = Shedding(budget, clock)
+        self.dumped: list[Namespace] = []  # the namespaces the last poll dumped
+        if not self.namespaces.own.events:
+            warn(f"close events are not available ({self.namespaces.own.refusal}); closes are seen by polling only")
+            self.has_close_events = False
+        if kernel_events != "off" and events is None:  # said after the close events, as before
+            warn(f"kernel events are not available ({self.kernel_refusal}); "
+                 "the owners of short connections are found by polling only")
 
     @property
     def netns(self) -> int:
