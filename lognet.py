@@ -2679,16 +2679,20 @@ class KernelEvents:
     Needs root, or what README's privilege table says; OSError where refused."""
 
     def __init__(self, pairs: list[tuple[int, int]], now: Callable[[], float] = time.time,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, askers: bool = False):
         protocols, families = {protocol for _, protocol in pairs}, {family for family, _ in pairs}
+        # UDP's senders are recorded where UDP is logged, and for names (askers), whatever is
+        # logged: a DNS question's sender is the process that asked, over IPv4 or IPv6.
+        routes = (families if socket.IPPROTO_UDP in protocols else set()) | (
+            {socket.AF_INET, socket.AF_INET6} if askers else set())
         wanted = []  # (tracepoint, filter, decode): the rings that record
         bells = []  # (tracepoint, filter): the doorbells
         if socket.IPPROTO_TCP in protocols:
             wanted += [(SOCK_STATE_TRACEPOINT, STATE_FILTER, decode_sock_state),
                        (DESTROY_TRACEPOINT, None, decode_destroyed)]
             bells.append((SOCK_STATE_TRACEPOINT, CONNECT_FILTER))
+        wanted += [(ROUTE_TRACEPOINTS[family], ROUTE_FILTER, decode_route) for family in sorted(routes)]
         if socket.IPPROTO_UDP in protocols:
-            wanted += [(ROUTE_TRACEPOINTS[family], ROUTE_FILTER, decode_route) for family in sorted(families)]
             bells += [(ROUTE_TRACEPOINTS[family], ROUTE_FILTER) for family in sorted(families)]
         found = tracepoints({name for name, *_ in wanted})
         self.rings: list[tuple[TracepointRing, Callable]] = []
@@ -2997,7 +3001,7 @@ class NetlinkSource(Source):
         self.kernel_refusal = "turned off (--kernel-events off)"
         if kernel_events != "off":
             try:
-                self.kernel_events = KernelEvents(self.pairs, now)
+                self.kernel_events = KernelEvents(self.pairs, now, askers=names)
             except OSError as exc:
                 self.kernel_refusal = kernel_events_refusal(exc)
                 if kernel_events == "on":

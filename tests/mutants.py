@@ -242,11 +242,11 @@ FAULTS = [
     Fault("only lognet's own namespace's close events are read",
           "            sock.fileno(): (ns, role) for ns in self.by_inode.values()\n",
           "            sock.fileno(): (ns, role) for ns in [self.by_inode[self.own_inode]]\n",
-          ("tests/test_namespaces.py::test_a_short_client_in_a_namespace_is_logged_with_its_process_at_the_defaults",)),
+          ("tests/test_namespaces.py::test_a_short_client_in_a_namespace_is_logged_with_its_process_at_the_defaults[off]",)),
     Fault("the watcher reads only lognet's own namespace's counters",
           "for ns in self.by_inode.values() if anywhere else {own, *self.sent_closes, *self.sent_questions}:",
           "for ns in [own]:",
-          ("tests/test_namespaces.py::test_a_short_client_in_a_namespace_is_logged_with_its_process_at_the_defaults",)),
+          ("tests/test_namespaces.py::test_a_short_client_in_a_namespace_is_logged_with_its_process_at_the_defaults[off]",)),
     Fault("the watcher's first check is the kernel's count of sockets made, alone",
           'return tuple(MEMORY_COUNTS.sub(b"", self._read(name)) for name in self.activity_files)',
           'return (b"TCP: " + re.search(rb"alloc \\d+", self._read("sockstat")).group(),)',
@@ -398,7 +398,7 @@ FAULTS = [
     Fault("TIME_WAIT sockets are dumped while shedding",
           "states = ALL_STATES & ~TIME_WAIT_STATE if hide_timewait else ALL_STATES",
           "states = ALL_STATES",
-          ("tests/test_flood.py -k small_budget",)),
+          ("tests/test_close_events.py -k time_wait_sockets_they_leave",)),
     Fault("the kernel's drops are read from the wrong column of /proc/net/netlink",
           "return int(columns[-2])",
           "return int(columns[-3])",
@@ -682,6 +682,10 @@ FAULTS = [
           "                    at - self.ended.get(key, -math.inf) <= LEFTOVER_SECONDS):\n",
           "                    at - self.ended.get(key, -math.inf) < 0):\n",
           ("tests/test_report.py -k rotated",)),
+    Fault("names with -p tcp: the askers' UDP is not recorded",
+          "self.kernel_events = KernelEvents(self.pairs, now, askers=names)",
+          "self.kernel_events = KernelEvents(self.pairs, now, askers=False)",
+          (CONCURRENT + "[on-tcp-only]",)),
 ]
 
 

@@ -187,6 +187,25 @@ def test_closes_whose_events_were_dropped_are_counted_lost_not_unheard_too():
     assert output_in_a_namespace(LOST_SCRIPT).split() == ["True", "300"]
 
 
+TIMEWAIT_SCRIPT = HELD_BUDGET + """
+def timewait_ports():
+    return {conn.laddr[1] for conn in source.connections() if conn.status == "TIME_WAIT"}
+source.between_polls()
+connections(10)  # each client end goes on in TIME_WAIT
+before = timewait_ports()
+source.budget.hold(lognet.SHED_CLOSES)
+source.watch()  # closes counted, not decoded: the TIME_WAIT sockets they leave are not dumped
+connections(10)
+print(len(before), len(timewait_ports() - before))
+"""
+
+
+def test_while_closes_are_counted_the_time_wait_sockets_they_leave_are_not_dumped():
+    """Their closes were counted: dumping a flood's TIME_WAIT sockets would cost what the
+    counting saved. Those dumped before stay."""
+    assert output_in_a_namespace(TIMEWAIT_SCRIPT).split() == ["10", "0"]
+
+
 HELD_SCRIPT = HELD_BUDGET + """
 source.close_events.cost = 1.0  # a second to count each close: any opens keep the events paused
 source.budget.hold(lognet.SHED_PAUSE)
