@@ -2607,7 +2607,7 @@ class KernelOwners:
     TCP: the pid that connected, or for an accepted socket the pid that closed it, by the
     socket's address in the kernel (skaddr) while it lives; by its addresses from the change
     that has them (for the dumps), and by its cookie once destroyed (for its close, whose
-    addresses a reset may have cleared). UDP: the latest process to send from each local
+    addresses a reset may have cleared). UDP: the latest processes to send from each local
     port. The KERNEL_OWNERS_KEPT latest of each are kept; a close takes its socket's (take())."""
 
     def __init__(self, kept: int = KERNEL_OWNERS_KEPT):
@@ -2615,21 +2615,18 @@ class KernelOwners:
         self.sockets: OrderedDict[int, Owner] = OrderedDict()  # skaddr -> owner, while the socket lives
         self.tcp: OrderedDict[tuple, Owner] = OrderedDict()  # (family, laddr, raddr) -> its owner
         self.destroyed: OrderedDict[int, Owner] = OrderedDict()  # cookie -> its owner, once destroyed
-        self.udp: OrderedDict[int, Owner] = OrderedDict()  # local port -> its latest sender
-        # local port -> its UDP_SENDERS_KEPT latest senders, (time, pid): who asked, for an
-        # answer that came before the port's next socket sent
+        # local port -> its UDP_SENDERS_KEPT latest senders, (time of each one's first datagram,
+        # pid): the latest holds the port now; an answer that came before the port's next
+        # socket sent is the one before's
         self.senders: OrderedDict[int, tuple[tuple[int, int], ...]] = OrderedDict()
 
     def learn(self, event: SockState | Route | Destroyed) -> int | None:
         """Take one event; return the pid it names, if any: one whose details are worth reading now."""
         if isinstance(event, Route):
-            known = self.udp.get(event.lport)
-            first = known.opened if known is not None and known.pid == event.pid else event.time
-            put_latest(self.udp, event.lport, Owner(event.pid, first, "out"), self.kept)
             senders = self.senders.get(event.lport, ())
             if not senders or senders[-1][1] != event.pid:
-                put_latest(self.senders, event.lport, (*senders[-UDP_SENDERS_KEPT + 1:], (event.time, event.pid)),
-                           self.kept)
+                senders = (*senders[1 - UDP_SENDERS_KEPT:], (event.time, event.pid))
+            put_latest(self.senders, event.lport, senders, self.kept)
             return event.pid
         if isinstance(event, Destroyed):  # the kernel may give skaddr's memory to another socket now
             owner = self.sockets.pop(event.skaddr, None)
@@ -2658,7 +2655,7 @@ class KernelOwners:
         """What the kernel named of a live socket with conn's addresses, if it did."""
         if conn.type == socket.SOCK_STREAM:
             return self.tcp.get((conn.family, conn.laddr, conn.raddr))
-        return self.udp.get(conn.laddr[1]) if conn.laddr else None
+        return udp_owner(self.senders.get(conn.laddr[1]) if conn.laddr else None)
 
     def take(self, conn: Connection) -> Owner | None:
         """The same for a socket the kernel closed, by its cookie, forgotten: the next one at
@@ -2666,7 +2663,15 @@ class KernelOwners:
         if conn.type == socket.SOCK_STREAM:
             by_address = self.tcp.pop((conn.family, conn.laddr, conn.raddr), None)
             return self.destroyed.pop(conn.cookie, None) or by_address
-        return self.udp.pop(conn.laddr[1], None) if conn.laddr else None
+        return udp_owner(self.senders.pop(conn.laddr[1], None) if conn.laddr else None)
+
+
+def udp_owner(senders: tuple[tuple[int, int], ...] | None) -> Owner | None:
+    """The owner of a UDP port, its latest sender, from its senders (KernelOwners.senders)."""
+    if not senders:
+        return None
+    first, pid = senders[-1]
+    return Owner(pid, first, "out")
 
 
 class KernelEvents:
@@ -2705,7 +2710,7 @@ class KernelEvents:
         except OSError:
             self.close()
             raise
-        self.all_fds = [fd for ring, _ in self.rings + self.doorbells for fd in ring.fds]
+        self.all_fds = self._fds()
         self.owners = KernelOwners()
         self.epoch = now() - time.monotonic()  # the kernel's clock (CLOCK_MONOTONIC) to epoch seconds
         self.clock = clock
@@ -2718,6 +2723,9 @@ class KernelEvents:
         """The fds whose input ends a wait: the doorbells' at each sample, the rings' once
         half full, before they overflow."""
         return [] if self.paused else self.all_fds
+
+    def _fds(self) -> list[int]:
+        return [fd for ring, _ in self.rings + self.doorbells for fd in ring.fds]
 
     @property
     def lost(self) -> int:
@@ -2765,7 +2773,7 @@ class KernelEvents:
                 self.doorbells.append((TracepointRing(ring.tracepoint, event_filter + others), event_filter))
                 if self.paused:
                     self.doorbells[-1][0].enable(False)
-            self.all_fds = [fd for ring, _ in self.rings + self.doorbells for fd in ring.fds]
+            self.all_fds = self._fds()
         self.muted = muted
 
     def owner(self, conn: Connection) -> int | None:
@@ -5441,8 +5449,6 @@ def report_rows(reader: LogReader, connections: list[str], keep: RowFilter) -> I
     builder = RowBuilder(reader)
     for path in connections:
         for record in reader.records(path):
-            if "cmdline" in record:
-                continue
             yield from (row for row in builder.add(record) if keep.keeps(row))
     yield from (row for row in builder.rest() if keep.keeps(row))
 

@@ -566,7 +566,7 @@ FAULTS = [
           "return by_address",
           ("tests/test_namespaces.py -k short_client",)),
     Fault("UDP senders are not read from the route lookups",
-          "wanted += [(ROUTE_TRACEPOINTS[family], ROUTE_FILTER, decode_route) for family in sorted(families)]",
+          "wanted += [(ROUTE_TRACEPOINTS[family], ROUTE_FILTER, decode_route) for family in sorted(routes)]",
           "wanted += []",
           ("tests/test_kernel_events.py -k udp_senders",)),
     Fault("a process the kernel's events named is read only at the next poll",
