@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from examples import on_terminal
 
@@ -54,8 +55,15 @@ class Server:
     """A server on 127.0.0.1: reads 1,000 bytes from each client and sends 500, in a thread."""
 
     def __init__(self):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        # A port no socket talks to yet: earlier tests' TIME_WAIT ends to a port now free are
+        # real connections to it, with rows of their own.
+        for attempt in range(20):
+            self.listener = socket.create_server(("127.0.0.1", 0))
+            self.port = self.listener.getsockname()[1]
+            if attempt == 19 or not any(conn.raddr and conn.raddr[1] == self.port
+                                        for conn in psutil.net_connections("tcp")):
+                break
+            self.listener.close()
         self.peers: list[int] = []  # each client's port, as accepted
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
