@@ -741,6 +741,7 @@ DESTROY_GROUPS = {(socket.AF_INET, socket.IPPROTO_TCP): 1, (socket.AF_INET, sock
                   (socket.AF_INET6, socket.IPPROTO_TCP): 3, (socket.AF_INET6, socket.IPPROTO_UDP): 4}
 GROUP_SOCKETS = {1 << (group - 1): pair for pair, group in DESTROY_GROUPS.items()}  # a group's mask -> its pair
 SOCKET_TYPES = {socket.IPPROTO_TCP: socket.SOCK_STREAM, socket.IPPROTO_UDP: socket.SOCK_DGRAM}
+ADDRESS_FAMILIES = {int(family): family for family in (socket.AF_INET, socket.AF_INET6)}  # without an Enum call each
 EVENT_BUFFER = 8 << 20  # bytes the kernel may queue for lognet's close events
 RECV_SIZE = 1 << 16  # one recv() takes a whole reply of the kernel's (a dump sends them up to 32 KiB)
 
@@ -790,17 +791,35 @@ def decode_address(family: int, packed: bytes, port: int) -> tuple:
     """(ip, port) as psutil writes it, or () for port 0 (no address), as psutil does."""
     if not port:
         return ()
-    return (socket.inet_ntop(family, packed[:4] if family == socket.AF_INET else packed), port)
+    if family == socket.AF_INET:
+        packed = packed[:4]  # the lengths tell the families apart in ADDRESS_TEXTS
+    text = ADDRESS_TEXTS.get(packed)
+    if text is None:
+        if len(ADDRESS_TEXTS) >= ADDRESS_TEXTS_KEPT:
+            ADDRESS_TEXTS.clear()
+        text = ADDRESS_TEXTS[packed] = socket.inet_ntop(family, packed)
+    return (text, port)
 
 
-def decode_socket(data: bytes, offset: int, protocol: int, netns: int | None) -> Connection:
-    """One inet_diag_msg as an ownerless Connection: what the kernel reports, and no owner yet."""
+# The text of each address met lately: a host's sockets have few addresses, and every
+# socket and event has two.
+ADDRESS_TEXTS: dict[bytes, str] = {}
+ADDRESS_TEXTS_KEPT = 4096
+
+
+def decode_socket(data: bytes, offset: int, protocol: int, netns: int | None, closed: bool = False,
+                  txbytes: int | None = None) -> Connection:
+    """One inet_diag_msg as an ownerless Connection: what the kernel reports, and no owner
+    yet. For a socket closed, without its inode and uid (its lines never say them), and
+    with the payload it sent."""
     family, state, src, dst, cookie_low, cookie_high, uid, inode = DIAG_MSG.unpack_from(data, offset)
     sport, dport = DIAG_PORTS.unpack_from(data, offset + DIAG_SPORT)
     status = TCP_STATES.get(state, "NONE") if protocol == socket.IPPROTO_TCP else "NONE"
-    return Connection(-1, socket.AddressFamily(family), SOCKET_TYPES[protocol], decode_address(family, src, sport),
-                      decode_address(family, dst, dport), status, None, inode or None,
-                      cookie_low | cookie_high << 32, uid, netns)
+    if closed:
+        uid = inode = None
+    return Connection(-1, ADDRESS_FAMILIES.get(family) or socket.AddressFamily(family), SOCKET_TYPES[protocol],
+                      decode_address(family, src, sport), decode_address(family, dst, dport), status, None,
+                      inode or None, cookie_low | cookie_high << 32, uid, netns, txbytes)
 
 
 def socket_key(data: bytes, offset: int) -> tuple[int, int, int]:
@@ -2110,12 +2129,12 @@ class CloseEvents:
                     continue
                 self.read += 1
                 ns.heard += protocol == socket.IPPROTO_TCP
-                conn = decode_socket(data, start, protocol, ns.inode)
                 counts = tcp_info_bytes(data, start, end) if protocol == socket.IPPROTO_TCP else None
                 sent, received, beyond = counts or (None, None, None)
+                conn = decode_socket(data, start, protocol, ns.inode, closed=True, txbytes=sent)
                 if protocol == socket.IPPROTO_UDP and self.names is not None:
                     self.names.note_closed(conn)
-                closed.append(Closed(conn._replace(inode=None, uid=None, txbytes=sent), seen, received, beyond))
+                closed.append(Closed(conn, seen, received, beyond))
         return closed
 
     def count(self, ns: Namespace, chunks: list[tuple[bytes, int]], known: KnownSockets) -> list[tuple[bytes, int]]:
@@ -2155,7 +2174,7 @@ class CloseEvents:
         counted, self.counted = self.counted, {}
         taken = []
         for (netns, group, _, _, inbound), (count, data, start) in counted.items():
-            conn = decode_socket(data, start, GROUP_SOCKETS[group][1], netns)._replace(inode=None, uid=None)
+            conn = decode_socket(data, start, GROUP_SOCKETS[group][1], netns, closed=True)
             pid = None
             if conn.laddr and conn.raddr:
                 # Accepted from a listener that lognet knows: its process, as `ss -p` shows it.
@@ -2298,13 +2317,6 @@ class Tracepoint(NamedTuple):
     name: str  # 'sock/inet_sock_set_state'
     id: int
     fields: dict[str, tuple[int, int]]  # field name -> (offset, size)
-
-    def field(self, raw: bytes, name: str) -> bytes:
-        offset, size = self.fields[name]
-        return raw[offset:offset + size]
-
-    def number(self, raw: bytes, name: str) -> int:
-        return int.from_bytes(self.field(raw, name), sys.byteorder)
 
     def layout(self, names: tuple[str, ...]) -> struct.Struct:
         """A Struct that unpacks these fields of a raw record at once, in the order given
@@ -2453,20 +2465,37 @@ class TracepointRing:
     def samples(self) -> list[tuple[int, int, bytes]]:
         """The samples that have come on every CPU, in the order of their time: (time, pid,
         the tracepoint's raw record)."""
-        found = []
-        for ring, words in zip(self.rings, self.words):
-            if words[HEAD_WORD] != words[TAIL_WORD]:
-                found += self._read(ring, words)
+        found = [sample for chunk in self._take() for sample in self._parse(chunk)]
         found.sort(key=lambda sample: sample[0])
         return found
 
-    def _read(self, ring: mmap.mmap, words: memoryview) -> list[tuple[int, int, bytes]]:
-        """The records between data_tail and data_head, copied out across the wrap; then
-        data_tail moved to data_head, once, which frees them for the kernel."""
-        head, tail = words[HEAD_WORD], words[TAIL_WORD]
-        start, length, data = mmap.PAGESIZE + tail % self.size, head - tail, mmap.PAGESIZE + self.size
-        chunk = ring[start:start + length] if start + length <= data else (
-            ring[start:data] + ring[mmap.PAGESIZE:mmap.PAGESIZE + length - (data - start)])
+    def records(self, layout: struct.Struct) -> list[tuple]:
+        """The samples that have come on every CPU, decoded: (pid, time, then the fields that
+        layout (Tracepoint.layout()) unpacks from the raw record), in no set order. A ring's
+        records are mostly samples of one size: those are read by stride, in one call."""
+        found = []
+        for chunk in self._take():
+            by_stride = records_by_stride(chunk, layout)
+            found += by_stride if by_stride is not None else [
+                (pid, time_ns, *layout.unpack_from(raw)) for time_ns, pid, raw in self._parse(chunk)]
+        return found
+
+    def _take(self) -> list[bytes]:
+        """Each CPU's records between data_tail and data_head, copied out across the wrap;
+        then data_tail moved to data_head, once, which frees them for the kernel."""
+        chunks = []
+        for ring, words in zip(self.rings, self.words):
+            head, tail = words[HEAD_WORD], words[TAIL_WORD]
+            if head == tail:
+                continue
+            start, length, data = mmap.PAGESIZE + tail % self.size, head - tail, mmap.PAGESIZE + self.size
+            chunks.append(ring[start:start + length] if start + length <= data else (
+                ring[start:data] + ring[mmap.PAGESIZE:mmap.PAGESIZE + length - (data - start)]))
+            words[TAIL_WORD] = head
+        return chunks
+
+    def _parse(self, chunk: bytes) -> list[tuple[int, int, bytes]]:
+        """The samples of a chunk of records, (time, pid, raw record); those lost are counted."""
         samples, offset = [], 0
         while offset + PERF_HEADER.size <= len(chunk):
             kind, _, size = PERF_HEADER.unpack_from(chunk, offset)
@@ -2479,7 +2508,6 @@ class TracepointRing:
             elif kind == PERF_RECORD_LOST:
                 self.lost += PERF_LOST.unpack_from(chunk, offset + PERF_HEADER.size)[1]
             offset += size
-        words[TAIL_WORD] = head
         return samples
 
     def close(self) -> None:
@@ -2490,6 +2518,31 @@ class TracepointRing:
         for fd in self.fds:
             os.close(fd)
         self.rings, self.words, self.fds = [], [], []
+
+
+def records_by_stride(chunk: bytes, layout: struct.Struct) -> list[tuple] | None:
+    """TracepointRing.records() of a chunk whose records are all samples of one size,
+    unpacked by one Struct in one call; None for any other chunk."""
+    if len(chunk) < PERF_HEADER.size:
+        return None
+    size = PERF_HEADER.unpack_from(chunk)[2]
+    raw = size - PERF_HEADER.size - SAMPLE_HEAD.size
+    if raw < layout.size or size % 8 or len(chunk) % size:
+        return None
+    words, step, count = memoryview(chunk).cast("I"), size // 4, len(chunk) // size
+    # each record's type; its misc and size; its raw record's size
+    if (words[0::step].tolist().count(PERF_RECORD_SAMPLE) != count
+            or words[1::step].tolist().count(words[1]) != count or words[6::step].tolist().count(raw) != count):
+        return None
+    key = (size, layout.format)
+    record = SAMPLE_RECORDS.get(key) or SAMPLE_RECORDS.setdefault(key, struct.Struct(
+        f"=8xI4xQ4x{layout.format.lstrip('=')}{raw - layout.size}x"))
+    return list(record.iter_unpack(chunk))
+
+
+# (a sample's size, the layout of its raw record) -> a Struct of the whole sample: its pid,
+# its time, then the layout's fields, past the rest
+SAMPLE_RECORDS: dict[tuple[int, str], struct.Struct] = {}
 
 
 def online_cpus(path: str = "/sys/devices/system/cpu/online") -> list[int]:
@@ -2521,16 +2574,23 @@ class SockState(NamedTuple):
     raddr: tuple
 
 
-SOCK_STATE_FIELDS = ("skaddr", "oldstate", "newstate", "sport", "dport", "family")
-ADDRESSES = {socket.AF_INET: ("saddr", "daddr"), socket.AF_INET6: ("saddr_v6", "daddr_v6")}
+# Both families' addresses are in every record: one unpack reads it all.
+SOCK_STATE_FIELDS = ("skaddr", "oldstate", "newstate", "sport", "dport", "family", "saddr", "daddr", "saddr_v6",
+                     "daddr_v6")
+
+
+def sock_state(pid: int, time_ns: int, skaddr: int, oldstate: int, newstate: int, sport: int, dport: int,
+               family: int, local: bytes, remote: bytes, local6: bytes, remote6: bytes) -> SockState:
+    """A SockState from a sample's pid and time and its SOCK_STATE_FIELDS (TracepointRing.records())."""
+    if family == socket.AF_INET6:
+        local, remote = local6, remote6
+    laddr, raddr = decode_address(family, local, sport), decode_address(family, remote, dport)
+    return SockState(time_ns, pid, skaddr, oldstate, newstate, family, laddr, raddr)
 
 
 def decode_sock_state(tracepoint: Tracepoint, time_ns: int, pid: int, raw: bytes) -> SockState:
     """A SockState from a raw record of sock:inet_sock_set_state, by its format's offsets."""
-    skaddr, oldstate, newstate, sport, dport, family = tracepoint.layout(SOCK_STATE_FIELDS).unpack_from(raw)
-    local, remote = tracepoint.layout(ADDRESSES[family]).unpack_from(raw)
-    laddr, raddr = decode_address(family, local, sport), decode_address(family, remote, dport)
-    return SockState(time_ns, pid, skaddr, oldstate, newstate, family, laddr, raddr)
+    return sock_state(pid, time_ns, *tracepoint.layout(SOCK_STATE_FIELDS).unpack_from(raw))
 
 
 class Route(NamedTuple):
@@ -2543,9 +2603,12 @@ class Route(NamedTuple):
     lport: int
 
 
-def decode_route(tracepoint: Tracepoint, time_ns: int, pid: int, raw: bytes) -> Route:
-    """A Route from a raw record of fib:fib_table_lookup or fib6:fib6_table_lookup."""
-    return Route(time_ns, pid, tracepoint.number(raw, "sport"))
+def route(pid: int, time_ns: int, sport: int) -> Route:
+    """A Route from a sample of fib:fib_table_lookup or fib6:fib6_table_lookup (its ROUTE_FIELDS)."""
+    return Route(time_ns, pid, sport)
+
+
+ROUTE_FIELDS = ("sport",)
 
 
 # The TCP state changes lognet reads, in the kernel's filter syntax: a connect (CLOSE ->
@@ -2597,8 +2660,12 @@ class Destroyed(NamedTuple):
     cookie: int
 
 
-def decode_destroyed(tracepoint: Tracepoint, time_ns: int, pid: int, raw: bytes) -> Destroyed:
-    return Destroyed(time_ns, *tracepoint.layout(("skaddr", "sock_cookie")).unpack_from(raw))
+def destroyed(pid: int, time_ns: int, skaddr: int, cookie: int) -> Destroyed:
+    """A Destroyed from a sample of tcp:tcp_destroy_sock (its DESTROYED_FIELDS)."""
+    return Destroyed(time_ns, skaddr, cookie)
+
+
+DESTROYED_FIELDS = ("skaddr", "sock_cookie")
 
 
 class KernelOwners:
@@ -2633,22 +2700,22 @@ class KernelOwners:
             if owner is not None and owner.pid is not None:
                 put_latest(self.destroyed, event.cookie, owner, self.kept)
             return None
-        change, known = (event.oldstate, event.newstate), self.sockets.get(event.skaddr)
-        named = None
-        if change == (TCP_CLOSE, TCP_SYN_SENT):
-            known, named = Owner(event.pid, event.time, "out"), event.pid
-        elif change == (TCP_SYN_RECV, TCP_ESTABLISHED):
-            known = Owner(None, event.time, "in")
-        elif event.oldstate != TCP_SYN_SENT and event.pid and (known is None or known.pid is None):
+        time_ns, pid, skaddr, oldstate, newstate, family, laddr, raddr = event
+        known, named = self.sockets.get(skaddr), None
+        if oldstate == TCP_CLOSE and newstate == TCP_SYN_SENT:
+            known, named = Owner(pid, time_ns, "out"), pid
+        elif oldstate == TCP_SYN_RECV and newstate == TCP_ESTABLISHED:
+            known = Owner(None, time_ns, "in")
+        elif oldstate != TCP_SYN_SENT and pid and (known is None or known.pid is None):
             # A holder's close; who connected stays the owner: a child may close what its parent opened.
-            known = Owner(event.pid, known and known.opened, known and known.direction)
-            named = event.pid
+            known = Owner(pid, known and known.opened, known and known.direction)
+            named = pid
         if known is not None:
-            if event.laddr:
-                known = known._replace(addresses=(event.laddr, event.raddr))
+            if laddr:
+                known = Owner(known.pid, known.opened, known.direction, (laddr, raddr))
                 if known.pid is not None:
-                    put_latest(self.tcp, (event.family, event.laddr, event.raddr), known, self.kept)
-            put_latest(self.sockets, event.skaddr, known, self.kept)
+                    put_latest(self.tcp, (family, laddr, raddr), known, self.kept)
+            put_latest(self.sockets, skaddr, known, self.kept)
         return named
 
     def owner(self, conn: Connection) -> Owner | None:
@@ -2690,21 +2757,22 @@ class KernelEvents:
         # logged: a DNS question's sender is the process that asked, over IPv4 or IPv6.
         routes = (families if socket.IPPROTO_UDP in protocols else set()) | (
             {socket.AF_INET, socket.AF_INET6} if askers else set())
-        wanted = []  # (tracepoint, filter, decode): the rings that record
+        wanted = []  # (tracepoint, filter, the fields read, what makes an event of them): the rings that record
         bells = []  # (tracepoint, filter): the doorbells
         if socket.IPPROTO_TCP in protocols:
-            wanted += [(SOCK_STATE_TRACEPOINT, STATE_FILTER, decode_sock_state),
-                       (DESTROY_TRACEPOINT, None, decode_destroyed)]
+            wanted += [(SOCK_STATE_TRACEPOINT, STATE_FILTER, SOCK_STATE_FIELDS, sock_state),
+                       (DESTROY_TRACEPOINT, None, DESTROYED_FIELDS, destroyed)]
             bells.append((SOCK_STATE_TRACEPOINT, CONNECT_FILTER))
-        wanted += [(ROUTE_TRACEPOINTS[family], ROUTE_FILTER, decode_route) for family in sorted(routes)]
+        wanted += [(ROUTE_TRACEPOINTS[family], ROUTE_FILTER, ROUTE_FIELDS, route) for family in sorted(routes)]
         if socket.IPPROTO_UDP in protocols:
             bells += [(ROUTE_TRACEPOINTS[family], ROUTE_FILTER) for family in sorted(families)]
         found = tracepoints({name for name, *_ in wanted})
-        self.rings: list[tuple[TracepointRing, Callable]] = []
+        self.rings: list[tuple[TracepointRing, struct.Struct, Callable]] = []  # with its fields' layout, its maker
         self.doorbells: list[tuple[TracepointRing, str]] = []  # with the filter they began with
         try:
-            for name, event_filter, decode in wanted:
-                self.rings.append((TracepointRing(found[name], event_filter, wakes=False), decode))
+            for name, event_filter, fields, make in wanted:
+                self.rings.append((TracepointRing(found[name], event_filter, wakes=False),
+                                   found[name].layout(fields), make))
             for name, event_filter in bells:
                 self.doorbells.append((TracepointRing(found[name], event_filter), event_filter))
         except OSError:
@@ -2725,18 +2793,18 @@ class KernelEvents:
         return [] if self.paused else self.all_fds
 
     def _fds(self) -> list[int]:
-        return [fd for ring, _ in self.rings + self.doorbells for fd in ring.fds]
+        return [fd for ring, *_ in self.rings + self.doorbells for fd in ring.fds]
 
     @property
     def lost(self) -> int:
         """Samples the kernel could not fit in a ring (PERF_RECORD_LOST): owners not named."""
-        return sum(ring.lost for ring, _ in self.rings)
+        return sum(ring.lost for ring, *_ in self.rings)
 
     def pause(self, paused: bool) -> None:
         """Stop the events in the kernel, under a flood (nothing is sampled), or start them again."""
         if paused != self.paused:
             self.paused = paused
-            for ring, _ in self.rings + self.doorbells:
+            for ring, *_ in self.rings + self.doorbells:
                 ring.enable(not paused)
 
     def take(self) -> set[int]:
@@ -2748,7 +2816,7 @@ class KernelEvents:
                 self.rang[ring.tracepoint.layout(("common_pid",)).unpack_from(raw)[0]] += 1
         if self.rang or self.muted:
             self._mute_busy()
-        events = [decode(ring.tracepoint, *sample) for ring, decode in self.rings for sample in ring.samples()]
+        events = [make(*record) for ring, layout, make in self.rings for record in ring.records(layout)]
         events.sort(key=operator.itemgetter(0))  # each event's time
         named.update(self.owners.learn(event) for event in events)
         named.discard(None)
@@ -2801,14 +2869,17 @@ class KernelEvents:
         owner = self.owners.take(closed.conn)
         if owner is None:
             return closed
-        conn = closed.conn if owner.pid is None else closed.conn._replace(pid=owner.pid, by_kernel=True)
+        conn, named = closed.conn, {}
+        if owner.pid is not None:
+            named.update(pid=owner.pid, by_kernel=True)
         if not conn.raddr and owner.addresses:  # a reset clears them before the kernel's close reports the socket
-            conn = conn._replace(laddr=owner.addresses[0], raddr=owner.addresses[1])
+            named.update(laddr=owner.addresses[0], raddr=owner.addresses[1])
         opened = None if owner.opened is None else owner.opened / 1e9 + self.epoch
-        return closed._replace(conn=conn, opened=opened, direction=owner.direction)
+        return Closed(conn._replace(**named) if named else conn, closed.time, closed.received, closed.acked_beyond,
+                      opened, owner.direction)
 
     def close(self) -> None:
-        for ring, _ in self.rings + self.doorbells:
+        for ring, *_ in self.rings + self.doorbells:
             ring.close()
         self.rings, self.doorbells, self.all_fds = [], [], []
 
@@ -3404,6 +3475,8 @@ def build_filter(config: Config) -> Callable[[Connection], bool]:
         predicates.append(has_public_remote_address)
     if config.omit_loopback_conns:
         predicates.append(has_remote_address_off_host)
+    if len(predicates) < 2:  # each socket meets it: no loop for one filter or none
+        return predicates[0] if predicates else lambda conn: True
     return lambda conn: all(keep(conn) for keep in predicates)
 
 
@@ -3753,7 +3826,7 @@ class Tracker:
         conn = closed.conn
         direction = closed.direction or (
             "in" if conn.laddr and self.listeners.serve(conn.netns, conn.family, conn.laddr) else None)
-        left = ended.get(connection_address(conn))
+        left = ended.get(connection_address(conn)) if ended else None
         peer_fin = None if left is None else ended_after_peer_fin(left)
         conn = conn._replace(rxbytes=self.payloads.received(conn, closed, peer_fin, direction))
         opened = closed.time if closed.opened is None else min(closed.opened, closed.time)
@@ -3965,6 +4038,9 @@ EVENT_VALUES: dict[str, Callable[[ConnectionEvent], object]] = {
 }
 
 
+UPIDS_KEPT = 4096  # the processes whose upid a W3C log keeps formatted
+
+
 class W3CFormat:
     """The original's format: directive headers, space-separated fields, '-' for missing.
 
@@ -3981,6 +4057,7 @@ class W3CFormat:
         self.decimals = duration_decimals(interval)
         self.host_netns = host_netns if "netns" in fields else None
         self._second, self._second_text = None, ""
+        self._upids: dict[int, tuple[ProcessInfo, str]] = {}  # pid -> (its process, its upid)
 
     @functools.cached_property
     def _columns(self) -> list[Callable[[ConnectionEvent], str]]:
@@ -3988,12 +4065,31 @@ class W3CFormat:
         utc, decimals = self.utc, self.decimals
         special = {
             "timestamp": lambda e: self.timestamp(e.time),
-            "upid": lambda e: format_upid(e.process),  # escaped by format_upid
+            "upid": self._upid,
             "firstseen": lambda e: format_timestamp(e.first_seen, utc),
             "duration": lambda e: "-" if e.duration is None else f"{e.duration:.{decimals}f}",
+            # Every line's fields, in one step each: a protocol's name and a port need no escape.
+            "prot": lambda e: PROTOCOLS.get(e.conn.type, "-"),
+            "laddr": lambda e: escape_field(e.conn.laddr[0]) if e.conn.laddr else "-",
+            "lport": lambda e: str(e.conn.laddr[1]) if e.conn.laddr else "-",
+            "raddr": lambda e: escape_field(e.conn.raddr[0]) if e.conn.raddr else "-",
+            "rport": lambda e: str(e.conn.raddr[1]) if e.conn.raddr else "-",
+            "status": lambda e: escape_field(e.conn.status),
         }
         return [special.get(field) or (lambda e, value=EVENT_VALUES[field]: format_field(value(e)))
                 for field in self.fields]
+
+    def _upid(self, event: ConnectionEvent) -> str:
+        """format_upid() of the event's process, once for each process met (a process's many lines)."""
+        process = event.process
+        if process is None:
+            return "-"
+        known = self._upids.get(process.pid)
+        if known is None or known[0] is not process:  # the same pid may be another process by now
+            if len(self._upids) >= UPIDS_KEPT:
+                self._upids.clear()
+            known = self._upids[process.pid] = (process, format_upid(process))
+        return known[1]
 
     def timestamp(self, epoch: float) -> str:
         if int(epoch) != self._second:  # a poll's lines mostly share their second: format it once
@@ -4803,7 +4899,7 @@ class Poller:
         if conn.pid is None:
             # Only lifecycle lines carry an owner into TIME_WAIT; the original eight fields never did.
             if not self.lifecycle_fields:
-                return event._replace(process=None)
+                return event if event.process is None else event._replace(process=None)
             return event if event.attrib != "orphan" or event.process else event._replace(
                 process=self.tracker.owner(conn))
         if event.event != "close":

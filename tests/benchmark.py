@@ -267,11 +267,15 @@ def steady_cpu(argv: list[str], seconds: float, settle: float = 4.0, during=None
 
 def idle_cpu(tmp: Path, seconds: float, rounds: int) -> dict:
     """CPU share of one core with nothing changing: the netlink engine at its defaults
-    against the psutil engine at -i 1, interleaved; start-up left out."""
-    shares = {"netlink": [], "psutil -i 1": []}
+    against the psutil engine at -i 1, and --against's netlink engine where given,
+    interleaved; start-up left out."""
+    netlink = lognet_argv(tmp, engine="netlink")
+    runs = [("netlink", netlink), ("psutil -i 1", lognet_argv(tmp, "-i", 1))]
+    if AGAINST:
+        runs.append(("against", [netlink[0], str(AGAINST), *netlink[2:]]))
+    shares = {label: [] for label, _ in runs}
     for _ in range(rounds):
-        for label, argv in (("netlink", lognet_argv(tmp, engine="netlink")),
-                            ("psutil -i 1", lognet_argv(tmp, "-i", 1))):
+        for label, argv in runs:
             shares[label].append(steady_cpu(argv, seconds))
     return {label: statistics.median(values) for label, values in shares.items()}
 
@@ -418,6 +422,76 @@ def churn_cpu(tmp: Path, rate: float, seconds: float) -> dict:
     remark = [line for line in (tmp / "c.log").read_text().splitlines() if line.startswith("#Remark: coverage")][-1]
     return {"rate": rate, "seconds": seconds, "cpu_share": cpu_share,
             "skipped": sum(int(n) for n in re.findall(r"skipped (\d+)", remark)), "shed": "over the CPU" in remark}
+
+
+def churn_cost(tmp: Path, version: Path, rate: float, seconds: float, *args) -> dict:
+    """One version of lognet (the netlink engine, with args) while load.py churns `rate`
+    connections a second, each closed after 50 ms with RST: its CPU over `seconds` once the
+    churn has run 3 s, per socket the kernel opened in that window (its TCP opens, active and
+    passive: each connection's two ends); then, the churn stopped and its last closes read,
+    lognet's accounting of the kernel's closes against the kernel's opens over the whole run
+    (they differ by the churner's listener, which closes too but is no open)."""
+    log = tmp / "c.log"
+    for path in (log, tmp / "p.log"):
+        path.unlink(missing_ok=True)
+    argv = lognet_argv(tmp, "--stats-interval", "3600", *args, engine="netlink")
+    proc = subprocess.Popen([argv[0], str(version), *argv[2:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    load = Load()
+    try:
+        wait_until(lambda: log.exists() and "#Fields" in log.read_text(), 30)  # started
+        time.sleep(2 * lognet.DEFAULT_INTERVAL)  # its first polls are done
+        opens_at_start = tcp_opens()
+        churner = load.start("churn", "--rate", rate, "--lifetimes", "0.05", "--seconds", seconds + 4)
+        time.sleep(3)
+        before, opens_before, start = task_cpu_ns(proc.pid), tcp_opens(), time.monotonic()
+        time.sleep(seconds)
+        after, sockets, wall = task_cpu_ns(proc.pid), tcp_opens() - opens_before, time.monotonic() - start
+        churner.wait(timeout=60)
+    finally:
+        load.stop()
+    time.sleep(2 * lognet.DEFAULT_INTERVAL)  # the last closes reach a poll
+    proc.send_signal(signal.SIGTERM)
+    if proc.wait(timeout=60) != 0:
+        raise RuntimeError(f"{version} exited {proc.returncode}")
+    cpu_seconds = sum(after[task] - before.get(task, 0) for task in after) / 1e9
+    return {"version": str(version), "rate": rate, "args": list(args), "seconds": wall, "cpu_share": cpu_seconds / wall,
+            "sockets": sockets, "us_per_socket": cpu_seconds / sockets * 1e6,
+            "kernel_tcp_opens": tcp_opens() - opens_at_start, **coverage_counts(log)}
+
+
+def cost_part(tmp: Path, rounds: int, long_seconds: float) -> dict:
+    """lognet's cost per connection, this version and --against's, interleaved: per socket at
+    500 connections a second with nothing shed (--max-cpu 100); 500 a second at its defaults
+    for long_seconds (nothing may go unlogged); 2,000 a second at its defaults."""
+    versions = [LOGNET] + ([AGAINST] if AGAINST else [])
+    runs = []
+    for turn in range(rounds):
+        for version in versions if turn % 2 == 0 else versions[::-1]:
+            runs.append({"measure": "per socket", **churn_cost(tmp, version, 500, 20, "--max-cpu", "100")})
+    for version in versions:
+        runs.append({"measure": "defaults, 500/s", **churn_cost(tmp, version, 500, long_seconds)})
+        runs.append({"measure": "defaults, 2000/s", **churn_cost(tmp, version, 2000, 30)})
+    medians = {str(version): statistics.median(r["us_per_socket"] for r in runs
+                                               if r["measure"] == "per socket" and r["version"] == str(version))
+               for version in versions}
+    return {"rounds": rounds, "runs": runs, "median_us_per_socket": medians}
+
+
+def print_cost_report(c: dict) -> None:
+    print()
+    print("| load (RST close after 50 ms) | lognet | CPU | µs per socket | kernel TCP opens | "
+          "closed (with process, without, skipped, unheard, lost) |")
+    print("|---|---|---:|---:|---:|---|")
+    for run in c["runs"]:
+        which = "this" if run["version"] == str(LOGNET) else run["version"]
+        settings = " ".join(run["args"]) or "defaults"
+        print(f"| {run['rate']:.0f}/s, {settings}, {run['seconds']:.0f} s | {which} | {run['cpu_share']:.2%} | "
+              f"{run['us_per_socket']:.1f} | {run['kernel_tcp_opens']:,} | {run['closed']:,} ({run['with_process']:,}, "
+              f"{run['without']:,}, {run['skipped']:,}, {run['unheard']:,}, {run['lost']:,}) |")
+    for version, median in c["median_us_per_socket"].items():
+        which = "this version" if version == str(LOGNET) else version
+        print(f"median CPU per socket at 500/s with --max-cpu 100, {which}: {median:.1f} µs "
+              f"({c['rounds']} rounds)")
 
 
 NGINX_CONF = """daemon off;
@@ -819,7 +893,7 @@ def print_trust_report(r: dict) -> None:
 
 def netlink_part(report: dict, tmp: Path, args) -> None:
     only = set(args.only.split(",")) if args.only else {"idle", "polls", "churn", "capture", "rss", "namespaces",
-                                                        "names", "flood", "owners"}
+                                                        "names", "flood", "owners", "cost"}
     report["watch"] = float(WATCH[1]) if WATCH else lognet.DEFAULT_WATCH
     if "idle" in only:
         print("the Linux engine: idle CPU ...", flush=True)
@@ -849,6 +923,9 @@ def netlink_part(report: dict, tmp: Path, args) -> None:
     if "owners" in only:
         print("owners of short connections, against curl's, UDP clients' and nginx's own records ...", flush=True)
         report["owners"] = kernel_owners(tmp, 40, 20, 400)
+    if "cost" in only:
+        print("cost per connection: churn at 500 and 2,000 connections a second ...", flush=True)
+        report["cost"] = cost_part(tmp, args.cost_rounds, args.cost_seconds)
     if "rss" in only:
         print("RSS while connections churn ...", flush=True)
         report["netlink_rss"] = netlink_rss(tmp, [int(x) for x in args.churn.split(",")], 1500)
@@ -1052,6 +1129,8 @@ def print_owners_report(owners: dict) -> None:
 def print_netlink_report(r: dict) -> None:
     if "owners" in r:
         print_owners_report(r["owners"])
+    if "cost" in r:
+        print_cost_report(r["cost"])
     print()
     print(f"| the Linux engine (netlink, --watch {r['watch']:g}) against the psutil engine "
           "| netlink | psutil | ratio |")
@@ -1060,6 +1139,8 @@ def print_netlink_report(r: dict) -> None:
     if idle:
         print(f"| CPU with nothing changing: netlink at -i 3, psutil at -i 1 | {idle['netlink']:.3%} | "
               f"{idle['psutil -i 1']:.3%} | {idle['netlink'] / idle['psutil -i 1']:.3f} |")
+        if "against" in idle:
+            print(f"| the same, netlink of {AGAINST} | {idle['against']:.3%} | | |")
     for p in r.get("polls", []):
         print(f"| one full poll at {p['sockets']:,} sockets, ms of CPU (psutil: net_connections()) | "
               f"{p['netlink_ms']:.2f} | {p['psutil_ms']:.2f} | {p['ratio']:.3f} |")
@@ -1155,7 +1236,10 @@ def main() -> int:
     parser.add_argument("--flood-requests", type=int, default=150_000, help="ab's requests in each flood run")
     parser.add_argument("--flood-rounds", type=int, default=5, help="interleaved flood runs (default 5)")
     parser.add_argument("--only", help="netlink part: only these measures, comma-separated "
-                                       "(idle, polls, churn, capture, rss, namespaces, names, flood, owners)")
+                                       "(idle, polls, churn, capture, rss, namespaces, names, flood, owners, cost)")
+    parser.add_argument("--cost-rounds", type=int, default=3, help="interleaved runs of the cost per socket (default 3)")
+    parser.add_argument("--cost-seconds", type=float, default=300, help="length of the 500/s run at the defaults "
+                                                                         "(default 300)")
     args = parser.parse_args()
     if args.watch is not None:
         WATCH[:] = ["--watch", str(args.watch)]

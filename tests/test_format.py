@@ -135,3 +135,26 @@ def test_a_coverage_ratio_is_rounded_once():
     assert lognet.close_coverage(closes)["tcp"]["ratio"] == 0.1905
     remark = fmt.stats(stats._replace(closes=closes), 0.0)
     assert remark.startswith("#Remark: coverage tcp 0.190 (closed 42, with process 8, without 34); ")
+
+
+def test_a_lines_own_columns_write_what_the_general_rule_writes():
+    """The original fields each have a writer of their own, for speed: each writes what
+    format_field() writes of the field's value, whatever the value."""
+    fields = ("prot", "laddr", "lport", "raddr", "rport", "status")
+    conns = [make_conn(("127.0.0.1", 5000), ("10.0.0.1", 443), "ESTABLISHED", pid=9),
+             make_conn(("::", 53), status="NONE", type=socket.SOCK_DGRAM, family=socket.AF_INET6, pid=9),
+             make_conn(("a b|c", 0), ("-", 1), "odd status", pid=9),
+             lognet.Connection(-1, socket.AF_INET, 99, (), (), "", None)]
+    fmt = lognet.W3CFormat(fields)
+    for conn in conns:
+        event = lognet.ConnectionEvent("open", conn, None, EPOCH_TS, EPOCH_TS, None, "pid", EPOCH_TS)
+        assert fmt.connection(event) == " ".join(lognet.format_field(lognet.EVENT_VALUES[field](event))
+                                                 for field in fields)
+
+
+def test_a_pid_that_is_another_process_by_now_gets_its_own_upid():
+    fmt = lognet.W3CFormat(("upid",))
+    conn = make_conn(("127.0.0.1", 5000), ("127.0.0.1", 6000), "ESTABLISHED", pid=77)
+    lines = [fmt.connection(lognet.ConnectionEvent("open", conn, process, EPOCH_TS, EPOCH_TS, None, "pid", EPOCH_TS))
+             for process in (lognet.ProcessInfo(77, "first", 100.0, None), lognet.ProcessInfo(77, "second", 200.0, None))]
+    assert lines == ["first|77|100.00", "second|77|200.00"]

@@ -144,6 +144,40 @@ def test_the_kernel_filters_and_a_full_ring_counts_what_it_lost(set_state):
     assert len(ours) == len(states) and ring.lost > 0 and len(ours) + ring.lost == 231
 
 
+def test_a_rings_records_are_its_samples_decoded_by_stride_or_one_by_one(set_state):
+    """Two rings of one page on one CPU, with one filter, see the same connects: one read
+    sample by sample, the other as records() of the state changes' fields. Their records
+    agree while all are samples of one size (read by stride), and once the rings overflow and a
+    lost record is among them (read one by one)."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=256)
+    port = listener.getsockname()[1]
+    layout = set_state.layout(lognet.SOCK_STATE_FIELDS)
+    one_by_one, by_record = (lognet.TracepointRing(set_state, f"newstate == 2 && dport == {port}", pages=1)
+                             for _ in range(2))
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    reads = []
+    try:
+        with listener:
+            for connects in (30, 200, 1):
+                for _ in range(connects):
+                    with socket.create_connection(listener.getsockname()):
+                        listener.accept()[0].close()
+                samples = one_by_one.samples()
+                reads.append(([(pid, time_ns, *layout.unpack_from(raw)) for time_ns, pid, raw in samples],
+                              sorted(by_record.records(layout), key=lambda record: record[1])))
+    finally:
+        os.sched_setaffinity(0, cpus)
+        one_by_one.close()
+        by_record.close()
+    first = reads[0][0]
+    # (pid, time, skaddr, oldstate, newstate, sport, dport, ...)
+    assert len(first) == 30 and all(record[0] == os.getpid() and record[4:7:2] == (2, port) for record in first)
+    for expected, records in reads:  # each ring times its own samples
+        assert [record[:1] + record[2:] for record in records] == [record[:1] + record[2:] for record in expected]
+    assert one_by_one.lost > 0 and by_record.lost == one_by_one.lost
+
+
 # ---------------------------------------------------------------- lognet with the kernel's events, as root
 
 FIELDS = ("--fields", "+event,attrib,direction,firstseen,txbytes,rxbytes")

@@ -627,3 +627,12 @@ def test_a_real_dump_reads_the_same_by_stride_as_by_the_walker(tcp_pair):
     ours = [conn for conn in decoded(found).values()
             if (conn.laddr, conn.raddr) == (client.getsockname(), listener.getsockname())]
     assert [(conn.status, conn.inode) for conn in ours] == [("ESTABLISHED", os.fstat(client.fileno()).st_ino)]
+
+
+def test_an_ipv4_address_and_the_ipv6_address_of_the_same_bytes_decode_each_as_its_own():
+    """inet_diag pads an IPv4 address to 16 bytes; the IPv6 address of those 16 bytes is another."""
+    packed = socket.inet_aton("127.0.0.1") + bytes(12)
+    for _ in range(2):  # the second time, from the addresses met already
+        assert lognet.decode_address(socket.AF_INET, packed, 80) == ("127.0.0.1", 80)
+        assert lognet.decode_address(socket.AF_INET6, packed, 80) == ("7f00:1::", 80)
+        assert lognet.decode_address(socket.AF_INET, packed, 0) == ()
