@@ -304,6 +304,7 @@ class Stats(NamedTuple):
     # whether the kernel's events name owners ('on', 'paused', 'off: why'), and their samples
     # the kernel lost; None where the engine has none (psutil)
     owner_events: tuple[str, int] | None = None
+    isolated: tuple[str, ...] = ()  # the flood groups isolated now (Poller.isolated())
 
 
 def connection_id(conn: Connection) -> tuple:
@@ -528,6 +529,15 @@ class Source:
         a group to each peer, service port and owner."""
         return []
 
+    def take_isolated(self) -> list[tuple[FloodGroup, bool, int, int | None]]:
+        """The closes of isolated flood groups counted since the last call (see Isolation):
+        (group, whether of its local end, count, the pid that held that end, if known)."""
+        return []
+
+    def isolating(self) -> list[tuple[FloodGroup, float, int | None]]:
+        """The flood groups isolated now: (group, its closes a second, the pid that holds it, if known)."""
+        return []
+
     def rhost(self, conn: Connection, pid: int | None) -> str | None:
         """The name the host resolved to conn's remote address (for pid, where it asked), if known."""
         return None
@@ -553,6 +563,11 @@ class Source:
                     new.append(info)
             self._prune()
         return found, new
+
+    def process_name(self, pid: int | None) -> str | None:
+        """The name of a process lognet has read, if it has."""
+        process = self._processes.get(pid)
+        return process.name if process is not None else None
 
     def read_ahead(self, pids: Iterable[int]) -> None:
         """Read the details of processes now, while they live; processes() reports them later."""
@@ -743,6 +758,15 @@ GROUP_SOCKETS = {1 << (group - 1): pair for pair, group in DESTROY_GROUPS.items(
 SOCKET_TYPES = {socket.IPPROTO_TCP: socket.SOCK_STREAM, socket.IPPROTO_UDP: socket.SOCK_DGRAM}
 ADDRESS_FAMILIES = {int(family): family for family in (socket.AF_INET, socket.AF_INET6)}  # without an Enum call each
 EVENT_BUFFER = 8 << 20  # bytes the kernel may queue for lognet's close events
+# A dump's filter in the kernel (INET_DIAG_REQ_BYTECODE): struct inet_diag_bc_op (code, where
+# to go on a match, where not: byte offsets forward), the source or destination condition
+# (S_COND, D_COND: struct inet_diag_hostcond, family, prefix length, port, address) and a jump.
+# A run that ends exactly at the end keeps the socket; one that jumps past it leaves it out.
+INET_DIAG_REQ_BYTECODE = 1
+# D_GE: a port at least the next op's `no`
+INET_DIAG_BC_JMP, INET_DIAG_BC_D_GE, INET_DIAG_BC_S_COND, INET_DIAG_BC_D_COND = 1, 4, 7, 8
+BC_OP = struct.Struct("=BBH")
+BC_HOSTCOND = struct.Struct("=BB2xi")
 RECV_SIZE = 1 << 16  # one recv() takes a whole reply of the kernel's (a dump sends them up to 32 KiB)
 
 
@@ -758,6 +782,30 @@ def kind_sockets(kind: str) -> list[tuple[int, int]]:
 def nlmsg_align(length: int) -> int:
     """NLMSG_ALIGN: how far the next netlink message is from the start of one of length bytes."""
     return (length + 3) & ~3
+
+
+def dump_bytecode(ends: Iterable[tuple[int, bytes, int, bool]]) -> bytes:
+    """A dump's filter that leaves out the connections with one of these ends: (family,
+    packed address, port, local): a socket whose local (or remote) address and port are
+    those, and which has a peer (a listener on that end stays)."""
+    code = []
+    for family, packed, port, local in ends:
+        address = BC_HOSTCOND.pack(family, len(packed) * 8, port) + packed
+        conditions = [(INET_DIAG_BC_S_COND, address), (INET_DIAG_BC_D_GE, BC_OP.pack(0, 0, 1))] if local else [
+            (INET_DIAG_BC_D_COND, address)]
+        # Each condition met goes on to the next, then to the jump past the end (left out);
+        # any not met skips to the next end.
+        rest = sum(BC_OP.size + len(data) for _, data in conditions) + BC_OP.size
+        for op, data in conditions:
+            code.append([BC_OP.pack(op, BC_OP.size + len(data), rest) + data])
+            rest -= BC_OP.size + len(data)
+        code.append(None)  # the jump, once the whole length is known
+    length = sum(BC_OP.size if op is None else len(op[0]) for op in code)
+    bytecode = b""
+    for op in code:
+        bytecode += op[0] if op is not None else BC_OP.pack(INET_DIAG_BC_JMP, BC_OP.size,
+                                                            length - len(bytecode) + BC_OP.size)
+    return bytecode
 
 
 def netlink_messages(data: bytes) -> list[tuple[int, int, int]]:
@@ -898,11 +946,17 @@ class SockDiag:
     def __init__(self):
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
         self.lost = 0  # events the kernel dropped (ENOBUFS): counted, never hidden
+        self.more = False  # whether the last events() left some unread
 
-    def dump(self, family: int, protocol: int, states: int = ALL_STATES, ext: int = 0) -> list[bytes]:
-        """Every socket of (family, protocol) in states, as the chunks the kernel sent."""
-        header = NLMSG_HEADER.pack(NLMSG_HEADER.size + DIAG_REQUEST.size, SOCK_DIAG_BY_FAMILY, NLM_F_DUMP_REQUEST, 0, 0)
-        self.sock.send(header + DIAG_REQUEST.pack(family, protocol, ext, 0, states))
+    def dump(self, family: int, protocol: int, states: int = ALL_STATES, ext: int = 0,
+             bytecode: bytes = b"") -> list[bytes]:
+        """Every socket of (family, protocol) in states, as the chunks the kernel sent; with
+        bytecode (dump_bytecode()), those it keeps."""
+        request = DIAG_REQUEST.pack(family, protocol, ext, 0, states)
+        if bytecode:
+            request += RTATTR.pack(RTATTR.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
+        header = NLMSG_HEADER.pack(NLMSG_HEADER.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_DUMP_REQUEST, 0, 0)
+        self.sock.send(header + request)
         chunks = []
         while True:
             data = self.sock.recv(RECV_SIZE)
@@ -916,27 +970,35 @@ class SockDiag:
                     raise OSError(error, os.strerror(error))
                 return chunks
 
-    def subscribe(self, groups: Iterable[int]) -> None:
-        """Join the destroy groups; events then wait in a buffer that events() empties."""
+    def subscribe(self, groups: Iterable[int], buffer: int = EVENT_BUFFER) -> None:
+        """Join the destroy groups; events then wait in a buffer (of about `buffer` bytes) that events() empties."""
         self.sock.bind((0, 0))
-        for option, size in ((SO_RCVBUFFORCE, EVENT_BUFFER), (socket.SO_RCVBUF, EVENT_BUFFER)):
+        self.buffer(buffer)
+        self.membership(groups, True)
+        self.sock.setblocking(False)
+
+    def buffer(self, size: int) -> None:
+        """Let the kernel queue about `size` bytes of events (what it allows, without the privilege to force it)."""
+        for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, option, size)
                 break
             except OSError:
                 pass  # SO_RCVBUFFORCE needs CAP_NET_ADMIN; SO_RCVBUF is capped by net.core.rmem_max
-        self.membership(groups, True)
-        self.sock.setblocking(False)
 
     def membership(self, groups: Iterable[int], join: bool) -> None:
         """Join the groups, or leave them: the kernel sends nothing to a socket that no group has."""
         for group in groups:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP if join else NETLINK_DROP_MEMBERSHIP, group)
 
-    def events(self) -> list[tuple[bytes, int]]:
-        """What has arrived since the last call, without waiting: (data, group mask) pairs."""
-        chunks = []
+    def events(self, limit: int = 0) -> list[tuple[bytes, int]]:
+        """What has arrived since the last call, without waiting: (data, group mask) pairs; at
+        most `limit` of them where given, and then `more` says whether it stopped there."""
+        chunks, self.more = [], False
         while True:
+            if limit and len(chunks) >= limit:
+                self.more = True
+                return chunks
             try:
                 data, (_, groups) = self.sock.recvfrom(RECV_SIZE)
                 chunks.append((data, groups))
@@ -970,12 +1032,14 @@ class SockDiag:
 BPF_LD_W_ABS, BPF_LD_H_ABS, BPF_LD_B_ABS, BPF_LD_H_IND, BPF_LD_B_IND = 0x20, 0x28, 0x30, 0x48, 0x50
 BPF_LD_MEM, BPF_ST, BPF_LDX_IMM, BPF_LDX_B_MSH = 0x60, 0x02, 0x01, 0xB1
 BPF_JEQ_K, BPF_JSET_K, BPF_RET_K = 0x15, 0x45, 0x06
-BPF_LD_W_LEN, BPF_JGE_K, BPF_AND_K = 0x80, 0x35, 0x54
+BPF_LD_W_LEN, BPF_JGE_K, BPF_AND_K, BPF_JA = 0x80, 0x35, 0x54, 0x05
 SO_ATTACH_FILTER = 26
 # Where a close event's fields are, from the start of its netlink message, for close_filter():
 # the family, the remote port, the remote address.
 EVENT_FAMILY, EVENT_DPORT, EVENT_DST = (NLMSG_HEADER.size, NLMSG_HEADER.size + DIAG_DPORT,
                                         NLMSG_HEADER.size + DIAG_DST)
+EVENT_SPORT, EVENT_SRC = NLMSG_HEADER.size + DIAG_SPORT, NLMSG_HEADER.size + DIAG_SRC
+BPF_KEEP = 0xFFFFFFFF  # what a program returns for the whole message
 
 
 def bpf_program(steps: list[tuple]) -> bytes:
@@ -993,11 +1057,38 @@ def bpf_program(steps: list[tuple]) -> bytes:
         if isinstance(step, str):
             continue
         opcode, k, *targets = step
+        if opcode == BPF_JA:  # (BPF_JA, label): a jump that always goes, k steps on
+            opcode, k, targets = BPF_JA, labels[k] - at - 1, []
         jt, jf = (labels[target] - at - 1 if target else 0 for target in (targets + [None, None])[:2])
         code.append(struct.pack("=HBBI", opcode, jt, jf, k))
         at += 1
     return b"".join(code)
 
+
+
+def endpoint_program(ends: Iterable[tuple[int, bytes, int, bool]], isolate: bool, base: bytes | None) -> bytes:
+    """A close-event socket's program for the connections with one of these ends (family,
+    packed address, port, local: see dump_bytecode()): where isolate, it drops their events
+    and passes the others on to base (the filters' program, close_filter(), or none);
+    otherwise it drops the others, and passes theirs on to base. A listener's own close is
+    never one of theirs."""
+    matched, others = ("drop", "base") if isolate else ("base", "drop")
+    steps: list = [(BPF_LD_W_LEN, 0), (BPF_JGE_K, EVENT_DST + 16, None, others)]
+    for n, (family, packed, port, local) in enumerate(ends):
+        following, address = f"after end {n}", EVENT_SRC if local else EVENT_DST
+        steps += [(BPF_LD_B_ABS, EVENT_FAMILY), (BPF_JEQ_K, family, None, following),
+                  (BPF_LD_H_ABS, EVENT_DPORT), (BPF_JEQ_K, 0, following, None),  # no peer: a listener
+                  (BPF_LD_H_ABS, EVENT_SPORT if local else EVENT_DPORT), (BPF_JEQ_K, port, None, following)]
+        words = struct.unpack(f"!{len(packed) // 4}I", packed)
+        for i, word in enumerate(words):
+            steps += [(BPF_LD_W_ABS, address + 4 * i),
+                      (BPF_JEQ_K, word, matched if i == len(words) - 1 else None, following)]
+        steps.append(following)
+    steps += [(BPF_JA, others), "drop", (BPF_RET_K, 0), "base"]
+    return bpf_program(steps) + (base or ACCEPT_ALL)
+
+
+ACCEPT_ALL = bpf_program([(BPF_RET_K, BPF_KEEP)])
 
 
 def attach_filter(sock: socket.socket, program: bytes) -> None:
@@ -1368,6 +1459,7 @@ class Namespace:
         self.counted: list[int] = []  # its counters when the watcher last dumped it
         self.lost: dict[int, int] = {}  # protocol -> its lost close events, kept when its sockets are closed
         self.diag, self.events, self.tap = sockets or (None, {}, None)  # events: protocol -> its close events
+        self.overlap = Overlap()  # see Isolation
         self.counters: KernelCounters | None = None
         try:
             self.counters = KernelCounters(pairs, f"/proc/{self.pids[0]}/net" if self.pids else "/proc/self/net")
@@ -1388,6 +1480,18 @@ class Namespace:
 
     refusal: str | None = None  # why the close events could not be joined
     paused = False  # whether TCP's close events are paused
+    dump_filters: dict[int, bytes] = {}  # family -> what its TCP dumps leave out (see Isolation)
+
+    def dump(self, family: int, protocol: int, states: int) -> list[bytes]:
+        """Its sockets of (family, protocol) in states, but those of isolated groups."""
+        return self.diag.dump(family, protocol, states,
+                              bytecode=self.dump_filters.get(family, b"") if protocol == socket.IPPROTO_TCP else b"")
+
+    def inside(self, make: Callable[[], SockDiag]) -> SockDiag:
+        """A socket made in this namespace."""
+        if not self.pids:  # lognet's own
+            return make()
+        return made_inside(self.pids[0], self.inode, lambda: (make(),))[0]
     # TCP's closes are counted twice over: by the kernel's counters (the opens less the change
     # in use) and by the close events heard (decoded or counted) or lost. Their difference holds still
     # while every close is heard, once the kernel's work queue has sent its events: `calm`, as
@@ -1455,10 +1559,11 @@ class Namespace:
         lost = dict(self.lost)
         for protocol, events in self.events.items():
             if events.lost:
-                lost[protocol] = lost.get(protocol, 0) + self._drops(events)
+                lost[protocol] = lost.get(protocol, 0) + self.drops_of(events)
         return lost
 
-    def _drops(self, events: SockDiag) -> int:
+    def drops_of(self, events: SockDiag) -> int:
+        """The kernel's count of the events it dropped for one of the namespace's sockets."""
         for proc_net in [f"/proc/{pid}/net" for pid in self.pids] or ["/proc/self/net"]:
             drops = events.drops(proc_net)
             if drops is not None:
@@ -2083,6 +2188,18 @@ class Names:
 
 # A close event is counted, not decoded, over the CPU budget: at EVENT_COST CPU seconds each until measured.
 EVENT_COST = 3e-6
+EVENTS_READ = 2048  # close events read at once from a socket, before the CPU budget looks again
+EVENTS_READ_ROUNDS = 16  # and so many times at the most in a look or poll: the rest wait for the next
+
+
+def tally_ends(endpoints: Counter, data: bytes, start: int, netns: int | None) -> None:
+    """Count both ends of the socket of one close event: (netns, family, packed address, port as it is sent)."""
+    family = data[start]
+    size = 4 if family == socket.AF_INET else 16
+    endpoints[(netns, family, data[start + DIAG_SRC:start + DIAG_SRC + size],
+               data[start + DIAG_SPORT:start + DIAG_DPORT])] += 1
+    endpoints[(netns, family, data[start + DIAG_DST:start + DIAG_DST + size],
+               data[start + DIAG_DPORT:start + DIAG_SRC])] += 1
 
 
 class CloseEvents:
@@ -2099,6 +2216,9 @@ class CloseEvents:
         # Counted since the last poll: (netns, group, addresses, service port, inbound) -> [count, data, offset]
         self.counted: dict[tuple, list] = {}
         self.read = 0  # events that reached lognet, decoded or counted
+        # While a flood is on: how many closes each end had (see flood_endpoints()), since when
+        self.endpoints: Counter[tuple] | None = None
+        self.tallied_since = 0.0
         self.cost = EVENT_COST  # CPU seconds to count one, as last measured
         self.unheard: dict[int, int] = {}  # netns -> TCP closes counted as unheard, not yet taken
 
@@ -2106,9 +2226,17 @@ class CloseEvents:
         """Read the events that have arrived from one namespace: counted when known (what is
         known of the sockets reported) is given, else decoded. Return how many were read."""
         started, before = time.thread_time(), self.read
-        chunks = [chunk for events in ns.events.values() for chunk in events.events()]
+        chunks, isolated = ns.overlap.sift(
+            [chunk for events in ns.events.values() for chunk in events.events(EVENTS_READ)],
+            drained=not any(events.more for events in ns.events.values()))
+        ns.heard += isolated  # an isolated group's, queued before its filter: counted for it (see Isolation)
         if not chunks:
             return 0
+        if self.endpoints is not None:
+            for data, _ in chunks:
+                for kind, start, _ in netlink_messages(data):
+                    if kind == SOCK_DIAG_BY_FAMILY:
+                        tally_ends(self.endpoints, data, start, ns.inode)
         if known is not None:
             chunks = self.count(ns, chunks, known())
             if self.read - before >= 100:  # enough to measure the cost of one
@@ -2163,6 +2291,27 @@ class CloseEvents:
                     entry[0] += 1
                 self.read += 1
         return alive
+
+    def tally(self, on: bool) -> None:
+        """Count each close's two ends from now (see flood_endpoints()), or stop."""
+        if on and self.endpoints is None:
+            self.endpoints, self.tallied_since = Counter(), time.monotonic()
+        elif not on:
+            self.endpoints = None
+
+    def flood_endpoints(self, rate: float) -> list[tuple[FloodGroup, float]]:
+        """The ends (address and port: a service's, or a peer's) that closes had at `rate` a
+        second or more since the tally began, the busiest first, with their rate; the tally
+        begins again. A flood's sockets share one end, the service they come to: each
+        socket's other end is a port of its own."""
+        seconds = time.monotonic() - self.tallied_since
+        if self.endpoints is None or seconds < ISOLATE_TALLY:
+            return []
+        found = [(FloodGroup(netns, family, address, int.from_bytes(port, "big")), count / seconds)
+                 for (netns, family, address, port), count in self.endpoints.most_common(ISOLATED_MAX * 2)
+                 if count / seconds >= rate and port != b"\0\0"]
+        self.endpoints, self.tallied_since = Counter(), time.monotonic()
+        return found
 
     def take_departures(self) -> list[Closed]:
         departures, self.departures = self.departures, []
@@ -2253,6 +2402,14 @@ class Shedding:
             # closes were counted, and a minute later (TCP's TIME_WAIT) they are gone.
             self.timewait_hidden_until = now + TIME_WAIT_SECONDS
 
+    def resume(self, namespaces: Namespaces) -> None:
+        """Join TCP's close events again wherever they were paused (the flood isolated): the
+        closes unheard meanwhile are counted at the next calm poll, as ever."""
+        if self.opens_seen:
+            for ns in namespaces:
+                ns.resume()
+            self.opens_seen.clear()
+
     def hides_timewait(self) -> bool:
         """Whether a dump leaves out the TIME_WAIT sockets (those known before stay)."""
         return self.clock() < self.timewait_hidden_until
@@ -2269,6 +2426,274 @@ class Shedding:
         for ns in {*dumped, *(ns for ns in namespaces if ns.settling)}:
             if ns.counters is not None:
                 close_events.count_unheard(ns)
+
+##############################################################################
+# Sources: the Linux engine. Isolating a flood
+##############################################################################
+
+# Over the CPU budget under a flood, lognet first looks for what makes it: the ends that
+# closes come to at a flood's rate (FloodGroup), almost always one service hammered or one
+# peer. Up to ISOLATED_MAX of them at once are isolated: their close events, tracepoint
+# samples and dump entries are left out in the kernel, and a counting socket for each of
+# their two ends counts their closes exactly, for their summaries: the kernel's count of the
+# events it could not queue (COUNTING_BUFFER holds one or two), and those it did. Every other
+# connection keeps its full detail. A group whose closes fall under ISOLATE_END_RATE a second
+# for ISOLATE_QUIET seconds is let go; its counts are read at each poll, and every
+# ISOLATE_COUNT_EVERY seconds between.
+ISOLATED_MAX = 4
+ISOLATE_END_RATE = FLOOD_RATE / 4
+ISOLATE_QUIET = 5.0
+ISOLATE_COUNT_EVERY = 1.0
+ISOLATE_TALLY = 0.05  # seconds of closes tallied, at least, to tell a flood's groups by
+ISOLATE_CHANGE = 0.5  # seconds a group's filters take to go on or off everywhere (see Isolation)
+COUNTING_BUFFER = 1  # raised by the kernel to its least (SOCK_MIN_RCVBUF)
+
+
+class FloodGroup(NamedTuple):
+    """What a flood's sockets share: one end, in one namespace: the address and port of the
+    service they come to (or of the peer); each socket's other end is a port of its own."""
+
+    netns: int | None
+    family: int
+    address: bytes  # packed: 4 bytes for IPv4, 16 for IPv6
+    port: int
+
+    def endpoint(self) -> str:
+        address = socket.inet_ntop(self.family, self.address)
+        return f"[{address}]:{self.port}" if self.family == socket.AF_INET6 else f"{address}:{self.port}"
+
+    def ends(self) -> list[tuple[int, bytes, int, bool]]:
+        """Its sockets' ends, as dump_bytecode() and endpoint_program() take them: those whose
+        local end it is (accepted), and those whose remote end it is (connected)."""
+        return [(self.family, self.address, self.port, local) for local in (True, False)]
+
+    def trace_clause(self) -> str | None:
+        """What leaves its sockets' samples out of a tracepoint ring, in ftrace's syntax, where
+        one can: a tracepoint's IPv4 address compares as a u32, an IPv6 one not at all; and a
+        sample has no namespace, so the same end in another namespace is left out too."""
+        if self.family != socket.AF_INET:
+            return None
+        address = struct.unpack("=I", self.address)[0]
+        return f"!(saddr == {address} && sport == {self.port}) && !(daddr == {address} && dport == {self.port})"
+
+
+class Isolated:
+    """A group isolated: each end's counting socket (local: True), and what they counted."""
+
+    def __init__(self, counters: dict[bool, SockDiag], owners: dict[bool, int | None], rate: float, now: float):
+        self.counters = counters
+        self.owners = owners  # the pid that held each end, as lognet knew it when isolating
+        self.drops = dict.fromkeys(counters, 0)  # what each counter's kernel count said when last read
+        self.counted = dict.fromkeys(counters, 0)  # closes counted and not yet taken
+        self.rate = rate  # its closes a second, as last counted
+        self.counted_at = now
+        self.quiet_since: float | None = None
+        self.changing_until = now + ISOLATE_CHANGE  # see Isolation: until then, its events may come to both sockets
+
+
+class Isolation:
+    """The flood groups isolated now, in every namespace (see FloodGroup).
+
+    A group's filters go on and off while its closes go on: for a moment (ISOLATE_CHANGE
+    seconds) an event may come both to the namespace's close events and to the group's
+    counters. Meanwhile the counters queue every event, and each side notes the cookies of
+    the group's events it met (Namespace.overlap): the other side skips what the first had,
+    so each close is a line or a count, once."""
+
+    def __init__(self, base: bytes | None, clock: Callable[[], float]):
+        self.base = base  # the close events' program of the filters (close_filter()), if any
+        self.clock = clock
+        self.groups: dict[FloodGroup, Isolated] = {}
+        self.leaving: dict[FloodGroup, Isolated] = {}  # let go, their counters still counting the moment it took
+        self.released: dict[FloodGroup, Isolated] = {}  # let go, their last counts not yet taken
+        self.counted_at = clock()
+
+    def counting(self) -> bool:
+        """Whether a group has counters to read."""
+        return bool(self.groups or self.leaving)
+
+    def trace_clause(self) -> str:
+        """What leaves every isolated group's samples out of the tracepoint rings."""
+        return joined_filter(*(group.trace_clause() for group in self.groups)) or ""
+
+    def isolate(self, group: FloodGroup, ns: Namespace, rate: float, owners: dict[bool, int | None]) -> None:
+        """Count one group's closes apart from now, and leave them out of the namespace's
+        close events and dumps: the counters join first, then the close events leave."""
+        counters = {}
+        try:
+            for end in group.ends():
+                counter = counters[end[3]] = ns.inside(SockDiag)
+                attach_filter(counter.sock, endpoint_program([end], False, self.base))
+                counter.subscribe([DESTROY_GROUPS[group.family, socket.IPPROTO_TCP]])
+        except OSError:
+            for counter in counters.values():
+                counter.close()
+            raise
+        isolated = self.groups[group] = Isolated(counters, owners, rate, self.clock())
+        ns.overlap.isolated.update((end, (isolated, end[3])) for end in group.ends())
+        ns.overlap.begin(group.ends())
+        self._refilter(ns)
+
+    def release(self, group: FloodGroup, ns: Namespace | None) -> None:
+        """Let a group go: its closes come to the namespace's close events again, and its
+        counters count a moment more (ISOLATE_CHANGE), then close."""
+        isolated = self.leaving[group] = self.groups.pop(group)
+        isolated.changing_until = self.clock() + ISOLATE_CHANGE
+        if ns is None:
+            return
+        for local, counter in isolated.counters.items():
+            counter.buffer(EVENT_BUFFER)  # every event queued, with its cookie, from here
+            self._read(ns, isolated, local)  # the kernel's count is whole once the queue is read
+        for end in group.ends():
+            ns.overlap.isolated.pop(end, None)
+        ns.overlap.begin(group.ends())
+        self._refilter(ns)
+
+    def _refilter(self, ns: Namespace) -> None:
+        """The namespace's TCP close events and dumps without the groups isolated in it."""
+        ends = [end for group in self.groups if group.netns == ns.inode for end in group.ends()]
+        attach_filter(ns.events[socket.IPPROTO_TCP].sock,
+                      endpoint_program(ends, True, self.base) if ends else self.base or ACCEPT_ALL)
+        ns.dump_filters = {family: dump_bytecode(end for end in ends if end[0] == family)
+                           for family in {end[0] for end in ends}}
+
+    def _read(self, ns: Namespace, isolated: Isolated, local: bool) -> None:
+        """Count what one counter has: the events it queued (but those the namespace's close
+        events had while the filters changed), then the kernel's count of those it could not queue."""
+        counter, counted = isolated.counters[local], 0
+        for data, _ in counter.events():
+            counted += sum(ns.overlap.counted(data[start + DIAG_COOKIE:start + DIAG_COOKIE_END])
+                           for kind, start, _ in netlink_messages(data) if kind == SOCK_DIAG_BY_FAMILY)
+        drops = ns.drops_of(counter)
+        counted += drops - isolated.drops[local]
+        isolated.drops[local] = drops
+        isolated.counted[local] += counted
+        ns.heard += counted  # heard, as Namespace.settle() counts the kernel's closes
+
+    def count(self, namespaces: Namespaces) -> list[FloodGroup]:
+        """Read every group's counters, end the moments of change that are over; return the
+        groups quiet long enough to let go."""
+        now, quiet = self.clock(), []
+        for group, isolated in [*self.groups.items(), *self.leaving.items()]:
+            ns = namespaces.by_inode.get(group.netns)
+            if ns is None:
+                if group in self.groups:
+                    quiet.append(group)
+                continue
+            before = sum(isolated.counted.values())
+            for local in isolated.counters:
+                self._read(ns, isolated, local)
+            isolated.rate = (sum(isolated.counted.values()) - before) / max(now - isolated.counted_at, 1e-3)
+            isolated.counted_at = now
+            if isolated.changing_until is not None and now >= isolated.changing_until:
+                isolated.changing_until = None
+                ns.overlap.end(group.ends())
+                for counter in isolated.counters.values():
+                    # isolated: from now on the kernel counts what it cannot queue; let go: closed
+                    if group in self.groups:
+                        counter.buffer(COUNTING_BUFFER)
+                    else:
+                        counter.close()
+                if group in self.leaving:
+                    self.released[group] = self.leaving.pop(group)
+            if group not in self.groups:
+                continue
+            if isolated.rate >= ISOLATE_END_RATE:
+                isolated.quiet_since = None
+            elif isolated.quiet_since is None:
+                isolated.quiet_since = now
+            elif now - isolated.quiet_since >= ISOLATE_QUIET:
+                quiet.append(group)
+        self.counted_at = now
+        return quiet
+
+    def take(self) -> list[tuple[FloodGroup, bool, int, int | None]]:
+        """The closes counted since the last call: (group, local end, count, its holder's pid)."""
+        taken = []
+        for group, isolated in [*self.groups.items(), *self.leaving.items(), *self.released.items()]:
+            for local, count in isolated.counted.items():
+                if count:
+                    taken.append((group, local, count, isolated.owners[local]))
+                isolated.counted[local] = 0
+        self.released = {}
+        return taken
+
+    def close(self) -> None:
+        for isolated in [*self.groups.values(), *self.leaving.values()]:
+            for counter in isolated.counters.values():
+                counter.close()
+
+
+class Overlap:
+    """A namespace's side of Isolation: the ends of its isolated groups, whose close events
+    that still come (queued before their filter) are counted for them, not decoded; and of
+    the groups whose filters are changing, with the cookies of their events that came to one
+    side only so far."""
+
+    def __init__(self):
+        self.isolated: dict[tuple, tuple[Isolated, bool]] = {}  # end -> its group's counts, and whether local
+        self.changing: list[tuple[int, bytes, int, bool]] = []
+        self.heard: set[bytes] = set()  # had by the close events: a counter skips them
+        self.counted_apart: set[bytes] = set()  # counted by a counter: the close events skip them
+        self.closing = False  # no change goes on: once the close events are read out, forget
+
+    def begin(self, ends: list) -> None:
+        self.changing += ends
+        self.closing = False
+
+    def end(self, ends: list) -> None:
+        self.changing = [end for end in self.changing if end not in ends]
+        self.closing = not self.changing
+
+    def counted(self, cookie: bytes) -> bool:
+        """Whether a counter counts this event: not if the close events had it."""
+        if cookie in self.heard:
+            self.heard.discard(cookie)
+            return False
+        if self.changing:
+            self.counted_apart.add(cookie)
+        return True
+
+    def sift(self, chunks: list[tuple[bytes, int]], drained: bool) -> tuple[list[tuple[bytes, int]], int]:
+        """The close events (data, group mask) that are to be decoded or counted as ever, and
+        how many were an isolated group's, counted for it: none that a counter counted. Those
+        of groups changing are noted. drained: these are the last that have come, so once no
+        change goes on, what is noted is forgotten."""
+        if not (self.isolated or self.changing or self.counted_apart or self.heard):
+            return chunks, 0
+        kept, counted, ends = [], 0, [*self.isolated, *self.changing]
+        for data, group in chunks:
+            for _, start, end in netlink_messages(data):
+                cookie = data[start + DIAG_COOKIE:start + DIAG_COOKIE_END]
+                if cookie in self.counted_apart:
+                    self.counted_apart.discard(cookie)
+                    continue
+                matched = end_of(data, start, ends)
+                if matched in self.changing:
+                    self.heard.add(cookie)
+                if matched in self.isolated:
+                    isolated, local = self.isolated[matched]
+                    isolated.counted[local] += 1
+                    counted += 1
+                    continue
+                kept.append((data[start - NLMSG_HEADER.size:end], group))
+        if self.closing and drained:
+            self.heard, self.counted_apart, self.closing = set(), set(), False
+        return kept, counted
+
+
+def end_of(data: bytes, start: int, ends: list[tuple[int, bytes, int, bool]]) -> tuple | None:
+    """Which of these ends the socket of a close event has (as endpoint_program() judges it), if any."""
+    if data[start + DIAG_DPORT:start + DIAG_SRC] == b"\0\0":
+        return None  # a listener
+    for end in ends:
+        family, packed, port, local = end
+        where, at = (DIAG_SPORT, DIAG_SRC) if local else (DIAG_DPORT, DIAG_DST)
+        if (data[start] == family and data[start + where:start + where + 2] == port.to_bytes(2, "big")
+                and data[start + at:start + at + len(packed)] == packed):
+            return end
+    return None
+
 
 ##############################################################################
 # Sources: the Linux engine. Kernel events (tracepoints, through perf_event_open)
@@ -2621,6 +3046,7 @@ TCP_ESTABLISHED, TCP_SYN_SENT, TCP_SYN_RECV, TCP_FIN_WAIT1, TCP_CLOSE, TCP_CLOSE
     1, 2, 3, 4, 7, 8, 9)
 SOCK_STATE_TRACEPOINT = "sock/inet_sock_set_state"
 DESTROY_TRACEPOINT = "tcp/tcp_destroy_sock"  # its cookie, which joins the kernel's close
+TCP_TRACEPOINTS = frozenset((SOCK_STATE_TRACEPOINT, DESTROY_TRACEPOINT))
 CONNECT_FILTER = f"protocol == 6 && oldstate == {TCP_CLOSE} && newstate == {TCP_SYN_SENT}"
 STATE_FILTER = (f"protocol == 6 && ((oldstate == {TCP_CLOSE} && newstate == {TCP_SYN_SENT}) || "
                 f"oldstate == {TCP_SYN_SENT} || (oldstate == {TCP_SYN_RECV} && newstate == "
@@ -2718,6 +3144,11 @@ class KernelOwners:
             put_latest(self.sockets, skaddr, known, self.kept)
         return named
 
+    def connector(self, family: int, raddr: tuple) -> int | None:
+        """The process that made the most of the connections to raddr that are remembered."""
+        pids = Counter(owner.pid for (kind, _, remote), owner in self.tcp.items() if remote == raddr and kind == family)
+        return pids.most_common(1)[0][0] if pids else None
+
     def owner(self, conn: Connection) -> Owner | None:
         """What the kernel named of a live socket with conn's addresses, if it did."""
         if conn.type == socket.SOCK_STREAM:
@@ -2739,6 +3170,11 @@ def udp_owner(senders: tuple[tuple[int, int], ...] | None) -> Owner | None:
         return None
     first, pid = senders[-1]
     return Owner(pid, first, "out")
+
+
+def joined_filter(*clauses: str | None) -> str | None:
+    """Filters in ftrace's syntax that a sample must all pass."""
+    return " && ".join(clause for clause in clauses if clause) or None
 
 
 class KernelEvents:
@@ -2768,11 +3204,16 @@ class KernelEvents:
             bells += [(ROUTE_TRACEPOINTS[family], ROUTE_FILTER) for family in sorted(families)]
         found = tracepoints({name for name, *_ in wanted})
         self.rings: list[tuple[TracepointRing, struct.Struct, Callable]] = []  # with its fields' layout, its maker
+        self.filters: list[str | None] = []  # each ring's filter, as it began
+        self.excluded = ""  # what exclude() leaves out of every ring, in ftrace's syntax
+        self.carried: list = []  # events read from rings since closed, not yet learned
+        self.lost_before = 0  # samples lost by rings since closed
         self.doorbells: list[tuple[TracepointRing, str]] = []  # with the filter they began with
         try:
             for name, event_filter, fields, make in wanted:
                 self.rings.append((TracepointRing(found[name], event_filter, wakes=False),
                                    found[name].layout(fields), make))
+                self.filters.append(event_filter)
             for name, event_filter in bells:
                 self.doorbells.append((TracepointRing(found[name], event_filter), event_filter))
         except OSError:
@@ -2798,7 +3239,7 @@ class KernelEvents:
     @property
     def lost(self) -> int:
         """Samples the kernel could not fit in a ring (PERF_RECORD_LOST): owners not named."""
-        return sum(ring.lost for ring, *_ in self.rings)
+        return self.lost_before + sum(ring.lost for ring, *_ in self.rings)
 
     def pause(self, paused: bool) -> None:
         """Stop the events in the kernel, under a flood (nothing is sampled), or start them again."""
@@ -2817,6 +3258,7 @@ class KernelEvents:
         if self.rang or self.muted:
             self._mute_busy()
         events = [make(*record) for ring, layout, make in self.rings for record in ring.records(layout)]
+        events, self.carried = self.carried + events, []
         events.sort(key=operator.itemgetter(0))  # each event's time
         named.update(self.owners.learn(event) for event in events)
         named.discard(None)
@@ -2832,17 +3274,43 @@ class KernelEvents:
         if now - self.window_start >= 1.0:
             self.rang.clear()
             self.window_start = now
-        if muted.keys() != self.muted.keys():
-            # A perf event's filter is set once: the doorbells are opened again with the new one.
-            others = "".join(f" && common_pid != {tid}" for tid in sorted(muted))
-            bells, self.doorbells = self.doorbells, []
-            for ring, event_filter in bells:
-                ring.close()
-                self.doorbells.append((TracepointRing(ring.tracepoint, event_filter + others), event_filter))
-                if self.paused:
-                    self.doorbells[-1][0].enable(False)
-            self.all_fds = self._fds()
-        self.muted = muted
+        changed, self.muted = muted.keys() != self.muted.keys(), muted
+        if changed:
+            self._open_doorbells()
+
+    def _open_doorbells(self) -> None:
+        """Open the doorbells again, without the muted threads and what is excluded: a perf
+        event's filter is set once."""
+        others = "".join(f" && common_pid != {tid}" for tid in sorted(self.muted))
+        bells, self.doorbells = self.doorbells, []
+        for ring, event_filter in bells:
+            ring.close()
+            self.doorbells.append((TracepointRing(ring.tracepoint, joined_filter(
+                event_filter + others, self.excluded if ring.tracepoint.name in TCP_TRACEPOINTS else None)),
+                event_filter))
+            if self.paused:
+                self.doorbells[-1][0].enable(False)
+        self.all_fds = self._fds()
+
+    def exclude(self, clause: str) -> None:
+        """Leave out of every ring, in the kernel, the samples that clause (ftrace's syntax)
+        leaves out: a flood's (see Isolation). Each ring is opened afresh with it before the
+        old one is read and closed, so that no sample of another socket is missed between."""
+        if clause == self.excluded:
+            return
+        self.excluded = clause
+        old, self.rings = self.rings, []
+        for (ring, layout, make), event_filter in zip(old, self.filters):
+            tcp = ring.tracepoint.name in TCP_TRACEPOINTS  # a route's sample has no TCP ends
+            self.rings.append((TracepointRing(ring.tracepoint, joined_filter(event_filter, clause if tcp else None),
+                                              wakes=False), layout, make))
+            if self.paused:
+                self.rings[-1][0].enable(False)
+        for ring, layout, make in old:
+            self.carried += [make(*record) for record in ring.records(layout)]  # one in both is learned twice, alike
+            self.lost_before += ring.lost
+            ring.close()
+        self._open_doorbells()
 
     def owner(self, conn: Connection) -> int | None:
         """The pid the kernel's events named for a live socket."""
@@ -2989,7 +3457,7 @@ class SocketTable:
             else:
                 kinds = KernelCounters.kinds_in_use(signatures[ns.inode])
                 for family, protocol in (pair for pair in self.pairs if pair in kinds):
-                    for key, place in dump_messages(ns.diag.dump(family, protocol, states)).items():
+                    for key, place in dump_messages(ns.dump(family, protocol, states)).items():
                         table[key] = before.get(key) or decode_socket(*place, protocol, ns.inode)
             if self.budget is not None:
                 self.budget.count(len(table.keys() - before.keys()))  # sockets opened (or moved on) since
@@ -3018,7 +3486,7 @@ class SocketTable:
         for ns in namespaces:
             known = self.records.get(ns.inode, {})
             for family, protocol in self.pairs:
-                messages = dump_messages(ns.diag.dump(family, protocol, OWNED_STATES))
+                messages = dump_messages(ns.dump(family, protocol, OWNED_STATES))
                 for key in messages.keys() - known.keys() - self.decoded_keys:
                     record = decode_socket(*messages[key], protocol, ns.inode)
                     if record.inode and record.cookie not in self.cookies_reported and (
@@ -3093,6 +3561,7 @@ class NetlinkSource(Source):
                                  events.owner if events else None)
         self.close_events = CloseEvents(self.names, now, budget)
         self.shedding = Shedding(budget, clock)
+        self.isolation = Isolation(program, clock)
         self.dumped: list[Namespace] = []  # the namespaces the last poll dumped
         if not self.namespaces.own.events:
             warn(f"close events are not available ({self.namespaces.own.refusal}); closes are seen by polling only")
@@ -3145,8 +3614,64 @@ class NetlinkSource(Source):
         # What the watcher found and the close events read is CPU spent already: the poll writes a line of each.
         self.shedding.take_level(len(self.close_events.departures) + len(self.table.arrivals), self.namespaces,
                                  self.close_events.cost)
+        self.close_events.tally(self.budget is not None and self.budget.flood)
+        if self.shed >= SHED_POLLS:
+            self._isolate()
+        if self.isolation.counting() and self._clock() - self.isolation.counted_at >= ISOLATE_COUNT_EVERY:
+            self._count_isolated()
         if self.kernel_events is not None:  # under a flood, the owners of short connections go first
             self.kernel_events.pause(self.shed >= SHED_WATCHER)
+
+    def _isolate(self) -> None:
+        """Over the budget under a flood: isolate the groups that make it, if any is new and
+        there is room (see Isolation); then the host's detail is back, and the budget starts
+        afresh without the flood."""
+        isolated = self.isolation.groups
+        found = [(group, rate) for group, rate in self.close_events.flood_endpoints(FLOOD_RATE)
+                 if group not in isolated and group.netns in self.namespaces.by_inode
+                 and socket.IPPROTO_TCP in self.namespaces[group.netns].events]
+        for group, rate in found[:ISOLATED_MAX - len(isolated)]:
+            try:
+                self.isolation.isolate(group, self.namespaces[group.netns], rate, self._holders(group))
+            except OSError as exc:
+                warn(f"a flood to {group.endpoint()} could not be isolated ({exc.strerror or exc}); "
+                     "the CPU budget sheds for every connection")
+                return
+        if found:
+            if self.kernel_events is not None:
+                self.kernel_events.exclude(self.isolation.trace_clause())
+            self.shedding.resume(self.namespaces)
+            self.budget.restart()
+            self.budget.hold(0)
+
+    def _holders(self, group: FloodGroup) -> dict[bool, int | None]:
+        """Who holds a group's ends, as far as lognet knows: its listener, and the process that connected to it."""
+        endpoint = (socket.inet_ntop(group.family, group.address), group.port)
+        wildcard = ("0.0.0.0" if group.family == socket.AF_INET else "::", group.port)
+        listeners = self.table.known().listeners
+        listener = listeners.get((group.netns, group.family, endpoint)) or listeners.get(
+            (group.netns, group.family, wildcard))
+        connector = self.kernel_events.owners.connector(group.family, endpoint) if self.kernel_events else None
+        return {True: listener, False: connector}
+
+    def _count_isolated(self) -> None:
+        """Read the isolated groups' counts, and let go of those quiet for long enough."""
+        quiet = self.isolation.count(self.namespaces)
+        for group in quiet:
+            self.isolation.release(group, self.namespaces.by_inode.get(group.netns))
+        if quiet and self.kernel_events is not None:
+            self.kernel_events.exclude(self.isolation.trace_clause())
+
+    def take_isolated(self) -> list[tuple[FloodGroup, bool, int, int | None]]:
+        with self.lock:
+            if self.isolation.counting():
+                self._count_isolated()
+            return self.isolation.take()
+
+    def isolating(self) -> list[tuple[FloodGroup, float, int | None]]:
+        with self.lock:
+            return [(group, isolated.rate, isolated.owners[True] or isolated.owners[False])
+                    for group, isolated in self.isolation.groups.items()]
 
     def _take_kernel_events(self) -> int:
         """Learn what the kernel's events said since, and read the details of the processes
@@ -3230,7 +3755,14 @@ class NetlinkSource(Source):
             return sum(self._take_closes(ns) for ns in closing) + asked
 
     def _take_closes(self, ns: Namespace) -> int:
-        read = self.close_events.take_from(ns, self.table.known if self.shed >= SHED_CLOSES else None)
+        read = 0
+        for _ in range(EVENTS_READ_ROUNDS):
+            read += self.close_events.take_from(ns, self.table.known if self.shed >= SHED_CLOSES else None)
+            if not any(events.more for events in ns.events.values()):
+                break
+            # A flood comes faster than it is read: the budget decides between batches (it
+            # may isolate the flood, or pause the events), or the reading would never end.
+            self._take_level()
         if read:
             self.namespaces.heard_closes(ns)
         return read
@@ -3257,6 +3789,7 @@ class NetlinkSource(Source):
             return self.names.rhost(conn, pid)
 
     def close(self) -> None:
+        self.isolation.close()
         self.namespaces.close()
         if self.kernel_events is not None:
             self.kernel_events.close()
@@ -4114,6 +4647,7 @@ class W3CFormat:
             text += "".join(f"; netns {netns}: {self._coverage(c)}" for netns, c in stats.closes_by_netns.items())
             text += f"; over the CPU budget {stats.shed_spells} times" if stats.shed_spells else ""
             text += f"; close events paused {stats.pauses} times" if stats.pauses else ""
+            text += f"; shedding: {', '.join(stats.isolated)}" if stats.isolated else ""
         else:
             # from the counts, not the ratio rounded for JSON: rounded twice, 8/42 would read 0.191
             ratio = f"{stats.tcp_seen / stats.tcp_opens:.3f}" if stats.tcp_opens else "-"
@@ -4221,6 +4755,8 @@ def stats_object(stats: Stats) -> dict:
         fields.update(owner_events=stats.owner_events[0], owner_events_lost=stats.owner_events[1])
     if stats.max_cpu is not None:
         fields.update(max_cpu=stats.max_cpu, shed_spells=stats.shed_spells, shedding=stats.shedding)
+    if stats.isolated:
+        fields["isolated"] = list(stats.isolated)
     return {**fields, "polls": stats.polls, "avg_poll_ms": stats.avg_poll_ms, "late": stats.late,
             "dropped": stats.dropped, "held": stats.held}
 
@@ -4947,9 +5483,17 @@ class Poller:
 
     def write_summaries(self, skipped: list[SkippedCloses], unheard: dict[int, int], now: float) -> None:
         """One line for each group of the closes skipped since the last poll (see summaries()),
-        after the processes they name, and one for each namespace's closes while its close
-        events were paused: nothing happens that the log does not at least count."""
+        after the processes they name, one for each end of an isolated flood group that closed
+        since, and one for each namespace's closes while its close events were paused:
+        nothing happens that the log does not at least count."""
         summaries = self.summaries(skipped)
+        for group, local, count, pid in self.source.take_isolated():
+            self.count_closes(group.netns, socket.SOCK_STREAM, CloseCounts(skipped=count))
+            address = socket.inet_ntop(group.family, group.address)
+            attrib = None if pid is None else "listener" if local else "kernel"
+            summaries.append(Summary(count, group.netns, pid, attrib, "TCP", "in" if local else "out",
+                                     None if local else address, None if local else group.port,
+                                     group.port if local else None))
         for netns, count in unheard.items():
             self.count_closes(netns, socket.SOCK_STREAM, CloseCounts(unheard=count))
             summaries.append(Summary(count, netns, None, "unheard", "TCP", None, None, None, None))
@@ -4958,6 +5502,11 @@ class Poller:
         owners, new_processes = self.source.processes({s.pid for s in summaries if s.pid is not None})
         summary = self.outputs.connections.format.summary
         self.write_lines([summary(s, owners.get(s.pid), now) for s in summaries], new_processes, now)
+
+    def isolated(self) -> list[str]:
+        """The flood groups isolated now, for a reader: 'nginx 127.0.0.1:18383 (12,700/s)'."""
+        return [f"{self.source.process_name(pid) or '-'} {group.endpoint()} ({rate:,.0f}/s)"
+                for group, rate, pid in self.source.isolating()]
 
     def intervals_to_next_poll(self) -> int:
         """How many intervals until the next poll: more than one at the last step of shedding."""
@@ -5001,7 +5550,7 @@ class Poller:
                      SHED_STEPS[budget.shed] or None if budget else None, self.polls,
                      round(self.poll_seconds / max(1, self.polls) * 1e3, 3), sum(sink.total_late for sink in sinks),
                      sum(sink.total_dropped + sink.dropped for sink in sinks), sum(len(sink.pending) for sink in sinks),
-                     self.source.owner_events())
+                     self.source.owner_events(), tuple(self.isolated()))
 
     def write_stats(self) -> None:
         """The statistics remark, to every connections output."""
@@ -5067,6 +5616,8 @@ class StatusLine:
                                   f"{poller.last_poll_seconds * 1e3:.0f}")
         shed = poller.budget.shed if poller.budget is not None else 0
         shedding = f", over {poller.config.max_cpu:g}% CPU: {SHED_STEPS[shed]}" if shed else ""
+        isolated = poller.isolated()
+        shedding += f", shedding: {', '.join(isolated)}" if isolated else ""
         counts = f"lognet: {polls} polls, {live} live connections, {lines} lines written, last poll {ms} ms{shedding}"
         brief = f"lognet: {polls} polls, {live} live, {lines} lines, {ms} ms" + (", shedding" if shed else "")
         for text in (f"{counts} -> {self.paths}", f"{counts} -> {self.short_paths}", counts, brief):
@@ -5852,7 +6403,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cpu", type=cpu_percent, default=DEFAULT_MAX_CPU, metavar="PERCENT",
                         help=f"CPU budget, in percent of one core (default {DEFAULT_MAX_CPU:g}): over it under a "
                              f"flood (sockets opening or closing at {FLOOD_RATE} a second or more), lognet sheds "
-                             "work: full polls first, which loses nothing, then the watcher's dumps and the kernel's "
+                             f"work: first the flood's own connections, up to {ISOLATED_MAX} groups (a service's or "
+                             "peer's address and port), summarized with their process while every other connection "
+                             "keeps its lines; for a flood with no such group, full polls, which loses nothing, then "
+                             "the watcher's dumps and the kernel's "
                              "events, then decoding "
                              "close events, which are counted and summarized, then TCP's close events, whose closes "
                              "the kernel's counters count; 100: never")

@@ -504,17 +504,19 @@ http {{
     access_log {access_log};
     client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
     uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
-    server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
+    server {{ listen {host}:{port}; location / {{ return 200 "ok\\n"; }} }}
 }}
 """
 
 
-def start_nginx(folder: Path, workers: int = 1, access_log: bool = False) -> tuple[subprocess.Popen, int]:
-    """nginx serving `return 200` on a free loopback port, its files in folder; with
-    access_log, each request's worker ($pid) and peer port in folder/nginx-access.log."""
+def start_nginx(folder: Path, workers: int = 1, access_log: bool = False, host: str = "127.0.0.1"
+                ) -> tuple[subprocess.Popen, int]:
+    """nginx serving `return 200` on a free port of host (loopback's unless given), its files in
+    folder; with access_log, each request's worker ($pid) and peer port in folder/nginx-access.log."""
     port = free_port()
     log = f"{folder}/nginx-access.log workers" if access_log else "off"
-    (folder / "nginx.conf").write_text(NGINX_CONF.format(tmp=folder, port=port, workers=workers, access_log=log))
+    (folder / "nginx.conf").write_text(NGINX_CONF.format(tmp=folder, host=host, port=port, workers=workers,
+                                                         access_log=log))
     nginx = subprocess.Popen([shutil.which("nginx", path="/usr/sbin:/usr/bin"), "-c", str(folder / "nginx.conf"),
                               "-p", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return nginx, port
@@ -534,10 +536,17 @@ def tcp_opens() -> int:
                    if name in ("ActiveOpens", "PassiveOpens"))
 
 
-def ab(port: int, requests: int) -> dict:
-    """ApacheBench against nginx on 127.0.0.1: `requests` requests, 4 at a time, each its own connection."""
-    result = subprocess.run(["ab", "-q", "-n", str(requests), "-c", "4", f"http://127.0.0.1:{port}/"],
-                            capture_output=True, text=True, timeout=600)
+def ab(port: int, requests: int, concurrency: int = 4) -> dict:
+    """ApacheBench against nginx on 127.0.0.1: `requests` requests, `concurrency` at a time, each its own connection."""
+    return ab_figures(subprocess.run(ab_argv(port, requests, concurrency), capture_output=True, text=True, timeout=600))
+
+
+def ab_argv(port: int, requests: int, concurrency: int) -> list[str]:
+    return ["ab", "-q", "-n", str(requests), "-c", str(concurrency), f"http://127.0.0.1:{port}/"]
+
+
+def ab_figures(result) -> dict:
+    """ab's requests a second and its seconds, from its finished run (returncode, stdout, stderr)."""
     figures = dict(line.split(":", 1) for line in result.stdout.splitlines() if ":" in line)
     if result.returncode != 0 or int(figures["Failed requests"]) != 0:
         raise RuntimeError(f"ab failed: {result.stdout[-400:]} {result.stderr[-400:]}")
@@ -605,6 +614,163 @@ def flood_cost(tmp: Path, requests: int, rounds: int) -> dict:
         report["against"] = {"lognet": str(AGAINST), "rps_with": statistics.median(r["rps"] for r in theirs),
                              "cpu_share": statistics.median(r["cpu_share"] for r in theirs)}
     return report
+
+
+ISOLATION_TARGET = "192.0.2.80"  # the other process's 'remote' server, on the benchmark's own lo
+# A client of a web server: `count` connections, each held `hold` seconds after its answer,
+# `gap` seconds apart; it says its pid, then each local port.
+HELD_CLIENT = """
+import os, socket, sys, time
+host, port, count, hold, gap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+print(os.getpid(), flush=True)
+for _ in range(count):
+    with socket.create_connection((host, port), timeout=10) as conn:
+        conn.sendall(b"GET /lnbench-held HTTP/1.1\\r\\nHost: lnbench\\r\\n\\r\\n")
+        conn.recv(4096)
+        print(conn.getsockname()[1], flush=True)
+        time.sleep(hold)
+    time.sleep(gap)
+"""
+
+
+def other_connections(variant: str, port: int, count: int = 10) -> dict[tuple[str, str], str]:
+    """Another process's connections to ISOLATION_TARGET:port, by its own record: (local
+    port, remote port) -> its pid. '1 s' and '100 ms': one client holding each connection that
+    long, one every 0.3 s more; 'curl': a curl run each, 0.3 s apart."""
+    if variant == "curl":
+        made = {}
+        for _ in range(count):
+            curl = subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-w", "%{local_port}",
+                                     f"http://{ISOLATION_TARGET}:{port}/lnbench-curl"],
+                                    stdout=subprocess.PIPE, text=True)
+            made[(curl.communicate(timeout=30)[0].strip(), str(port))] = str(curl.pid)
+            time.sleep(0.3)
+        return made
+    hold = {"1 s": 1.0, "100 ms": 0.1}[variant]
+    pid, *ports = subprocess.run([sys.executable, "-c", HELD_CLIENT, ISOLATION_TARGET, str(port), str(count), str(hold),
+                                  "0.3"], capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    return {(local, str(port)): pid for local in ports}
+
+
+def isolated_run(folder: Path, version: Path, port: int, target_port: int, requests: int, variant: str) -> dict:
+    """One version of lognet at its defaults (--fields +event,attrib) while ab floods nginx on
+    port, 8 at a time, and another process connects to the target meanwhile: ab's rate,
+    lognet's CPU while ab ran, that process's connections logged with its pid, lognet's
+    accounting against the kernel's TCP opens, and what its last statistics said it isolated."""
+    log = folder / "c.log"
+    for path in (log, folder / "p.log"):
+        path.unlink(missing_ok=True)
+    argv = lognet_argv(folder, "--fields", "+event,attrib", "--stats-interval", "3600", engine="netlink")
+    proc = subprocess.Popen([argv[0], str(version), *argv[2:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: log.exists() and "#Fields" in log.read_text(), 30)
+    time.sleep(2 * lognet.DEFAULT_INTERVAL)  # its first polls
+    opens, before = tcp_opens(), psutil.Process(proc.pid).cpu_times()
+    bench = subprocess.Popen(ab_argv(port, requests, 8), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # the flood is on
+    expected = other_connections(variant, target_port)
+    out, err = bench.communicate(timeout=600)
+    after = psutil.Process(proc.pid).cpu_times()
+    run = ab_figures(subprocess.CompletedProcess(bench.args, bench.returncode, out, err))
+    time.sleep(4)  # the last closes are read
+    proc.send_signal(signal.SIGTERM)
+    if proc.wait(timeout=60) != 0:
+        raise RuntimeError(f"{version} exited {proc.returncode}")
+    lines = log.read_text().splitlines()
+    remark = [line for line in lines if line.startswith("#Remark: coverage")][-1]
+    return {"version": str(version), "variant": variant, **run, "other": named_share(rows_of(log), expected),
+            "cpu_share": (after.user + after.system - before.user - before.system) / run["seconds"],
+            "kernel_tcp_opens": tcp_opens() - opens, **coverage_counts(log),
+            "isolated": remark.split("; shedding: ")[1].split(";")[0] if "; shedding: " in remark else "",
+            "paused": "close events paused" in remark}
+
+
+def many_ports_run(folder: Path, version: Path, connections: int, listeners: int) -> dict:
+    """A flood with no group to isolate: one process connecting to many ports of its own in
+    turn. lognet's accounting against the kernel's TCP opens, and whether it paused."""
+    log = folder / "c.log"
+    for path in (log, folder / "p.log"):
+        path.unlink(missing_ok=True)
+    argv = lognet_argv(folder, "--stats-interval", "3600", engine="netlink")
+    proc = subprocess.Popen([argv[0], str(version), *argv[2:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    load = Load()
+    try:
+        wait_until(lambda: log.exists() and "#Fields" in log.read_text(), 30)
+        time.sleep(2 * lognet.DEFAULT_INTERVAL)
+        opens = tcp_opens()
+        flood = load.start("flood", "--count", connections, "--listeners", listeners)
+        flood.stdin.write("go\n")
+        flood.stdin.flush()
+        done = int(flood.stdout.readline().split()[1])
+    finally:
+        load.stop()  # its listeners close: one close each, and no open
+    time.sleep(2 * lognet.DEFAULT_INTERVAL)
+    proc.send_signal(signal.SIGTERM)
+    if proc.wait(timeout=60) != 0:
+        raise RuntimeError(f"{version} exited {proc.returncode}")
+    remark = [line for line in log.read_text().splitlines() if line.startswith("#Remark: coverage")][-1]
+    return {"version": str(version), "connections": done, "listeners": listeners,
+            "kernel_tcp_opens": tcp_opens() - opens,
+            **coverage_counts(log), "paused": "close events paused" in remark,
+            "isolated": "; shedding: " in remark, "summaries": sum(1 for line in log.read_text().splitlines()
+                                                                   if line.startswith("#Remark: skipped"))}
+
+
+def isolation_part(tmp: Path, requests: int) -> dict:
+    """The flood of issue 29: nginx (two workers) on 127.0.0.1 flooded by ab, 8 at a time,
+    while another process connects to a web server on ISOLATION_TARGET (put on this
+    namespace's lo): ab alone, then each version of lognet with each kind of other process;
+    and a flood with no single group (many ports)."""
+    if os.stat("/proc/1/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino:
+        raise RuntimeError(f"the isolation measure puts {ISOLATION_TARGET} on lo: run the benchmark in a network "
+                           "namespace of its own (unshare -n, as README's Performance says)")
+    subprocess.run(["ip", "addr", "replace", f"{ISOLATION_TARGET}/32", "dev", "lo"], check=True)
+    folder = tmp / "isolation"
+    (folder / "remote").mkdir(parents=True)
+    nginx, port = start_nginx(folder, workers=2)
+    target, target_port = start_nginx(folder / "remote", host=ISOLATION_TARGET)
+    versions = [LOGNET] + ([AGAINST] if AGAINST else [])
+    runs = []
+    try:
+        time.sleep(1)
+        ab(port, 1000)  # nginx is up and warm
+        drain_time_wait()
+        runs.append({"version": None, "variant": "ab alone", **ab(port, requests, 8)})
+        for variant in ("1 s", "100 ms", "curl"):
+            for version in versions:
+                drain_time_wait()
+                runs.append(isolated_run(folder, version, port, target_port, requests, variant))
+        drain_time_wait()
+        many = many_ports_run(folder, LOGNET, 100_000, 256)
+    finally:
+        for server in (nginx, target):
+            server.terminate()
+            server.wait(timeout=30)
+    return {"requests": requests, "runs": runs, "many_ports": many, "max_cpu": lognet.DEFAULT_MAX_CPU}
+
+
+def print_isolation_report(r: dict) -> None:
+    alone = next(run["rps"] for run in r["runs"] if run["version"] is None)
+    print()
+    print(f"| nginx + ab -c 8 ({r['requests']:,} requests), another process's 10 connections | lognet | other "
+          "process's connections with its pid (logged) | ab requests/s (of alone) | lognet CPU | kernel TCP opens | "
+          "closed (with process, without, skipped, unheard, lost) | isolated at the end |")
+    print("|---|---|---:|---:|---:|---:|---|---|")
+    print(f"| ab alone | | | {alone:,.0f} | | | | |")
+    for run in r["runs"]:
+        if run["version"] is None:
+            continue
+        which = "this" if run["version"] == str(LOGNET) else run["version"]
+        o = run["other"]
+        print(f"| {run['variant']} | {which} | {o['with_pid']} of {o['expected']} ({o['logged']}) | "
+              f"{run['rps']:,.0f} ({run['rps'] / alone:.1%}) | {run['cpu_share']:.1%} | {run['kernel_tcp_opens']:,} | "
+              f"{run['closed']:,} ({run['with_process']:,}, {run['without']:,}, {run['skipped']:,}, "
+              f"{run['unheard']:,}, {run['lost']:,}){' paused' if run['paused'] else ''} | {run['isolated'] or '-'} |")
+    m = r["many_ports"]
+    print(f"many ports ({m['connections']:,} connections to {m['listeners']} listeners in turn): kernel TCP opens "
+          f"{m['kernel_tcp_opens']:,}, closed {m['closed']:,} (with process {m['with_process']:,}, without "
+          f"{m['without']:,}, skipped {m['skipped']:,}, unheard {m['unheard']:,}, lost {m['lost']:,}); "
+          f"{'paused' if m['paused'] else 'not paused'}; {'isolated' if m['isolated'] else 'nothing isolated'}; "
+          f"{m['summaries']:,} summaries")
 
 
 def lognet_under_ab(tmp: Path, port: int, requests: int, argv: list[str]) -> dict:
@@ -893,7 +1059,7 @@ def print_trust_report(r: dict) -> None:
 
 def netlink_part(report: dict, tmp: Path, args) -> None:
     only = set(args.only.split(",")) if args.only else {"idle", "polls", "churn", "capture", "rss", "namespaces",
-                                                        "names", "flood", "owners", "cost"}
+                                                        "names", "flood", "owners", "cost", "isolation"}
     report["watch"] = float(WATCH[1]) if WATCH else lognet.DEFAULT_WATCH
     if "idle" in only:
         print("the Linux engine: idle CPU ...", flush=True)
@@ -923,6 +1089,9 @@ def netlink_part(report: dict, tmp: Path, args) -> None:
     if "owners" in only:
         print("owners of short connections, against curl's, UDP clients' and nginx's own records ...", flush=True)
         report["owners"] = kernel_owners(tmp, 40, 20, 400)
+    if "isolation" in only:
+        print("a flood isolated: nginx and ab, and another process's connections ...", flush=True)
+        report["isolation"] = isolation_part(tmp, args.flood_requests)
     if "cost" in only:
         print("cost per connection: churn at 500 and 2,000 connections a second ...", flush=True)
         report["cost"] = cost_part(tmp, args.cost_rounds, args.cost_seconds)
@@ -1131,6 +1300,8 @@ def print_netlink_report(r: dict) -> None:
         print_owners_report(r["owners"])
     if "cost" in r:
         print_cost_report(r["cost"])
+    if "isolation" in r:
+        print_isolation_report(r["isolation"])
     print()
     print(f"| the Linux engine (netlink, --watch {r['watch']:g}) against the psutil engine "
           "| netlink | psutil | ratio |")
@@ -1236,8 +1407,10 @@ def main() -> int:
     parser.add_argument("--flood-requests", type=int, default=150_000, help="ab's requests in each flood run")
     parser.add_argument("--flood-rounds", type=int, default=5, help="interleaved flood runs (default 5)")
     parser.add_argument("--only", help="netlink part: only these measures, comma-separated "
-                                       "(idle, polls, churn, capture, rss, namespaces, names, flood, owners, cost)")
-    parser.add_argument("--cost-rounds", type=int, default=3, help="interleaved runs of the cost per socket (default 3)")
+                                       "(idle, polls, churn, capture, rss, namespaces, names, flood, owners, cost, "
+                                       "isolation)")
+    parser.add_argument("--cost-rounds", type=int, default=3,
+                        help="interleaved runs of the cost per socket (default 3)")
     parser.add_argument("--cost-seconds", type=float, default=300, help="length of the 500/s run at the defaults "
                                                                          "(default 300)")
     args = parser.parse_args()

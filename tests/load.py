@@ -13,11 +13,12 @@
         sends R UDP datagrams a second to a socket of its own on 127.0.0.1; with --dns, DNS
         answers from port 53 (root), each naming another address, else 100 bytes of other
         traffic; until S seconds pass or stdin closes.
-    python3 tests/load.py flood --count N [--host H] [--seconds S]
+    python3 tests/load.py flood --count N [--host H] [--seconds S] [--listeners L]
         a listener on H (default 127.0.0.1); prints "ready PID PORT", then, at each "go" line on
         stdin, opens and closes N connections to it as fast as they go (both ends here, the
         client closing first), for at most S seconds, and prints "done COUNT". Its
-        listener stays open until stdin closes.
+        listener stays open until stdin closes. With L, L listeners on ports of their own
+        (PORT is the first's), connected to in turn.
 
 The helpers below start these as subprocesses and stop them again.
 """
@@ -145,22 +146,23 @@ def udp(rate: float, seconds: float, dns: bool) -> None:
     print(f"sent {sent}", flush=True)
 
 
-def flood(host: str, count: int, seconds: float) -> None:
-    listener = socket.create_server((host, 0), backlog=1024)
-    address = listener.getsockname()
-    print(f"ready {__import__('os').getpid()} {address[1]}", flush=True)
+def flood(host: str, count: int, seconds: float, listeners: int = 1) -> None:
+    servers = [socket.create_server((host, 0), backlog=1024) for _ in range(listeners)]
+    print(f"ready {__import__('os').getpid()} {servers[0].getsockname()[1]}", flush=True)
     for command in sys.stdin:
         if command.strip() != "go":
             break
         deadline, done = time.monotonic() + seconds, 0
         while done < count and time.monotonic() < deadline:
-            client = socket.create_connection(address)
+            listener = servers[done % listeners]  # with many, no one port has a flood's share
+            client = socket.create_connection(listener.getsockname())
             server = listener.accept()[0]
             client.close()  # FIN: a socket closed with RST loses its peer's address before the kernel's close event
             server.close()
             done += 1
         print(f"done {done}", flush=True)
-    listener.close()
+    for listener in servers:
+        listener.close()
 
 
 class Load:
@@ -220,9 +222,10 @@ def main() -> int:
     f.add_argument("--count", type=int, required=True)
     f.add_argument("--host", default="127.0.0.1")
     f.add_argument("--seconds", type=float, default=60)
+    f.add_argument("--listeners", type=int, default=1, help="listeners on ports of their own, connected to in turn")
     args = parser.parse_args()
     if args.command == "flood":
-        flood(args.host, args.count, args.seconds)
+        flood(args.host, args.count, args.seconds, args.listeners)
     elif args.command == "udp":
         udp(args.rate, args.seconds, args.dns)
     elif args.command == "hold":

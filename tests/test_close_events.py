@@ -251,3 +251,51 @@ def test_over_the_budget_the_close_of_a_socket_seen_alive_is_decoded_not_counted
     assert {seen_pair, listening} <= known_pairs and late_pair not in known_pairs
     late_ends = [count for conn, count, _, _ in counted if (conn.laddr, conn.raddr) in (late_pair, reversed_late)]
     assert sum(late_ends) == 2  # the late client's end, and the end the kernel made for it at the listener
+
+
+ISOLATE_SCRIPT = HELD_BUDGET + """
+import threading
+ns = source.namespaces.own
+flood_listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+port = flood_listener.getsockname()[1]
+group = lognet.FloodGroup(ns.inode, socket.AF_INET, socket.inet_aton("127.0.0.1"), port)
+done = 0
+def flood():
+    global done
+    for _ in range(3000):
+        client = socket.create_connection(flood_listener.getsockname())
+        server = flood_listener.accept()[0]
+        client.close()
+        server.close()
+        done += 1
+flooding = threading.Thread(target=flood)
+flooding.start()
+while done < 500:
+    time.sleep(0.001)
+with source.lock:  # isolated while the flood goes on: closes in flight come to both sockets
+    source.isolation.isolate(group, ns, 1000.0, {True: None, False: None})
+connections(20)  # another service's, meanwhile
+while done < 2000:
+    time.sleep(0.001)
+with source.lock:
+    source.isolation.count(source.namespaces)
+    source.isolation.release(group, ns)
+flooding.join()
+time.sleep(1.0)  # the kernel sends close events from a work queue
+_, departures = source.between_polls()
+isolated = sum(count for _, _, count, _ in source.take_isolated())
+flood_heard = sum(1 for closed in departures if port in (closed.conn.laddr[1:] + closed.conn.raddr[1:]))
+print(flood_heard, isolated, len(departures) - flood_heard, ns.events[socket.IPPROTO_TCP].lost)
+"""
+
+
+def test_a_flood_isolated_and_let_go_mid_flood_has_each_close_heard_or_counted_once():
+    """3,000 connections to one port (6,000 closed ends), isolated after 500 and let go after
+    2,000, in a namespace of its own: each close is heard (a line) or counted apart (its
+    group's counting sockets), never both, never neither; another service's 20 connections,
+    made while the flood is isolated, are all heard."""
+    flood_heard, isolated, others, lost = map(int, output_in_a_namespace(ISOLATE_SCRIPT).split())
+    assert lost == 0
+    assert isolated >= 2 * 1000 and flood_heard >= 500  # both ways, the split as the threads ran
+    assert flood_heard + isolated == 6000
+    assert others == 40

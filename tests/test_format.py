@@ -155,6 +155,16 @@ def test_a_lines_own_columns_write_what_the_general_rule_writes():
 def test_a_pid_that_is_another_process_by_now_gets_its_own_upid():
     fmt = lognet.W3CFormat(("upid",))
     conn = make_conn(("127.0.0.1", 5000), ("127.0.0.1", 6000), "ESTABLISHED", pid=77)
+    processes = (lognet.ProcessInfo(77, "first", 100.0, None), lognet.ProcessInfo(77, "second", 200.0, None))
     lines = [fmt.connection(lognet.ConnectionEvent("open", conn, process, EPOCH_TS, EPOCH_TS, None, "pid", EPOCH_TS))
-             for process in (lognet.ProcessInfo(77, "first", 100.0, None), lognet.ProcessInfo(77, "second", 200.0, None))]
+             for process in processes]
     assert lines == ["first|77|100.00", "second|77|200.00"]
+
+
+def test_the_statistics_name_the_flood_groups_isolated():
+    stats = lognet.Stats({"tcp": lognet.CloseCounts(with_process=1, skipped=5)}, {}, 6, 0, None, 0, 10.0, 1, None, 3,
+                         1.0, 0, 0, 0, ("on", 0), ("nginx 127.0.0.1:18383 (12,700/s)",))
+    line = lognet.W3CFormat().stats(stats, EPOCH_TS)
+    assert "; shedding: nginx 127.0.0.1:18383 (12,700/s);" in line
+    assert lognet.stats_object(stats)["isolated"] == ["nginx 127.0.0.1:18383 (12,700/s)"]
+    assert "isolated" not in lognet.stats_object(stats._replace(isolated=()))

@@ -144,6 +144,26 @@ def test_the_kernel_filters_and_a_full_ring_counts_what_it_lost(set_state):
     assert len(ours) == len(states) and ring.lost > 0 and len(ours) + ring.lost == 231
 
 
+def test_an_isolated_groups_connects_are_left_out_in_the_kernel_and_others_still_named(set_state):
+    """KernelEvents without an isolated flood group's samples (its end's address and port):
+    the connects to another port go on being named, those to the group's are never sampled."""
+    events = lognet.KernelEvents([(socket.AF_INET, socket.IPPROTO_TCP)])
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as flooded, socket.create_server(("127.0.0.1", 0)) as other:
+            group = lognet.FloodGroup(None, socket.AF_INET, socket.inet_aton("127.0.0.1"), flooded.getsockname()[1])
+            events.exclude(group.trace_clause())
+            made = {port: connect(port, 3) for port in (flooded.getsockname()[1], other.getsockname()[1])}
+            events.take()
+    finally:
+        events.close()
+    for port, clients in made.items():
+        for pid, local in clients:
+            client = lognet.Connection(-1, socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", local),
+                                       ("127.0.0.1", port), "ESTABLISHED", None)
+            assert events.owner(client) == (None if port == group.port else pid)
+    assert events.lost == 0
+
+
 def test_a_rings_records_are_its_samples_decoded_by_stride_or_one_by_one(set_state):
     """Two rings of one page on one CPU, with one filter, see the same connects: one read
     sample by sample, the other as records() of the state changes' fields. Their records

@@ -636,3 +636,31 @@ def test_an_ipv4_address_and_the_ipv6_address_of_the_same_bytes_decode_each_as_i
         assert lognet.decode_address(socket.AF_INET, packed, 80) == ("127.0.0.1", 80)
         assert lognet.decode_address(socket.AF_INET6, packed, 80) == ("7f00:1::", 80)
         assert lognet.decode_address(socket.AF_INET, packed, 0) == ()
+
+
+def test_a_dump_leaves_out_an_isolated_groups_connections_and_keeps_its_listener():
+    """A dump with an isolated group's filter (dump_bytecode()): the kernel leaves out both
+    ends of each connection to the group's end; the group's listener, and another service's
+    connection, are there."""
+    with socket.create_server(("127.0.0.1", 0)) as flooded, socket.create_server(("127.0.0.1", 0)) as other:
+        listeners, ends = (flooded.getsockname(), other.getsockname()), []
+        for listener in (flooded, other):
+            ends += [socket.create_connection(listener.getsockname()), listener.accept()[0]]
+        try:
+            group = lognet.FloodGroup(None, socket.AF_INET, socket.inet_aton("127.0.0.1"), flooded.getsockname()[1])
+            diag = lognet.SockDiag()
+            try:
+                found = lognet.dump_messages(diag.dump(socket.AF_INET, socket.IPPROTO_TCP,
+                                                       bytecode=lognet.dump_bytecode(group.ends())))
+            finally:
+                diag.close()
+            dumped = {(conn.laddr, conn.raddr) for conn in (
+                lognet.decode_socket(*place, socket.IPPROTO_TCP, None) for place in found.values())}
+            connected = [{(client.getsockname(), client.getpeername()), (server.getsockname(), server.getpeername())}
+                         for client, server in (ends[:2], ends[2:])]
+        finally:
+            for sock in ends:
+                sock.close()
+    assert (listeners[0], ()) in dumped and (listeners[1], ()) in dumped
+    for n, pairs in enumerate(connected):
+        assert pairs.isdisjoint(dumped) if n == 0 else pairs <= dumped
