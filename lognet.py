@@ -2226,9 +2226,8 @@ class CloseEvents:
         """Read the events that have arrived from one namespace: counted when known (what is
         known of the sockets reported) is given, else decoded. Return how many were read."""
         started, before = time.thread_time(), self.read
-        chunks, isolated = ns.overlap.sift(
-            [chunk for events in ns.events.values() for chunk in events.events(EVENTS_READ)],
-            drained=not any(events.more for events in ns.events.values()))
+        chunks, isolated = ns.overlap.sift([chunk for events in ns.events.values()
+                                            for chunk in events.events(EVENTS_READ)])
         ns.heard += isolated  # an isolated group's, queued before its filter: counted for it (see Isolation)
         if not chunks:
             return 0
@@ -2445,8 +2444,7 @@ ISOLATE_END_RATE = FLOOD_RATE / 4
 ISOLATE_QUIET = 5.0
 ISOLATE_COUNT_EVERY = 1.0
 ISOLATE_TALLY = 0.05  # seconds of closes tallied, at least, to tell a flood's groups by
-ISOLATE_CHANGE = 0.5  # seconds a group's filters take to go on or off everywhere (see Isolation)
-COUNTING_BUFFER = 1  # raised by the kernel to its least (SOCK_MIN_RCVBUF)
+COUNTING_BUFFER = 1  # raised by the kernel to its least (SOCK_MIN_RCVBUF): a message or two
 
 
 class FloodGroup(NamedTuple):
@@ -2488,29 +2486,26 @@ class Isolated:
         self.rate = rate  # its closes a second, as last counted
         self.counted_at = now
         self.quiet_since: float | None = None
-        self.changing_until = now + ISOLATE_CHANGE  # see Isolation: until then, its events may come to both sockets
 
 
 class Isolation:
     """The flood groups isolated now, in every namespace (see FloodGroup).
 
-    A group's filters go on and off while its closes go on: for a moment (ISOLATE_CHANGE
-    seconds) an event may come both to the namespace's close events and to the group's
-    counters. Meanwhile the counters queue every event, and each side notes the cookies of
-    the group's events it met (Namespace.overlap): the other side skips what the first had,
-    so each close is a line or a count, once."""
+    A group's filters go on and off while the namespace's TCP close events are paused for
+    a moment (Namespace.pause()), so that no close comes both to them and to the group's
+    counters: one closed in that moment is counted by the kernel's counters, as any close
+    while paused is (Namespace.settle())."""
 
     def __init__(self, base: bytes | None, clock: Callable[[], float]):
         self.base = base  # the close events' program of the filters (close_filter()), if any
         self.clock = clock
         self.groups: dict[FloodGroup, Isolated] = {}
-        self.leaving: dict[FloodGroup, Isolated] = {}  # let go, their counters still counting the moment it took
         self.released: dict[FloodGroup, Isolated] = {}  # let go, their last counts not yet taken
         self.counted_at = clock()
 
     def counting(self) -> bool:
         """Whether a group has counters to read."""
-        return bool(self.groups or self.leaving)
+        return bool(self.groups)
 
     def trace_clause(self) -> str:
         """What leaves every isolated group's samples out of the tracepoint rings."""
@@ -2518,36 +2513,45 @@ class Isolation:
 
     def isolate(self, group: FloodGroup, ns: Namespace, rate: float, owners: dict[bool, int | None]) -> None:
         """Count one group's closes apart from now, and leave them out of the namespace's
-        close events and dumps: the counters join first, then the close events leave."""
+        close events and dumps. Its events that the close events queued before are counted
+        for it as they are read (Overlap)."""
         counters = {}
+        paused = ns.paused
+        ns.pause()
         try:
             for end in group.ends():
                 counter = counters[end[3]] = ns.inside(SockDiag)
                 attach_filter(counter.sock, endpoint_program([end], False, self.base))
-                counter.subscribe([DESTROY_GROUPS[group.family, socket.IPPROTO_TCP]])
+                counter.subscribe([DESTROY_GROUPS[group.family, socket.IPPROTO_TCP]], COUNTING_BUFFER)
+            isolated = self.groups[group] = Isolated(counters, owners, rate, self.clock())
+            ns.overlap.isolated.update((end, (isolated, end[3])) for end in group.ends())
+            self._refilter(ns)
         except OSError:
             for counter in counters.values():
                 counter.close()
+            self.groups.pop(group, None)
             raise
-        isolated = self.groups[group] = Isolated(counters, owners, rate, self.clock())
-        ns.overlap.isolated.update((end, (isolated, end[3])) for end in group.ends())
-        ns.overlap.begin(group.ends())
-        self._refilter(ns)
+        finally:
+            if not paused:
+                ns.resume()
 
     def release(self, group: FloodGroup, ns: Namespace | None) -> None:
-        """Let a group go: its closes come to the namespace's close events again, and its
-        counters count a moment more (ISOLATE_CHANGE), then close."""
-        isolated = self.leaving[group] = self.groups.pop(group)
-        isolated.changing_until = self.clock() + ISOLATE_CHANGE
-        if ns is None:
-            return
-        for local, counter in isolated.counters.items():
-            counter.buffer(EVENT_BUFFER)  # every event queued, with its cookie, from here
-            self._read(ns, isolated, local)  # the kernel's count is whole once the queue is read
-        for end in group.ends():
-            ns.overlap.isolated.pop(end, None)
-        ns.overlap.begin(group.ends())
-        self._refilter(ns)
+        """Let a group go: its counters read for the last time and closed, then its closes
+        come to the namespace's close events again."""
+        isolated = self.released[group] = self.groups.pop(group)
+        paused = ns is not None and ns.paused
+        if ns is not None:
+            ns.pause()
+            for local in isolated.counters:
+                self._read(ns, isolated, local)
+        for counter in isolated.counters.values():
+            counter.close()
+        if ns is not None:
+            for end in group.ends():
+                ns.overlap.isolated.pop(end, None)
+            self._refilter(ns)
+            if not paused:
+                ns.resume()
 
     def _refilter(self, ns: Namespace) -> None:
         """The namespace's TCP close events and dumps without the groups isolated in it."""
@@ -2558,12 +2562,11 @@ class Isolation:
                            for family in {end[0] for end in ends}}
 
     def _read(self, ns: Namespace, isolated: Isolated, local: bool) -> None:
-        """Count what one counter has: the events it queued (but those the namespace's close
-        events had while the filters changed), then the kernel's count of those it could not queue."""
-        counter, counted = isolated.counters[local], 0
-        for data, _ in counter.events():
-            counted += sum(ns.overlap.counted(data[start + DIAG_COOKIE:start + DIAG_COOKIE_END])
-                           for kind, start, _ in netlink_messages(data) if kind == SOCK_DIAG_BY_FAMILY)
+        """Count what one counter has: the events it queued, then the kernel's count of those
+        it could not queue (whole once the queue is read)."""
+        counter = isolated.counters[local]
+        counted = sum(1 for data, _ in counter.events() for kind, _, _ in netlink_messages(data)
+                      if kind == SOCK_DIAG_BY_FAMILY)
         drops = ns.drops_of(counter)
         counted += drops - isolated.drops[local]
         isolated.drops[local] = drops
@@ -2571,33 +2574,18 @@ class Isolation:
         ns.heard += counted  # heard, as Namespace.settle() counts the kernel's closes
 
     def count(self, namespaces: Namespaces) -> list[FloodGroup]:
-        """Read every group's counters, end the moments of change that are over; return the
-        groups quiet long enough to let go."""
+        """Read every group's counters; return the groups quiet long enough to let go."""
         now, quiet = self.clock(), []
-        for group, isolated in [*self.groups.items(), *self.leaving.items()]:
+        for group, isolated in self.groups.items():
             ns = namespaces.by_inode.get(group.netns)
-            if ns is None:
-                if group in self.groups:
-                    quiet.append(group)
+            if ns is None:  # its namespace is gone: let go at once
+                quiet.append(group)
                 continue
             before = sum(isolated.counted.values())
             for local in isolated.counters:
                 self._read(ns, isolated, local)
             isolated.rate = (sum(isolated.counted.values()) - before) / max(now - isolated.counted_at, 1e-3)
             isolated.counted_at = now
-            if isolated.changing_until is not None and now >= isolated.changing_until:
-                isolated.changing_until = None
-                ns.overlap.end(group.ends())
-                for counter in isolated.counters.values():
-                    # isolated: from now on the kernel counts what it cannot queue; let go: closed
-                    if group in self.groups:
-                        counter.buffer(COUNTING_BUFFER)
-                    else:
-                        counter.close()
-                if group in self.leaving:
-                    self.released[group] = self.leaving.pop(group)
-            if group not in self.groups:
-                continue
             if isolated.rate >= ISOLATE_END_RATE:
                 isolated.quiet_since = None
             elif isolated.quiet_since is None:
@@ -2610,7 +2598,7 @@ class Isolation:
     def take(self) -> list[tuple[FloodGroup, bool, int, int | None]]:
         """The closes counted since the last call: (group, local end, count, its holder's pid)."""
         taken = []
-        for group, isolated in [*self.groups.items(), *self.leaving.items(), *self.released.items()]:
+        for group, isolated in [*self.groups.items(), *self.released.items()]:
             for local, count in isolated.counted.items():
                 if count:
                     taken.append((group, local, count, isolated.owners[local]))
@@ -2619,66 +2607,33 @@ class Isolation:
         return taken
 
     def close(self) -> None:
-        for isolated in [*self.groups.values(), *self.leaving.values()]:
+        for isolated in self.groups.values():
             for counter in isolated.counters.values():
                 counter.close()
 
 
 class Overlap:
     """A namespace's side of Isolation: the ends of its isolated groups, whose close events
-    that still come (queued before their filter) are counted for them, not decoded; and of
-    the groups whose filters are changing, with the cookies of their events that came to one
-    side only so far."""
+    that still come (queued before their filter) are counted for them, not decoded."""
 
     def __init__(self):
         self.isolated: dict[tuple, tuple[Isolated, bool]] = {}  # end -> its group's counts, and whether local
-        self.changing: list[tuple[int, bytes, int, bool]] = []
-        self.heard: set[bytes] = set()  # had by the close events: a counter skips them
-        self.counted_apart: set[bytes] = set()  # counted by a counter: the close events skip them
-        self.closing = False  # no change goes on: once the close events are read out, forget
 
-    def begin(self, ends: list) -> None:
-        self.changing += ends
-        self.closing = False
-
-    def end(self, ends: list) -> None:
-        self.changing = [end for end in self.changing if end not in ends]
-        self.closing = not self.changing
-
-    def counted(self, cookie: bytes) -> bool:
-        """Whether a counter counts this event: not if the close events had it."""
-        if cookie in self.heard:
-            self.heard.discard(cookie)
-            return False
-        if self.changing:
-            self.counted_apart.add(cookie)
-        return True
-
-    def sift(self, chunks: list[tuple[bytes, int]], drained: bool) -> tuple[list[tuple[bytes, int]], int]:
-        """The close events (data, group mask) that are to be decoded or counted as ever, and
-        how many were an isolated group's, counted for it: none that a counter counted. Those
-        of groups changing are noted. drained: these are the last that have come, so once no
-        change goes on, what is noted is forgotten."""
-        if not (self.isolated or self.changing or self.counted_apart or self.heard):
+    def sift(self, chunks: list[tuple[bytes, int]]) -> tuple[list[tuple[bytes, int]], int]:
+        """The close events (data, group mask) to decode or count as ever, and how many were
+        an isolated group's, counted for it."""
+        if not self.isolated:
             return chunks, 0
-        kept, counted, ends = [], 0, [*self.isolated, *self.changing]
+        kept, counted, ends = [], 0, list(self.isolated)
         for data, group in chunks:
             for _, start, end in netlink_messages(data):
-                cookie = data[start + DIAG_COOKIE:start + DIAG_COOKIE_END]
-                if cookie in self.counted_apart:
-                    self.counted_apart.discard(cookie)
-                    continue
                 matched = end_of(data, start, ends)
-                if matched in self.changing:
-                    self.heard.add(cookie)
-                if matched in self.isolated:
-                    isolated, local = self.isolated[matched]
-                    isolated.counted[local] += 1
-                    counted += 1
+                if matched is None:
+                    kept.append((data[start - NLMSG_HEADER.size:end], group))
                     continue
-                kept.append((data[start - NLMSG_HEADER.size:end], group))
-        if self.closing and drained:
-            self.heard, self.counted_apart, self.closing = set(), set(), False
+                isolated, local = self.isolated[matched]
+                isolated.counted[local] += 1
+                counted += 1
         return kept, counted
 
 
@@ -3630,7 +3585,8 @@ class NetlinkSource(Source):
         found = [(group, rate) for group, rate in self.close_events.flood_endpoints(FLOOD_RATE)
                  if group not in isolated and group.netns in self.namespaces.by_inode
                  and socket.IPPROTO_TCP in self.namespaces[group.netns].events]
-        for group, rate in found[:ISOLATED_MAX - len(isolated)]:
+        found = found[:ISOLATED_MAX - len(isolated)]
+        for group, rate in found:
             try:
                 self.isolation.isolate(group, self.namespaces[group.netns], rate, self._holders(group))
             except OSError as exc:
@@ -3697,6 +3653,8 @@ class NetlinkSource(Source):
             self.read_events()  # the watcher's too, now: the poll's dump must not outrun them
             # After the closes: each close's state changes came before it, so they are in the rings now.
             self._take_kernel_events()
+            if self.isolation.counting():  # what the counters counted is heard, before a calm reading
+                self._count_isolated()
             self.shedding.settle(self.dumped, self.namespaces, self.close_events)  # with every event read
             if self.names is not None:
                 self.names.learn(self.namespaces, drain=True)  # the poll's lines need every name that has come
@@ -3774,6 +3732,8 @@ class NetlinkSource(Source):
     def take_unheard(self, final: bool = False) -> dict[int, int]:
         with self.lock:
             if final:  # what is in flight now is never heard
+                if self.isolation.counting():
+                    self._count_isolated()
                 for ns in self.namespaces:
                     self.close_events.count_unheard(ns, final=True)
             return self.close_events.take_unheard()

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from load import Load  # noqa: E402
+from load import Load, stop_process  # noqa: E402
 
 import lognet  # noqa: E402
 
@@ -692,17 +692,18 @@ def many_ports_run(folder: Path, version: Path, connections: int, listeners: int
         path.unlink(missing_ok=True)
     argv = lognet_argv(folder, "--stats-interval", "3600", engine="netlink")
     proc = subprocess.Popen([argv[0], str(version), *argv[2:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    load = Load()
+    flood = subprocess.Popen([sys.executable, str(HERE / "load.py"), "flood", "--count", str(connections),
+                              "--listeners", str(listeners)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
+        flood.stdout.readline()  # ready: its listeners are open
         wait_until(lambda: log.exists() and "#Fields" in log.read_text(), 30)
         time.sleep(2 * lognet.DEFAULT_INTERVAL)
         opens = tcp_opens()
-        flood = load.start("flood", "--count", connections, "--listeners", listeners)
         flood.stdin.write("go\n")
         flood.stdin.flush()
         done = int(flood.stdout.readline().split()[1])
     finally:
-        load.stop()  # its listeners close: one close each, and no open
+        stop_process(flood)  # its listeners close: one close each, and no open
     time.sleep(2 * lognet.DEFAULT_INTERVAL)
     proc.send_signal(signal.SIGTERM)
     if proc.wait(timeout=60) != 0:
@@ -720,7 +721,7 @@ def isolation_part(tmp: Path, requests: int) -> dict:
     while another process connects to a web server on ISOLATION_TARGET (put on this
     namespace's lo): ab alone, then each version of lognet with each kind of other process;
     and a flood with no single group (many ports)."""
-    if os.stat("/proc/1/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino:
+    if [name for _, name in socket.if_nameindex()] != ["lo"]:  # a namespace of its own has lo alone
         raise RuntimeError(f"the isolation measure puts {ISOLATION_TARGET} on lo: run the benchmark in a network "
                            "namespace of its own (unshare -n, as README's Performance says)")
     subprocess.run(["ip", "addr", "replace", f"{ISOLATION_TARGET}/32", "dev", "lo"], check=True)
