@@ -1527,7 +1527,8 @@ class Namespace:
         if socket.IPPROTO_TCP not in self.events:
             return 0
         counts = self.counters.tcp_counts()
-        if not final and (select.select([self.events[socket.IPPROTO_TCP].sock], [], [], 0)[0]
+        # Nor is a moment calm while a flood group is isolated here: its counters are read at their own moments.
+        if not final and (self.overlap.isolated or select.select([self.events[socket.IPPROTO_TCP].sock], [], [], 0)[0]
                           or self.counters.tcp_counts() != counts):
             return 0
         opens, in_use = counts
@@ -2502,6 +2503,7 @@ class Isolation:
         self.groups: dict[FloodGroup, Isolated] = {}
         self.released: dict[FloodGroup, Isolated] = {}  # let go, their last counts not yet taken
         self.counted_at = clock()
+        self.pauses = 0  # the moments a namespace's TCP close events were paused for a change of filters
 
     def counting(self) -> bool:
         """Whether a group has counters to read."""
@@ -2518,6 +2520,7 @@ class Isolation:
         counters = {}
         paused = ns.paused
         ns.pause()
+        self.pauses += not paused
         try:
             for end in group.ends():
                 counter = counters[end[3]] = ns.inside(SockDiag)
@@ -2539,19 +2542,17 @@ class Isolation:
         """Let a group go: its counters read for the last time and closed, then its closes
         come to the namespace's close events again."""
         isolated = self.released[group] = self.groups.pop(group)
-        paused = ns is not None and ns.paused
         if ns is not None:
-            ns.pause()
             for local in isolated.counters:
                 self._read(ns, isolated, local)
         for counter in isolated.counters.values():
             counter.close()
         if ns is not None:
+            # A close between the last read and the filter's change is heard by neither: the
+            # kernel's counters count it, since no calm reading was taken while isolated.
             for end in group.ends():
                 ns.overlap.isolated.pop(end, None)
             self._refilter(ns)
-            if not paused:
-                ns.resume()
 
     def _refilter(self, ns: Namespace) -> None:
         """The namespace's TCP close events and dumps without the groups isolated in it."""
@@ -3545,7 +3546,7 @@ class NetlinkSource(Source):
 
     @property
     def pauses(self) -> int:
-        return self.shedding.pauses
+        return self.shedding.pauses + self.isolation.pauses
 
     def connections(self) -> list[Connection]:
         with self.lock:

@@ -602,7 +602,7 @@ FAULTS = [
           'STATE_FILTER = (f"protocol == 6 && ((oldstate == 99) || "',
           ("tests/test_kernel_events.py -k doorbell",)),
     Fault("a calm reading of the counters is taken while close events are on their way",
-          "        if not final and (select.select([self.events[socket.IPPROTO_TCP].sock], [], [], 0)[0]\n"
+          "        if not final and (self.overlap.isolated or select.select([self.events[socket.IPPROTO_TCP].sock], [], [], 0)[0]\n"
           "                          or self.counters.tcp_counts() != counts):\n",
           "        if False:\n",
           ("tests/test_close_events.py -k calm_reading",)),
@@ -706,14 +706,6 @@ FAULTS = [
           "return predicates[0] if predicates else lambda conn: True",
           "return lambda conn: True",
           ("tests/test_filters.py",)),
-    Fault("a flood group is isolated while its close events come: a close in flight is heard and counted apart",
-          "        paused = ns.paused\n        ns.pause()\n        try:",
-          "        paused = ns.paused\n        try:",
-          ("tests/test_close_events.py -k isolated_and_let_go",)),
-    Fault("a flood group is let go while its close events come: a close in flight is heard and counted apart",
-          "            ns.pause()\n            for local in isolated.counters:",
-          "            for local in isolated.counters:",
-          ("tests/test_close_events.py -k isolated_and_let_go",)),
     Fault("an isolated group's closes are counted without those the kernel could not queue",
           "counted += drops - isolated.drops[local]",
           "counted += 0",
