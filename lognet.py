@@ -835,6 +835,11 @@ def dump_done(data: bytes) -> int | None:
     return -NLMSG_INT.unpack_from(data, end + NLMSG_HEADER.size)[0]
 
 
+def any_address(family: int, port: int) -> tuple:
+    """A listener's address on every interface of a family, as psutil writes it."""
+    return ("0.0.0.0" if family == socket.AF_INET else "::", port)
+
+
 def decode_address(family: int, packed: bytes, port: int) -> tuple:
     """(ip, port) as psutil writes it, or () for port 0 (no address), as psutil does."""
     if not port:
@@ -1459,7 +1464,7 @@ class Namespace:
         self.counted: list[int] = []  # its counters when the watcher last dumped it
         self.lost: dict[int, int] = {}  # protocol -> its lost close events, kept when its sockets are closed
         self.diag, self.events, self.tap = sockets or (None, {}, None)  # events: protocol -> its close events
-        self.overlap = Overlap()  # see Isolation
+        self.isolated_ends = IsolatedEnds()  # see Isolation
         self.counters: KernelCounters | None = None
         try:
             self.counters = KernelCounters(pairs, f"/proc/{self.pids[0]}/net" if self.pids else "/proc/self/net")
@@ -1528,7 +1533,7 @@ class Namespace:
             return 0
         counts = self.counters.tcp_counts()
         # Nor is a moment calm while a flood group is isolated here: its counters are read at their own moments.
-        if not final and (self.overlap.isolated or select.select([self.events[socket.IPPROTO_TCP].sock], [], [], 0)[0]
+        if not final and (self.isolated_ends.ends or select.select([self.events[socket.IPPROTO_TCP].sock], [], [], 0)[0]
                           or self.counters.tcp_counts() != counts):
             return 0
         opens, in_use = counts
@@ -2227,7 +2232,7 @@ class CloseEvents:
         """Read the events that have arrived from one namespace: counted when known (what is
         known of the sockets reported) is given, else decoded. Return how many were read."""
         started, before = time.thread_time(), self.read
-        chunks, isolated = ns.overlap.sift([chunk for events in ns.events.values()
+        chunks, isolated = ns.isolated_ends.sift([chunk for events in ns.events.values()
                                             for chunk in events.events(EVENTS_READ)])
         ns.heard += isolated  # an isolated group's, queued before its filter: counted for it (see Isolation)
         if not chunks:
@@ -2327,8 +2332,8 @@ class CloseEvents:
             pid = None
             if conn.laddr and conn.raddr:
                 # Accepted from a listener that lognet knows: its process, as `ss -p` shows it.
-                wildcard = ("0.0.0.0" if conn.family == socket.AF_INET else "::", conn.laddr[1])
-                pid = listeners.get((netns, conn.family, conn.laddr)) or listeners.get((netns, conn.family, wildcard))
+                pid = listeners.get((netns, conn.family, conn.laddr)) or listeners.get(
+                    (netns, conn.family, any_address(conn.family, conn.laddr[1])))
             taken.append(SkippedCloses(conn._replace(pid=pid), count, "listener" if pid is not None else None, inbound))
         return taken
 
@@ -2505,10 +2510,6 @@ class Isolation:
         self.counted_at = clock()
         self.pauses = 0  # the moments a namespace's TCP close events were paused for a change of filters
 
-    def counting(self) -> bool:
-        """Whether a group has counters to read."""
-        return bool(self.groups)
-
     def trace_clause(self) -> str:
         """What leaves every isolated group's samples out of the tracepoint rings."""
         return joined_filter(*(group.trace_clause() for group in self.groups)) or ""
@@ -2516,7 +2517,7 @@ class Isolation:
     def isolate(self, group: FloodGroup, ns: Namespace, rate: float, owners: dict[bool, int | None]) -> None:
         """Count one group's closes apart from now, and leave them out of the namespace's
         close events and dumps. Its events that the close events queued before are counted
-        for it as they are read (Overlap)."""
+        for it as they are read (IsolatedEnds)."""
         counters = {}
         paused = ns.paused
         ns.pause()
@@ -2527,7 +2528,7 @@ class Isolation:
                 attach_filter(counter.sock, endpoint_program([end], False, self.base))
                 counter.subscribe([DESTROY_GROUPS[group.family, socket.IPPROTO_TCP]], COUNTING_BUFFER)
             isolated = self.groups[group] = Isolated(counters, owners, rate, self.clock())
-            ns.overlap.isolated.update((end, (isolated, end[3])) for end in group.ends())
+            ns.isolated_ends.ends.update((end, (isolated, end[3])) for end in group.ends())
             self._refilter(ns)
         except OSError:
             for counter in counters.values():
@@ -2551,7 +2552,7 @@ class Isolation:
             # A close between the last read and the filter's change is heard by neither: the
             # kernel's counters count it, since no calm reading was taken while isolated.
             for end in group.ends():
-                ns.overlap.isolated.pop(end, None)
+                ns.isolated_ends.ends.pop(end, None)
             self._refilter(ns)
 
     def _refilter(self, ns: Namespace) -> None:
@@ -2613,26 +2614,26 @@ class Isolation:
                 counter.close()
 
 
-class Overlap:
+class IsolatedEnds:
     """A namespace's side of Isolation: the ends of its isolated groups, whose close events
     that still come (queued before their filter) are counted for them, not decoded."""
 
     def __init__(self):
-        self.isolated: dict[tuple, tuple[Isolated, bool]] = {}  # end -> its group's counts, and whether local
+        self.ends: dict[tuple, tuple[Isolated, bool]] = {}  # end -> its group's counts, and whether local
 
     def sift(self, chunks: list[tuple[bytes, int]]) -> tuple[list[tuple[bytes, int]], int]:
         """The close events (data, group mask) to decode or count as ever, and how many were
         an isolated group's, counted for it."""
-        if not self.isolated:
+        if not self.ends:
             return chunks, 0
-        kept, counted, ends = [], 0, list(self.isolated)
+        kept, counted, ends = [], 0, list(self.ends)
         for data, group in chunks:
             for _, start, end in netlink_messages(data):
                 matched = end_of(data, start, ends)
                 if matched is None:
                     kept.append((data[start - NLMSG_HEADER.size:end], group))
                     continue
-                isolated, local = self.isolated[matched]
+                isolated, local = self.ends[matched]
                 isolated.counted[local] += 1
                 counted += 1
         return kept, counted
@@ -3573,7 +3574,7 @@ class NetlinkSource(Source):
         self.close_events.tally(self.budget is not None and self.budget.flood)
         if self.shed >= SHED_POLLS:
             self._isolate()
-        if self.isolation.counting() and self._clock() - self.isolation.counted_at >= ISOLATE_COUNT_EVERY:
+        if self.isolation.groups and self._clock() - self.isolation.counted_at >= ISOLATE_COUNT_EVERY:
             self._count_isolated()
         if self.kernel_events is not None:  # under a flood, the owners of short connections go first
             self.kernel_events.pause(self.shed >= SHED_WATCHER)
@@ -3604,10 +3605,9 @@ class NetlinkSource(Source):
     def _holders(self, group: FloodGroup) -> dict[bool, int | None]:
         """Who holds a group's ends, as far as lognet knows: its listener, and the process that connected to it."""
         endpoint = (socket.inet_ntop(group.family, group.address), group.port)
-        wildcard = ("0.0.0.0" if group.family == socket.AF_INET else "::", group.port)
         listeners = self.table.known().listeners
         listener = listeners.get((group.netns, group.family, endpoint)) or listeners.get(
-            (group.netns, group.family, wildcard))
+            (group.netns, group.family, any_address(group.family, group.port)))
         connector = self.kernel_events.owners.connector(group.family, endpoint) if self.kernel_events else None
         return {True: listener, False: connector}
 
@@ -3621,7 +3621,7 @@ class NetlinkSource(Source):
 
     def take_isolated(self) -> list[tuple[FloodGroup, bool, int, int | None]]:
         with self.lock:
-            if self.isolation.counting():
+            if self.isolation.groups:
                 self._count_isolated()
             return self.isolation.take()
 
@@ -3654,7 +3654,7 @@ class NetlinkSource(Source):
             self.read_events()  # the watcher's too, now: the poll's dump must not outrun them
             # After the closes: each close's state changes came before it, so they are in the rings now.
             self._take_kernel_events()
-            if self.isolation.counting():  # what the counters counted is heard, before a calm reading
+            if self.isolation.groups:  # what the counters counted is heard, before a calm reading
                 self._count_isolated()
             self.shedding.settle(self.dumped, self.namespaces, self.close_events)  # with every event read
             if self.names is not None:
@@ -3733,7 +3733,7 @@ class NetlinkSource(Source):
     def take_unheard(self, final: bool = False) -> dict[int, int]:
         with self.lock:
             if final:  # what is in flight now is never heard
-                if self.isolation.counting():
+                if self.isolation.groups:
                     self._count_isolated()
                 for ns in self.namespaces:
                     self.close_events.count_unheard(ns, final=True)
@@ -4000,7 +4000,7 @@ def close_filter(config: Config) -> bytes | None:
         (BPF_JEQ_K, 172, "172", None), (BPF_JEQ_K, 192, None, "keep"),
         (BPF_LD_B_IND, EVENT_DST + 1), (BPF_JEQ_K, 168, private, "keep"),
         "172", (BPF_LD_B_IND, EVENT_DST + 1), (BPF_AND_K, 0xF0), (BPF_JEQ_K, 16, private, "keep"),
-        "keep", (BPF_RET_K, 0xFFFFFFFF),
+        "keep", (BPF_RET_K, BPF_KEEP),
         "drop", (BPF_RET_K, 0),
     ])
 
@@ -4056,8 +4056,7 @@ class Listeners:
 
     def serve(self, netns: int | None, family: int, laddr: tuple) -> bool:
         """Whether a listener of this namespace has laddr, or its port on every address."""
-        wildcard = ("0.0.0.0" if family == socket.AF_INET else "::", laddr[1])
-        return (netns, family, laddr) in self.sharing or (netns, family, wildcard) in self.sharing
+        return (netns, family, laddr) in self.sharing or (netns, family, any_address(family, laddr[1])) in self.sharing
 
 
 class Payloads:

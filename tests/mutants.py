@@ -602,7 +602,7 @@ FAULTS = [
           'STATE_FILTER = (f"protocol == 6 && ((oldstate == 99) || "',
           ("tests/test_kernel_events.py -k doorbell",)),
     Fault("a calm reading of the counters is taken while close events are on their way",
-          "        if not final and (self.overlap.isolated or select.select("
+          "        if not final and (self.isolated_ends.ends or select.select("
           "[self.events[socket.IPPROTO_TCP].sock], [], [], 0)[0]\n"
           "                          or self.counters.tcp_counts() != counts):\n",
           "        if False:\n",
