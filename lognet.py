@@ -2517,33 +2517,40 @@ class Isolation:
     def isolate(self, group: FloodGroup, ns: Namespace, rate: float, owners: dict[bool, int | None]) -> None:
         """Count one group's closes apart from now, and leave them out of the namespace's
         close events and dumps. Its events that the close events queued before are counted
-        for it as they are read (IsolatedEnds)."""
+        for it as they are read (IsolatedEnds). All that can be made beforehand is: the
+        moment paused is a few system calls, and few closes are counted unheard in it."""
         counters = {}
-        paused = ns.paused
-        ns.pause()
-        self.pauses += not paused
         try:
             for end in group.ends():
                 counter = counters[end[3]] = ns.inside(SockDiag)
                 attach_filter(counter.sock, endpoint_program([end], False, self.base))
-                counter.subscribe([DESTROY_GROUPS[group.family, socket.IPPROTO_TCP]], COUNTING_BUFFER)
-            isolated = self.groups[group] = Isolated(counters, owners, rate, self.clock())
-            ns.isolated_ends.ends.update((end, (isolated, end[3])) for end in group.ends())
-            self._refilter(ns)
+                counter.subscribe([], COUNTING_BUFFER)  # its group joined in the moment paused
+            self.groups[group] = isolated = Isolated(counters, owners, rate, self.clock())
+            program, dump_filters = self._filters(ns)
+            paused = ns.paused
+            ns.pause()
+            self.pauses += not paused
+            try:
+                for counter in counters.values():
+                    counter.membership([DESTROY_GROUPS[group.family, socket.IPPROTO_TCP]], True)
+                attach_filter(ns.events[socket.IPPROTO_TCP].sock, program)
+            finally:
+                if not paused:
+                    ns.resume()
         except OSError:
             for counter in counters.values():
                 counter.close()
             self.groups.pop(group, None)
             raise
-        finally:
-            if not paused:
-                ns.resume()
+        ns.isolated_ends.ends.update((end, (isolated, end[3])) for end in group.ends())
+        ns.dump_filters = dump_filters
 
     def release(self, group: FloodGroup, ns: Namespace | None) -> None:
         """Let a group go: its counters read for the last time and closed, then its closes
         come to the namespace's close events again."""
         isolated = self.released[group] = self.groups.pop(group)
         if ns is not None:
+            program, dump_filters = self._filters(ns)
             for local in isolated.counters:
                 self._read(ns, isolated, local)
         for counter in isolated.counters.values():
@@ -2551,17 +2558,18 @@ class Isolation:
         if ns is not None:
             # A close between the last read and the filter's change is heard by neither: the
             # kernel's counters count it, since no calm reading was taken while isolated.
+            attach_filter(ns.events[socket.IPPROTO_TCP].sock, program)
             for end in group.ends():
                 ns.isolated_ends.ends.pop(end, None)
-            self._refilter(ns)
+            ns.dump_filters = dump_filters
 
-    def _refilter(self, ns: Namespace) -> None:
-        """The namespace's TCP close events and dumps without the groups isolated in it."""
+    def _filters(self, ns: Namespace) -> tuple[bytes, dict[int, bytes]]:
+        """The namespace's TCP close events' program and its dumps' bytecode (by family),
+        without the groups isolated in it."""
         ends = [end for group in self.groups if group.netns == ns.inode for end in group.ends()]
-        attach_filter(ns.events[socket.IPPROTO_TCP].sock,
-                      endpoint_program(ends, True, self.base) if ends else self.base or ACCEPT_ALL)
-        ns.dump_filters = {family: dump_bytecode(end for end in ends if end[0] == family)
-                           for family in {end[0] for end in ends}}
+        program = endpoint_program(ends, True, self.base) if ends else self.base or ACCEPT_ALL
+        return program, {family: dump_bytecode(end for end in ends if end[0] == family)
+                         for family in {end[0] for end in ends}}
 
     def _read(self, ns: Namespace, isolated: Isolated, local: bool) -> None:
         """Count what one counter has: the events it queued, then the kernel's count of those
