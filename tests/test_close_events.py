@@ -29,13 +29,30 @@ ADDRESSES = ["127.0.0.1", "127.255.0.9", "10.1.2.3", "172.16.0.1", "172.31.255.2
              "0:0:1::1", "0:0:0:ffff::1"]
 
 
-def close_event(address: str, port: int) -> bytes:
+def close_event(address: str, port: int, info: bytes = bytes(232)) -> bytes:
     """A netlink message as the kernel sends a close event: nlmsghdr, inet_diag_msg, tcp_info."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     dst = socket.inet_pton(family, address).ljust(16, b"\0")
     body = struct.pack("=BBBB", family, 7, 0, 0) + struct.pack("!HH", 40000, port) + b"\0" * 16 + dst + bytes(32)
-    body += struct.pack("=HH", 4 + 232, lognet.INET_DIAG_INFO) + bytes(232)
+    body += struct.pack("=HH", 4 + len(info), lognet.INET_DIAG_INFO) + info
     return lognet.NLMSG_HEADER.pack(16 + len(body), lognet.SOCK_DIAG_BY_FAMILY, 0, 0, 0) + body
+
+
+def test_a_close_event_laid_out_otherwise_is_read_by_the_general_readers():
+    """tcp_close() reads the layout this kernel sends; a message with tcp_info as its first
+    attribute is left to decode_socket() and tcp_info_bytes(), which read it right."""
+    info = bytearray(b"\x01" * 232)  # what no field of the layout read in one unpack would pass for
+    struct.pack_into("=QQ", info, lognet.TCP_INFO_ACKED, 1002, 501)  # acked, received
+    struct.pack_into("=QQ", info, lognet.TCP_INFO_SENT, 1000, 0)  # sent, retransmitted
+    message = close_event("10.1.2.3", 443, bytes(info))
+    assert lognet.tcp_close(message, None) is None
+
+    class Namespace:  # what CloseEvents.decode() reads of a namespace: pure logic
+        inode, heard = 7, 0
+    group = lognet.DESTROY_GROUPS[socket.AF_INET, socket.IPPROTO_TCP]
+    (closed,) = lognet.CloseEvents(None, lambda: 5.0, None).decode(Namespace, [(message, group)])
+    assert (closed.conn.laddr, closed.conn.raddr, closed.conn.netns) == (("0.0.0.0", 40000), ("10.1.2.3", 443), 7)
+    assert (closed.conn.txbytes, closed.received, closed.acked_beyond, closed.time) == (1000, 501, 2, 5.0)
 
 
 @pytest.mark.parametrize("omit", list(itertools.product((False, True), repeat=3)))

@@ -369,6 +369,23 @@ def test_kernel_events_on_without_the_privileges_is_one_line_and_exit_1(nobody):
     assert (result.returncode, result.stderr) == (1, f"lognet: error: kernel events are not available: {reason}\n")
 
 
+def test_while_the_events_name_the_owners_the_watcher_looks_at_the_slower_pace_unless_shedding():
+    """Sockets coming and going, the events covering them: a look every WATCH_COVERED (they
+    wait in their rings); while shedding for the budget, every WATCH_QUIET, as without them."""
+    require_root("the kernel's tracepoint events")
+    budget = lognet.CpuBudget(10)
+    source = lognet.NetlinkSource("tcp", kernel_events="on", budget=budget)
+    try:
+        source.connections()
+        watcher = lognet.Watcher(source, 0.02, budget)
+        watcher.moved_at = time.monotonic()  # sockets are opening: not quiet
+        assert source.events_cover and watcher.next_look() == lognet.WATCH_COVERED
+        budget.hold(lognet.SHED_WATCHER)
+        assert watcher.next_look() == lognet.WATCH_QUIET
+    finally:
+        source.close()
+
+
 def test_under_a_flood_the_events_stop_in_the_kernel_with_the_watcher_and_come_back():
     """The budget at the watcher's step: the events are disabled in the kernel (a connect
     then samples nothing), the watcher waits on none of them, and the remark says paused;

@@ -531,6 +531,44 @@ def test_close_event_bytes_from_a_real_kernel_close():
     assert closed.conn.cookie
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_tcp_close_event_read_in_one_unpack_says_what_the_general_readers_say(host):
+    """tcp_close() on the kernel's own close events (each end of a connection that carried
+    bytes both ways, and its listener): the same socket and bytes as decode_socket() and
+    tcp_info_bytes() read from the same datagram, for each end; the listener's too."""
+    events = lognet.SockDiag()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    events.subscribe([lognet.DESTROY_GROUPS[family, socket.IPPROTO_TCP]])
+    try:
+        listener = socket.create_server((host, 0), family=family)
+        client = socket.create_connection(listener.getsockname()[:2])
+        server, _ = listener.accept()
+        send_and_receive(client, server, 3000)
+        send_and_receive(server, client, 700)
+        ports = {client.getsockname()[1], server.getsockname()[1]}
+        client.close()
+        server.close()
+        listener.close()
+
+        def ours():
+            datagrams.extend(data for data, _ in events.events())
+            sport = lognet.NLMSG_HEADER.size + lognet.DIAG_SPORT
+            mine = [data for data in datagrams if lognet.DIAG_PORTS.unpack_from(data, sport)[0] in ports]
+            return mine if len(mine) == 3 else None
+        datagrams: list[bytes] = []
+        mine = wait_for(ours)
+    finally:
+        events.close()
+    for data in mine:
+        fast = lognet.tcp_close(data, 7)
+        assert fast is not None  # the kernel's layout, as TCP_CLOSE_EVENT reads it
+        end = lognet.NLMSG_HEADER.unpack_from(data)[0]
+        sent, received, beyond = lognet.tcp_info_bytes(data, 16, end)
+        assert fast == (lognet.decode_socket(data, 16, socket.IPPROTO_TCP, 7, closed=True, txbytes=sent),
+                        received, beyond)
+    assert sorted(lognet.tcp_close(data, 7)[0].txbytes for data in mine) == [0, 700, 3000]
+
+
 def test_nobody_without_capabilities_gets_dumps_and_close_events(tmp_path, holder, nobody, background):
     h = holder("--name", "lnrootclose")
     home = nobody.home
