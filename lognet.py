@@ -241,6 +241,7 @@ class Look(NamedTuple):
 
     moved: bool  # sockets opened or closed (or asked DNS questions): more are likely soon
     dump_seconds: float  # CPU seconds its dumps and owner searches took
+    read: int = 0  # close events and DNS questions read
 
 
 class KnownSockets(NamedTuple):
@@ -3729,14 +3730,14 @@ class NetlinkSource(Source):
                 if not dumps or self.table.cookies_reported is None or self.shed >= SHED_WATCHER or self.events_cover:
                     # Before the first poll everything would be new; under a flood, dumps go before
                     # details; with the kernel's events, no dump is needed to find an owner.
-                    return Look(read > 0, 0.0)
+                    return Look(read > 0, 0.0, read)
                 namespaces = self.namespaces.with_new_sockets()
                 if not namespaces:
-                    return Look(read > 0, 0.0)
+                    return Look(read > 0, 0.0, read)
                 started = time.thread_time()
                 arrivals = self.table.find_new(namespaces)
                 self.read_ahead({conn.pid for conn, _ in arrivals})
-                return Look(True, time.thread_time() - started)
+                return Look(True, time.thread_time() - started, read)
             finally:
                 # After the look's dump: the socket of a short-lived asker, or a new socket, first.
                 self._take_kernel_events()
@@ -3840,8 +3841,10 @@ WATCH_QUIET = 0.1
 # While the kernel's events name the owners and sockets come and go, no look dumps: it reads
 # the events, which wait in their rings and buffers (a ring half full wakes it), every
 # WATCH_COVERED seconds. Fewer looks read more at once, at less cost a socket (README,
-# Performance: 12% less at 500 connections a second than looks every WATCH_QUIET).
+# Performance: 12% less at 500 connections a second than looks every WATCH_QUIET); while close
+# events come at WATCH_BUSY_RATE a second or more, every WATCH_QUIET, before their buffer fills.
 WATCH_COVERED = 0.5
+WATCH_BUSY_RATE = 10_000
 # While quiet with the kernel's events naming the owners, whatever a look is for wakes it
 # (a connect, a datagram, a close, a question, a ring half full), and each poll reads them
 # too: it looks every WATCH_IDLE, since on a quiet host the wake-ups are most of its cost.
@@ -3861,6 +3864,7 @@ class Watcher:
         self.clock = clock
         self.allowance = WATCH_BURST  # CPU seconds the looks' dumps may spend now
         self.allowed_at = self.moved_at = clock()  # when the allowance was last topped up; when sockets last moved
+        self.busy = False  # whether the last look read close events at WATCH_BUSY_RATE or more
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self.thread = threading.Thread(target=self._run, name="lognet-watcher", daemon=True)
         self.failure: str | None = None
@@ -3892,7 +3896,7 @@ class Watcher:
         if self.quiet() or self._shedding():
             return max(self.every, WATCH_QUIET)  # shedding: the events are read in batches, cheaper each
         if self.source.events_cover:
-            return max(self.every, WATCH_COVERED)
+            return max(self.every, WATCH_QUIET if self.busy else WATCH_COVERED)
         return max(self.every, -self.allowance / WATCH_CPU_SHARE)
 
     def look(self, heard: Iterable[int] | None = None) -> None:
@@ -3900,8 +3904,9 @@ class Watcher:
         heard: the fds of wakers() that a wait just found readable, if it waited on them."""
         now = self.clock()
         self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_CPU_SHARE)
-        self.allowed_at = now
+        since, self.allowed_at = now - self.allowed_at, now
         look = self.source.watch(heard, dumps=self.allowance > 0)  # under a flood of opens, dumps wait
+        self.busy = look.read >= WATCH_BUSY_RATE * since
         if look.moved:
             self.moved_at = now  # sockets are opening or closing: more are likely to soon
         self.allowance -= look.dump_seconds
@@ -3938,8 +3943,12 @@ class Watcher:
                 if ready and self.clock() < due and readers.isdisjoint(ready):
                     # Woken by the kernel's events alone, before the next look: they are read,
                     # and the processes they name, at once; the looks keep their pace.
+                    was_quiet = self.quiet()
                     self.source.take_owner_events()
                     self.moved_at = self.clock()
+                    # Sockets move: a quiet watcher's next look comes soon, for the close
+                    # events, which no longer wake it (and may be the start of a flood).
+                    due = min(due, self.moved_at + (WATCH_QUIET if was_quiet else self.next_look()))
                     continue
                 # Having waited on every close-event and question socket, it knows which have input.
                 self.look(ready if heard_all else None)
