@@ -14,7 +14,7 @@ import time
 import pytest
 
 import lognet
-from conftest import data_lines, events_refused, require_root, require_tool, w3c_rows, wait_for
+from conftest import LOGNET, data_lines, events_refused, require_root, require_tool, w3c_rows, wait_for
 
 SET_STATE = "sock/inet_sock_set_state"
 # This kernel's format file (Linux 6.18), as tracefs writes it; others may move the fields.
@@ -384,6 +384,75 @@ def test_while_the_events_name_the_owners_the_watcher_looks_at_the_slower_pace_u
         assert watcher.next_look() == lognet.WATCH_QUIET
     finally:
         source.close()
+
+
+class EventsCoverSource:
+    """What Watcher reads of a source whose kernel events name the owners, each look reading
+    `read` close events: for the pace's pure logic."""
+
+    events_cover = True
+
+    def __init__(self, read: int):
+        self.read = read
+
+    def watch(self, heard=None, dumps=True) -> lognet.Look:
+        return lognet.Look(True, 0.0, self.read)
+
+
+@pytest.mark.parametrize("rate, pace", [(lognet.WATCH_BUSY_RATE * 2, lognet.WATCH_QUIET),
+                                        (lognet.WATCH_BUSY_RATE / 2, lognet.WATCH_COVERED)])
+def test_close_events_at_a_floods_rate_bring_the_busy_pace_back(rate, pace):
+    """Close events at WATCH_BUSY_RATE a second or more: looks every WATCH_QUIET, before their
+    buffer fills; fewer: every WATCH_COVERED."""
+    clock = [100.0]
+    source = EventsCoverSource(int(rate * 0.5))
+    watcher = lognet.Watcher(source, 0.02, clock=lambda: clock[0])
+    clock[0] += 0.5  # half a second since the last look
+    watcher.look()
+    assert watcher.next_look() == pace
+
+
+QUIET_WAKE_SCRIPT = """
+import socket, sys, time
+sys.path.insert(0, sys.argv[1])
+import lognet
+source = lognet.NetlinkSource("tcp", namespaces=False, kernel_events="on")
+source.connections()
+source.between_polls()
+watcher = lognet.Watcher(source, 0.02)
+looks = []  # whether the watcher was quiet at each look: after a quiet one, its next is WATCH_IDLE away
+watch = source.watch
+source.watch = lambda *args, **kwargs: looks.append(watcher.quiet()) or watch(*args, **kwargs)
+listener = socket.create_server(("127.0.0.1", 0))
+watcher.start()
+deadline = time.monotonic() + 10
+while not (looks and looks[-1]) and time.monotonic() < deadline:
+    time.sleep(0.05)
+clients = [socket.create_connection(listener.getsockname()) for _ in range(20)]  # each connect rings a doorbell
+servers = [listener.accept()[0] for _ in clients]
+time.sleep(0.3)  # held open, so that the doorbells wake the watcher before any close
+for sock in clients + servers:
+    sock.close()
+closed = time.monotonic()
+while source.close_events.read < 40 and time.monotonic() < closed + lognet.WATCH_IDLE + 5:
+    time.sleep(0.01)
+print(any(looks), source.close_events.read, round(time.monotonic() - closed, 1))
+watcher.stop()
+source.close()
+"""
+
+
+def test_a_quiet_watcher_woken_by_connects_reads_the_closes_that_follow_at_the_busy_pace():
+    """Quiet, the watcher looks every WATCH_IDLE; connects ring its doorbells (kernel events),
+    and sockets are moving again: the closes that follow, whose events no longer wake it,
+    are read at the busy pace, not at the next idle look. In a namespace of its own: quiet."""
+    require_root("the kernel's tracepoint events, and unshare -n")
+    result = subprocess.run(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", sys.executable,
+                             "-c", QUIET_WAKE_SCRIPT, str(LOGNET.parent)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    was_quiet, read, seconds = result.stdout.split()
+    assert (was_quiet, read) == ("True", "40")
+    assert float(seconds) < lognet.WATCH_IDLE / 2  # a look at the busy pace (0.5 s), not the next idle one
 
 
 def test_under_a_flood_the_events_stop_in_the_kernel_with_the_watcher_and_come_back():
