@@ -2510,8 +2510,12 @@ class FloodGroup(NamedTuple):
     address: bytes  # packed: 4 bytes for IPv4, 16 for IPv6
     port: int
 
+    def addr(self) -> tuple[str, int]:
+        """Its address and port as psutil writes an end: ('127.0.0.1', 18383)."""
+        return (socket.inet_ntop(self.family, self.address), self.port)
+
     def endpoint(self) -> str:
-        address = socket.inet_ntop(self.family, self.address)
+        address = self.addr()[0]
         return f"[{address}]:{self.port}" if self.family == socket.AF_INET6 else f"{address}:{self.port}"
 
     def ends(self) -> list[tuple[int, bytes, int, bool]]:
@@ -3274,7 +3278,8 @@ class KernelEvents:
         if self.rang or self.muted:
             self._mute_busy()
         events = [make(*record) for ring, layout, make in self.rings for record in ring.records(layout)]
-        events, self.carried = self.carried + events, []
+        if self.carried:  # read from rings closed since (exclude())
+            events, self.carried = self.carried + events, []
         events.sort(key=operator.itemgetter(0))  # each event's time
         named.update(self.owners.learn(event) for event in events)
         named.discard(None)
@@ -3662,7 +3667,7 @@ class NetlinkSource(Source):
 
     def _holders(self, group: FloodGroup) -> dict[bool, int | None]:
         """Who holds a group's ends, as far as lognet knows: its listener, and the process that connected to it."""
-        endpoint = (socket.inet_ntop(group.family, group.address), group.port)
+        endpoint = group.addr()
         listeners = self.table.known().listeners
         listener = listeners.get((group.netns, group.family, endpoint)) or listeners.get(
             (group.netns, group.family, any_address(group.family, group.port)))
@@ -5553,10 +5558,9 @@ class Poller:
         summaries = self.summaries(skipped)
         for group, local, count, pid in self.source.take_isolated():
             self.count_closes(group.netns, socket.SOCK_STREAM, CloseCounts(skipped=count))
-            address = socket.inet_ntop(group.family, group.address)
             attrib = None if pid is None else "listener" if local else "kernel"
             summaries.append(Summary(count, group.netns, pid, attrib, "TCP", "in" if local else "out",
-                                     None if local else address, None if local else group.port,
+                                     None if local else group.addr()[0], None if local else group.port,
                                      group.port if local else None))
         for netns, count in unheard.items():
             self.count_closes(netns, socket.SOCK_STREAM, CloseCounts(unheard=count))
