@@ -4256,7 +4256,16 @@ class Tracker:
         events += [self._leave(sighting, sighting.vanished) for sighting in waited]
         if closing or unseen:
             ended = {connection_address(c): c.status for c in added if c.pid is None and c.status in ENDED_STATES}
-            events += [self._leave(s, s.closed.time) for s in closing if self._closed_now(s)]
+            closed_now = [s for s in closing if self._closed_now(s)]
+            if closed_now and self.waiting:
+                # The other end on this host, gone from the dump, closes with the kernel's next
+                # word: its payload sent is what this end received. Both close then.
+                ends = {(s.record.netns, s.record.laddr, s.record.raddr) for s in self.waiting if s.record.raddr}
+                held = [s for s in closed_now if (s.record.netns, s.record.raddr, s.record.laddr) in ends
+                        and (s.record.netns, s.record.raddr, s.record.laddr) not in self.payloads.sent]
+                self.waiting += held
+                closed_now = [s for s in closed_now if s not in held] if held else closed_now
+            events += [self._leave(s, s.closed.time) for s in closed_now]
             events += [self._unseen(closed, ended) for closed in unseen]
         return events
 

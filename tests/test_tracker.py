@@ -295,6 +295,25 @@ def test_the_peer_on_this_host_says_exactly_what_was_received():
     assert sorted((e.conn.laddr[1], e.conn.txbytes, e.conn.rxbytes) for e in events) == [(80, 70, 300), (5000, 300, 70)]
 
 
+def test_an_active_closer_whose_peer_here_has_not_told_its_close_yet_closes_with_it():
+    # The client closed first (the kernel closed its socket at FIN_WAIT2, before the server's
+    # FIN: 678 bytes received). The dump came after the server's close, and shows the client's
+    # TIME_WAIT; the server's own close is still in the kernel's work queue.
+    tracker = lognet.Tracker(awaits_kernel_closes=True)
+    client = record(("127.0.0.1", 5000), ("127.0.0.1", 80), "ESTABLISHED", pid=11, fd=3, cookie=20)
+    server = record(("127.0.0.1", 80), ("127.0.0.1", 5000), "ESTABLISHED", pid=10, fd=4, cookie=21)
+    tracker.update([client, server], now=1.0)
+    time_wait = client._replace(status="TIME_WAIT", pid=None, fd=-1, inode=None)
+    events = tracker.update([time_wait], now=2.0, departures=[closed_of(client, 1.5, sent=12345, received=678,
+                                                                        beyond=2)])
+    assert [(e.event, e.conn.status) for e in events] == [("state", "TIME_WAIT")]
+    events = tracker.update([time_wait], now=3.0, departures=[closed_of(server, 1.55, sent=678, received=12346,
+                                                                        beyond=1)])
+    assert sorted((e.event, e.time, e.conn.laddr[1], e.conn.txbytes, e.conn.rxbytes) for e in events) == [
+        ("close", 1.5, 5000, 12345, 678), ("close", 1.55, 80, 678, 12345)]
+    assert tracker.update([time_wait], now=4.0) == []
+
+
 @pytest.mark.parametrize("received, beyond, direction, fin", [
     (501, 2, "out", True),    # we connected, and closed after the peer: its FIN came first
     (500, 1, "out", False),   # we connected and reset (unread data): no FIN of ours acked
