@@ -749,6 +749,74 @@ def isolation_part(tmp: Path, requests: int) -> dict:
     return {"requests": requests, "runs": runs, "many_ports": many, "max_cpu": lognet.DEFAULT_MAX_CPU}
 
 
+# What the kernel does for lognet while a flood is isolated, with no lognet running: each piece
+# is set up as lognet sets it up (the flood's group left out in the kernel), and nothing reads.
+FLOOR_SETUPS = ("nothing", "tracepoint rings", "close-event socket", "both, and the counting sockets")
+
+
+def kernel_share(setup: str, group) -> list:
+    """What lognet leaves open in the kernel while a flood group is isolated, as much as setup names."""
+    held: list = []
+    tcp_group = [lognet.DESTROY_GROUPS[socket.AF_INET, socket.IPPROTO_TCP]]
+    if setup in ("tracepoint rings", FLOOR_SETUPS[-1]):
+        found = lognet.tracepoints({lognet.SOCK_STATE_TRACEPOINT, lognet.DESTROY_TRACEPOINT})
+        for name, event_filter in ((lognet.SOCK_STATE_TRACEPOINT, lognet.STATE_FILTER),
+                                   (lognet.DESTROY_TRACEPOINT, None),
+                                   (lognet.SOCK_STATE_TRACEPOINT, lognet.CONNECT_FILTER)):
+            held.append(lognet.TracepointRing(found[name], lognet.joined_filter(event_filter, group.trace_clause()),
+                                              wakes=False))
+    if setup in ("close-event socket", FLOOR_SETUPS[-1]):
+        events = lognet.SockDiag()
+        lognet.attach_filter(events.sock, lognet.endpoint_program(group.ends(), True, None))
+        events.subscribe(tcp_group)
+        held.append(events)
+    if setup == FLOOR_SETUPS[-1]:
+        for end in group.ends():
+            counter = lognet.SockDiag()
+            lognet.attach_filter(counter.sock, lognet.endpoint_program([end], False, None))
+            counter.subscribe(tcp_group, lognet.COUNTING_BUFFER)
+            held.append(counter)
+    return held
+
+
+def kernel_floor(tmp: Path, requests: int, rounds: int) -> dict:
+    """The flood of the isolation measure (nginx, two workers; ab, 8 at a time), with no
+    lognet at all: ab's rate beside each share of the kernel's work that an isolated flood
+    still costs (FLOOR_SETUPS), interleaved. The best rate lognet could keep with each."""
+    folder = tmp / "floor"
+    folder.mkdir()
+    nginx, port = start_nginx(folder, workers=2)
+    group = lognet.FloodGroup(None, socket.AF_INET, socket.inet_aton("127.0.0.1"), port)
+    rates: dict[str, list[float]] = {setup: [] for setup in FLOOR_SETUPS}
+    try:
+        time.sleep(1)
+        ab(port, 1000)  # nginx is up and warm
+        for turn in range(rounds):
+            for setup in FLOOR_SETUPS if turn % 2 == 0 else reversed(FLOOR_SETUPS):
+                drain_time_wait()
+                held = kernel_share(setup, group)
+                try:
+                    rates[setup].append(ab(port, requests, 8)["rps"])
+                finally:
+                    for thing in held:
+                        thing.close()
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=30)
+    return {"requests": requests, "rates": rates}
+
+
+def print_floor_report(r: dict) -> None:
+    alone = statistics.median(r["rates"]["nothing"])
+    print()
+    print(f"| nginx + ab -c 8 ({r['requests']:,} requests), no lognet; left open in the kernel | ab requests/s, "
+          "median (of nothing) | each run |")
+    print("|---|---:|---|")
+    for setup, rates in r["rates"].items():
+        print(f"| {setup} | {statistics.median(rates):,.0f} ({statistics.median(rates) / alone:.1%}) | "
+              f"{', '.join(f'{rate:,.0f}' for rate in rates)} |")
+
+
 def print_isolation_report(r: dict) -> None:
     alone = next(run["rps"] for run in r["runs"] if run["version"] is None)
     print()
@@ -1060,7 +1128,7 @@ def print_trust_report(r: dict) -> None:
 
 def netlink_part(report: dict, tmp: Path, args) -> None:
     only = set(args.only.split(",")) if args.only else {"idle", "polls", "churn", "capture", "rss", "namespaces",
-                                                        "names", "flood", "owners", "cost", "isolation"}
+                                                        "names", "flood", "owners", "cost", "isolation", "floor"}
     report["watch"] = float(WATCH[1]) if WATCH else lognet.DEFAULT_WATCH
     if "idle" in only:
         print("the Linux engine: idle CPU ...", flush=True)
@@ -1093,6 +1161,9 @@ def netlink_part(report: dict, tmp: Path, args) -> None:
     if "isolation" in only:
         print("a flood isolated: nginx and ab, and another process's connections ...", flush=True)
         report["isolation"] = isolation_part(tmp, args.flood_requests)
+    if "floor" in only:
+        print("the kernel's share of an isolated flood, without lognet ...", flush=True)
+        report["floor"] = kernel_floor(tmp, args.flood_requests, args.flood_rounds)
     if "cost" in only:
         print("cost per connection: churn at 500 and 2,000 connections a second ...", flush=True)
         report["cost"] = cost_part(tmp, args.cost_rounds, args.cost_seconds)
@@ -1303,10 +1374,13 @@ def print_netlink_report(r: dict) -> None:
         print_cost_report(r["cost"])
     if "isolation" in r:
         print_isolation_report(r["isolation"])
-    print()
-    print(f"| the Linux engine (netlink, --watch {r['watch']:g}) against the psutil engine "
-          "| netlink | psutil | ratio |")
-    print("|---|---:|---:|---:|")
+    if "floor" in r:
+        print_floor_report(r["floor"])
+    if any(part in r for part in ("idle", "polls", "churn_cpu", "netlink_rss")):  # not for --only other measures
+        print()
+        print(f"| the Linux engine (netlink, --watch {r['watch']:g}) against the psutil engine "
+              "| netlink | psutil | ratio |")
+        print("|---|---:|---:|---:|")
     idle = r.get("idle")
     if idle:
         print(f"| CPU with nothing changing: netlink at -i 3, psutil at -i 1 | {idle['netlink']:.3%} | "
@@ -1373,9 +1447,10 @@ def print_netlink_report(r: dict) -> None:
         for run in f.get("filters", []):
             where = "in the kernel (BPF on the netlink socket)" if run["filter"] == "kernel" else "in Python only"
             print(f"| filter {where} | {run['rps']:,.0f} | {run['cpu_share']:.1%} | {run['close_events_read']:,} |")
-    print()
-    print("| who connects | lifetime | connections | logged with their process | logged at all |")
-    print("|---|---:|---:|---:|---:|")
+    if "capture_defaults" in r:
+        print()
+        print("| who connects | lifetime | connections | logged with their process | logged at all |")
+        print("|---|---:|---:|---:|---:|")
     for f in r.get("capture_defaults", []):
         print(f"| {f['way']} | {f['lifetime_s'] * 1e3:.0f} ms | {f['connections']} | {f['with_process']:.0%} | "
               f"{f['at_all']:.0%} |")
@@ -1409,7 +1484,7 @@ def main() -> int:
     parser.add_argument("--flood-rounds", type=int, default=5, help="interleaved flood runs (default 5)")
     parser.add_argument("--only", help="netlink part: only these measures, comma-separated "
                                        "(idle, polls, churn, capture, rss, namespaces, names, flood, owners, cost, "
-                                       "isolation)")
+                                       "isolation, floor)")
     parser.add_argument("--cost-rounds", type=int, default=3,
                         help="interleaved runs of the cost per socket (default 3)")
     parser.add_argument("--cost-seconds", type=float, default=300, help="length of the 500/s run at the defaults "
