@@ -4263,8 +4263,9 @@ class Tracker:
                 ends = {(s.record.netns, s.record.laddr, s.record.raddr) for s in self.waiting if s.record.raddr}
                 held = [s for s in closed_now if (s.record.netns, s.record.raddr, s.record.laddr) in ends
                         and (s.record.netns, s.record.raddr, s.record.laddr) not in self.payloads.sent]
-                self.waiting += held
-                closed_now = [s for s in closed_now if s not in held] if held else closed_now
+                if held:
+                    self.waiting += held
+                    closed_now = [s for s in closed_now if s not in held]
             events += [self._leave(s, s.closed.time) for s in closed_now]
             events += [self._unseen(closed, ended) for closed in unseen]
         return events

@@ -769,8 +769,8 @@ FAULTS = [
           "text += \"\"",
           ("tests/test_format.py -k groups_isolated",)),
     Fault("an active closer's close is written before its peer here has told what it sent",
-          "                self.waiting += held\n",
-          "                held = []\n",
+          "                    self.waiting += held\n",
+          "                    held = []\n",
           ("tests/test_tracker.py -k peer_here",)),
 ]
 
