@@ -751,32 +751,49 @@ def isolation_part(tmp: Path, requests: int) -> dict:
 
 # What the kernel does for lognet while a flood is isolated, with no lognet running: each piece
 # is set up as lognet sets it up (the flood's group left out in the kernel), and nothing reads.
-FLOOR_SETUPS = ("nothing", "tracepoint rings", "close-event socket", "both, and the counting sockets")
+# iproute2's own listener of close events, printing each, is the peer to compare with.
+FLOOR_RINGS, FLOOR_EVENTS, FLOOR_ISOLATED, FLOOR_SS = (
+    "tracepoint rings", "close-event socket", "both, and the counting sockets", "ss -E -t -n > /dev/null")
+FLOOR_SETUPS = ("nothing", FLOOR_RINGS, FLOOR_EVENTS, FLOOR_ISOLATED, FLOOR_SS)
 
 
 def kernel_share(setup: str, group) -> list:
     """What lognet leaves open in the kernel while a flood group is isolated, as much as setup names."""
     held: list = []
     tcp_group = [lognet.DESTROY_GROUPS[socket.AF_INET, socket.IPPROTO_TCP]]
-    if setup in ("tracepoint rings", FLOOR_SETUPS[-1]):
+    if setup in (FLOOR_RINGS, FLOOR_ISOLATED):
         found = lognet.tracepoints({lognet.SOCK_STATE_TRACEPOINT, lognet.DESTROY_TRACEPOINT})
         for name, event_filter in ((lognet.SOCK_STATE_TRACEPOINT, lognet.STATE_FILTER),
                                    (lognet.DESTROY_TRACEPOINT, None),
                                    (lognet.SOCK_STATE_TRACEPOINT, lognet.CONNECT_FILTER)):
             held.append(lognet.TracepointRing(found[name], lognet.joined_filter(event_filter, group.trace_clause()),
                                               wakes=False))
-    if setup in ("close-event socket", FLOOR_SETUPS[-1]):
+    if setup in (FLOOR_EVENTS, FLOOR_ISOLATED):
         events = lognet.SockDiag()
         lognet.attach_filter(events.sock, lognet.endpoint_program(group.ends(), True, None))
         events.subscribe(tcp_group)
         held.append(events)
-    if setup == FLOOR_SETUPS[-1]:
+    if setup == FLOOR_ISOLATED:
         for end in group.ends():
             counter = lognet.SockDiag()
             lognet.attach_filter(counter.sock, lognet.endpoint_program([end], False, None))
             counter.subscribe(tcp_group, lognet.COUNTING_BUFFER)
             held.append(counter)
+    if setup == FLOOR_SS:
+        held.append(Listening(subprocess.Popen(["ss", "-E", "-t", "-n"], stdout=subprocess.DEVNULL)))
     return held
+
+
+class Listening:
+    """A listener of close events in a process of its own (ss -E): closed by ending it."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        time.sleep(0.5)  # it has joined the destroy groups
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
 
 
 def kernel_floor(tmp: Path, requests: int, rounds: int) -> dict:
