@@ -4150,11 +4150,15 @@ class Payloads:
                 if c.conn.txbytes is not None and c.conn.raddr}
         self.sent, self._before = {**self._before, **sent}, sent
 
+    def peer_sent(self, conn: Connection) -> int | None:
+        """The payload the other end of conn sent, where that end is on this host and has closed."""
+        return self.sent.get((conn.netns, conn.raddr, conn.laddr)) if conn.raddr else None
+
     def received(self, conn: Connection, closed: Closed, peer_fin: bool | None, direction: str | None) -> int | None:
         """The payload a closed TCP socket received. When the other end is on this host too,
         that is exactly what it sent; else tcp_info's bytes_received, less the peer's FIN
         when it came before the close."""
-        peer = self.sent.get((conn.netns, conn.raddr, conn.laddr)) if conn.raddr else None
+        peer = self.peer_sent(conn)
         if peer is not None or closed.received is None:
             return peer
         if peer_fin is None:
@@ -4262,7 +4266,7 @@ class Tracker:
                 # word: its payload sent is what this end received. Both close then.
                 ends = {(s.record.netns, s.record.laddr, s.record.raddr) for s in self.waiting if s.record.raddr}
                 held = [s for s in closed_now if (s.record.netns, s.record.raddr, s.record.laddr) in ends
-                        and (s.record.netns, s.record.raddr, s.record.laddr) not in self.payloads.sent]
+                        and self.payloads.peer_sent(s.record) is None]
                 if held:
                     self.waiting += held
                     closed_now = [s for s in closed_now if s not in held]

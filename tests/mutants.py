@@ -55,8 +55,8 @@ FAULTS = [
           "syn = 0",
           ("tests/test_tracker.py", "tests/test_netlink.py::test_close_event_bytes_from_a_real_kernel_close")),
     Fault("the local peer's exact count is ignored",
-          "peer = self.sent.get((conn.netns, conn.raddr, conn.laddr)) if conn.raddr else None",
-          "peer = None",
+          "        peer = self.peer_sent(conn)\n",
+          "        peer = None\n",
           ("tests/test_tracker.py::test_the_peer_on_this_host_says_exactly_what_was_received",)),
     Fault("the watcher never looks",
           "                if not dumps or self.table.cookies_reported is None or self.shed >= SHED_WATCHER or "
